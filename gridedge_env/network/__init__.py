@@ -1,0 +1,18 @@
+"""Feeder data: tables with units, OpenDSS import/export, and the shipped IEEE feeders."""
+
+from gridedge_env.network.model import (
+    Bus,
+    Capacitor,
+    Feeder,
+    FeederError,
+    Line,
+    Load,
+    Source,
+    Terminal,
+    Transformer,
+    Winding,
+)
+from gridedge_env.network.opendss import from_opendss, write_opendss
+
+__all__ = ["Bus", "Capacitor", "Feeder", "FeederError", "Line", "Load", "Source", "Terminal", "Transformer",
+           "Winding", "from_opendss", "write_opendss"]
