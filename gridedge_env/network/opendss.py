@@ -8,6 +8,7 @@ expressions, line geometries) is imported as OpenDSS understood it.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,12 @@ def compile_opendss(path: str | Path) -> None:
     if not path.is_file():
         raise FeederError(f"{path}: no such OpenDSS file")
     _command("Clear", str(path))
-    _command(f'Compile "{path.resolve()}"', str(path))
-    if _dss().Circuit.NumNodes() == 0:
+    cwd = os.getcwd()
+    try:
+        _command(f'Compile "{path.resolve()}"', str(path))
+    finally:
+        os.chdir(cwd)  # OpenDSS's Compile changes the process's working directory; undo that
+    if not _dss().Circuit.Name():
         raise FeederError(f"{path}: compiled, but defines no circuit")
 
 
@@ -245,6 +250,7 @@ def from_opendss(
         FeederError: the file does not compile, or an element cannot be represented (the message names it).
     """
     origin = str(path)
+    bus_coords = Path(bus_coords).resolve() if bus_coords is not None else None
     compile_opendss(path)
     dss = _dss()
     if bus_coords is not None:
@@ -318,6 +324,10 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
         cvr = f" cvrwatts={_fmt(ld.p_exponent)} cvrvars={_fmt(ld.q_exponent)}" if ld.model == 4 else ""
         lines.append(f"New Load.{ld.name} bus1={_bus_spec(ld.terminal)} phases={ld.phases} conn={ld.conn} "
                      f"kv={_fmt(ld.kv)} kw={_fmt(ld.p_kw)} kvar={_fmt(ld.q_kvar)} model={ld.model}{cvr}")
+    # build the bus list with OpenDSS's own base-voltage estimate, then pin each bus to the feeder's base
+    bases_ll = sorted({round(b.kv_base_ln * math.sqrt(3.0), 6) for b in feeder.buses})
+    lines.append(f"Set VoltageBases=[{', '.join(_fmt(v) for v in bases_ll)}]")
+    lines.append("CalcVoltageBases")
     for b in feeder.buses:
         lines.append(f"SetkVBase bus={b.name} kvln={_fmt(b.kv_base_ln)}")
     path = Path(path)

@@ -1,0 +1,96 @@
+"""The `gridedge` command line. Every subcommand that reports numbers takes `--json` and then prints
+exactly one JSON object on stdout (progress and messages go to stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+def _progress(label: str):
+    """A one-line progress display on stderr for long loops (silent when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        if not isinstance(value, (list, dict)):
+            print(f"{key:>32}: {value}")
+
+
+def _cmd_validate(args) -> dict:
+    from gridedge_env.validation import resolve_feeder, validate
+
+    feeder, path = resolve_feeder(args.feeder)
+    reference = args.reference if args.reference is not None else None
+    result = validate(feeder, reference=reference, samples=args.samples, seed=args.seed,
+                      progress=_progress(f"validate {feeder.name}"))
+    if path is not None:
+        result["imported_from"] = str(path)
+    return result
+
+
+def _cmd_bench(args) -> dict:
+    from gridedge_env.validation import bench_gradient, bench_powerflow, resolve_feeder
+
+    feeder, _ = resolve_feeder(args.feeder)
+    if args.what == "powerflow":
+        dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+        return bench_powerflow(feeder, batch=args.batch, seed=args.seed, device=args.device, dtype=dtype)
+    return bench_gradient(feeder, batch=args.batch, seed=args.seed, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridedge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check the power flow against OpenDSS on random operating points")
+    p.add_argument("--feeder", default="ieee123", help="shipped feeder name, or an OpenDSS .dss model")
+    p.add_argument("--reference", default=None, help="OpenDSS model to compare with (default: to_opendss's)")
+    p.add_argument("--samples", type=int, default=200, help="number of random operating points")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_validate)
+
+    p = sub.add_parser("bench", help="benchmarks that report ratios against a reference measured in the same run")
+    p.add_argument("what", choices=["powerflow", "gradient"])
+    p.add_argument("--feeder", default="ieee123")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gridedge_env.network import FeederError
+
+    try:
+        result = args.run(args)
+    except (FeederError, ValueError) as exc:
+        print(f"gridedge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    _emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

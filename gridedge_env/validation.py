@@ -1,0 +1,297 @@
+"""Cross-checks of gridedge's power flow against OpenDSS, and the benchmarks that report speed ratios.
+
+Used by `gridedge validate` and `gridedge bench` and by the tests. Every number reported is measured in the
+same run as its reference (OpenDSS solving the same operating points through OpenDSSDirect.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gridedge_env import powerflow
+from gridedge_env.network import Feeder, FeederError, from_opendss, load_feeder
+from gridedge_env.network.opendss import OpenDSSReference
+
+# operating points: each load scaled independently in this range ...
+LOAD_SCALE_RANGE = (0.2, 1.6)
+# ... plus single-phase injections at this share of the injection nodes, each up to this many times the
+# feeder's mean single-phase load, either sign, with a reactive part of up to this ratio of the real part
+INJECTION_NODE_SHARE = 0.2
+INJECTION_SIZE_OF_MEAN_LOAD = 1.5
+INJECTION_Q_OVER_P = 0.3
+# OpenDSS and gridedge both solve to this tolerance when their voltages are compared
+TIGHT_TOLERANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """N operating points: [N, n_loads] load powers and [N, n_injections] injections (kW, kvar)."""
+
+    load_p_kw: np.ndarray
+    load_q_kvar: np.ndarray
+    injection_p_kw: np.ndarray
+    injection_q_kvar: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.load_p_kw)
+
+    def torch(self, compiled: powerflow.CompiledFeeder) -> dict[str, torch.Tensor]:
+        as_t = lambda a: torch.as_tensor(a, dtype=compiled.dtype, device=compiled.device)  # noqa: E731
+        return {"load_p_kw": as_t(self.load_p_kw), "load_q_kvar": as_t(self.load_q_kvar),
+                "injection_p_kw": as_t(self.injection_p_kw), "injection_q_kvar": as_t(self.injection_q_kvar)}
+
+
+def draw_operating_points(compiled: powerflow.CompiledFeeder, samples: int, seed: int) -> OperatingPoints:
+    """Random operating points: loads scaled in LOAD_SCALE_RANGE, random injections of either sign."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    p0, q0 = compiled.load_p_kw.cpu().numpy(), compiled.load_q_kvar.cpu().numpy()
+    scale = rng.uniform(*LOAD_SCALE_RANGE, size=(samples, len(p0)))
+    n_inj = compiled.n_injections
+    branches = max(len(compiled.branch_load), 1)
+    size_kw = INJECTION_SIZE_OF_MEAN_LOAD * float(np.abs(p0).sum()) / branches
+    chosen = rng.random((samples, n_inj)) < INJECTION_NODE_SHARE
+    p_inj = np.where(chosen, rng.uniform(-size_kw, size_kw, (samples, n_inj)), 0.0)
+    q_inj = p_inj * rng.uniform(-INJECTION_Q_OVER_P, INJECTION_Q_OVER_P, (samples, n_inj))
+    return OperatingPoints(p0 * scale, q0 * scale, p_inj, q_inj)
+
+
+def resolve_feeder(name_or_path: str) -> tuple[Feeder, Path | None]:
+    """A shipped feeder by name, or an OpenDSS model imported on the fly (returns its path too)."""
+    if name_or_path.lower().endswith(".dss"):
+        path = Path(name_or_path)
+        return from_opendss(path), path
+    if name_or_path.lower().endswith(".json"):
+        return Feeder.load(name_or_path), None
+    return load_feeder(name_or_path), None
+
+
+class _WrittenModel:
+    """The reference model to compare with: the given file, or a temporary one written by `to_opendss`."""
+
+    def __init__(self, feeder: Feeder, reference: str | Path | None):
+        self._tmp = None
+        if reference is not None:
+            self.path = Path(reference)
+            if not self.path.is_file():
+                raise FeederError(f"{reference}: no such OpenDSS file")
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gridedge-")
+            self.path = feeder.to_opendss(Path(self._tmp.name) / f"{feeder.name}.dss")
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def validate(feeder: Feeder, reference: str | Path | None = None, samples: int = 200, seed: int = 0,
+             progress=None) -> dict:
+    """Solve random operating points with gridedge and OpenDSS; report the largest voltage difference.
+
+    Args:
+        feeder: the feeder to check.
+        reference: an OpenDSS model of the same feeder (same element and bus names); default: the model
+            `feeder.to_opendss` writes.
+        samples: number of operating points.
+        seed: seed of the operating points.
+        progress: optional callable(done, total) for long runs.
+
+    Returns:
+        A JSON-ready dict with `max_abs_err_pu` (largest |V_gridedge - V_opendss| over all nodes and
+        samples, in pu of the node's base voltage), `samples`, `all_converged` and details.
+    """
+    compiled = powerflow.compile(feeder)
+    points = draw_operating_points(compiled, samples, seed)
+    result = powerflow.solve(compiled, **points.torch(compiled), tol=TIGHT_TOLERANCE, max_iter=500)
+    v_ours = result.v_volts(compiled).cpu().numpy()
+    base = compiled.v_base_v.cpu().numpy()
+    with _WrittenModel(feeder, reference) as model_path:
+        ref = OpenDSSReference(feeder, model_path, compiled.injection_node_names, tolerance=TIGHT_TOLERANCE)
+        errors = np.zeros(samples)
+        ref_converged = np.zeros(samples, dtype=bool)
+        for k in range(samples):
+            v_ref, ref_converged[k] = ref.solve(points.load_p_kw[k], points.load_q_kvar[k],
+                                                points.injection_p_kw[k], points.injection_q_kvar[k])
+            errors[k] = np.max(np.abs(v_ours[k] - v_ref) / base)
+            if progress is not None:
+                progress(k + 1, samples)
+    ours_converged = result.converged.cpu().numpy()
+    return {
+        "feeder": feeder.name,
+        "reference": str(reference) if reference is not None else "written by Feeder.to_opendss",
+        "samples": samples,
+        "seed": seed,
+        "max_abs_err_pu": float(errors.max()),
+        "mean_abs_err_pu": float(errors.mean()),
+        "all_converged": bool(ours_converged.all() and ref_converged.all()),
+        "gridedge_converged": int(ours_converged.sum()),
+        "opendss_converged": int(ref_converged.sum()),
+        "gridedge_max_iterations": int(result.iterations.max()),
+        "v_min_pu": float(result.v_mag_pu.min()),
+        "v_max_pu": float(result.v_mag_pu.max()),
+        "tolerance_pu": TIGHT_TOLERANCE,
+        "nodes": len(compiled.node_names),
+    }
+
+
+def _time(fn, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
+    """Seconds per call of fn, averaged over at least min_repeats calls and min_seconds."""
+    fn()  # warm-up
+    n, start = 0, time.perf_counter()
+    while n < min_repeats or time.perf_counter() - start < min_seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
+def bench_powerflow(feeder: Feeder, batch: int = 1024, seed: int = 0, opendss_points: int = 300,
+                    tol: float = 1e-10, device: str = "cpu", dtype: torch.dtype = torch.float64) -> dict:
+    """gridedge batched solves per second against OpenDSS solving the same points, one at a time.
+
+    OpenDSS is driven from Python as a user would: set every load and injection, solve, read all node
+    voltages. It solves the first `opendss_points` operating points (its rate does not depend on the
+    batch); the accuracy is gridedge's largest voltage difference to OpenDSS on those points.
+    """
+    compiled = powerflow.compile(feeder, dtype=dtype, device=device)
+    points = draw_operating_points(compiled, batch, seed)
+    inputs = points.torch(compiled)
+
+    def run():
+        r = powerflow.solve(compiled, **inputs, tol=tol)
+        if compiled.device.type == "cuda":
+            torch.cuda.synchronize()
+        return r
+
+    result = run()
+    t_torch = _time(run)
+    n_ref = min(opendss_points, batch)
+    with _WrittenModel(feeder, None) as model_path:
+        ref = OpenDSSReference(feeder, model_path, compiled.injection_node_names, tolerance=1e-12)
+        v_ours = result.v_volts(compiled).cpu().numpy()
+        base = compiled.v_base_v.cpu().numpy()
+        err = 0.0
+        start = time.perf_counter()
+        for k in range(n_ref):
+            v_ref, _ = ref.solve(points.load_p_kw[k], points.load_q_kvar[k], points.injection_p_kw[k],
+                                 points.injection_q_kvar[k])
+            err = max(err, float(np.max(np.abs(v_ours[k] - v_ref) / base)))
+        t_ref = (time.perf_counter() - start) / n_ref
+        timeseries = _opendss_timeseries_rate(ref, points, n_ref)
+    torch_rate = batch / t_torch
+    out = {
+        "feeder": feeder.name,
+        "batch": batch,
+        "device": str(compiled.device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "tolerance_pu": tol,
+        "torch_solves_per_s": torch_rate,
+        "opendss_solves_per_s": 1.0 / t_ref,
+        "speedup": torch_rate * t_ref,
+        "max_abs_err_pu": err,
+        "accuracy_points": n_ref,
+        "all_converged": bool(result.converged.all()),
+        "mean_iterations": float(result.iterations.double().mean()),
+    }
+    if timeseries is not None:
+        out["opendss_timeseries_solves_per_s"] = timeseries
+        out["speedup_vs_timeseries"] = torch_rate / timeseries
+    return out
+
+
+def _opendss_timeseries_rate(ref: OpenDSSReference, points: OperatingPoints, n: int) -> float | None:
+    """OpenDSS's own time-series mode: one load shape per load, `n` steps solved in one `Solve`.
+
+    No voltages are read back (that would need monitors on every bus), so this is an upper bound on
+    OpenDSS's throughput for the same operating points.
+    """
+    import opendssdirect as dss
+
+    try:
+        names = []
+        kw = np.concatenate([points.load_p_kw[:n], points.injection_p_kw[:n]], axis=1)
+        kvar = np.concatenate([points.load_q_kvar[:n], points.injection_q_kvar[:n]], axis=1)
+        for j, idx in enumerate(ref._load_index + ref._injection_index):  # noqa: SLF001
+            dss.Loads.Idx(idx)
+            names.append(dss.Loads.Name())
+        for j, name in enumerate(names):
+            mult = " ".join(repr(float(x)) for x in kw[:, j])
+            qmult = " ".join(repr(float(x)) for x in kvar[:, j])
+            dss.Text.Command(f"New LoadShape.gx_{j} npts={n} interval=1 mult=({mult}) qmult=({qmult})")
+            dss.Text.Command(f"Load.{name}.kw=1 kvar=1 yearly=gx_{j}")
+        dss.Text.Command(f"Set mode=yearly stepsize=1h number={n}")
+        start = time.perf_counter()
+        dss.Text.Command("Solve")
+        return n / (time.perf_counter() - start)
+    except Exception:  # optional comparison; OpenDSS versions differ in what they accept
+        return None
+
+
+def bench_gradient(feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: int = 8, fd_step_kw: float = 1e-3,
+                   device: str = "cpu") -> dict:
+    """Forward and backward time of a batched solve, and the implicit gradient against finite differences.
+
+    The loss is a fixed random weighting of all voltage magnitudes; its gradient w.r.t. load and injection
+    powers is checked by central differences on `fd_checks` sampled inputs.
+    """
+    compiled = powerflow.compile(feeder, device=device)
+    points = draw_operating_points(compiled, batch, seed)
+    inputs = points.torch(compiled)
+    weights = torch.randn(batch, len(compiled.node_names), generator=torch.Generator().manual_seed(seed),
+                          dtype=compiled.dtype).to(device)
+
+    def forward(tol=1e-10):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        r = powerflow.solve(compiled, **leaves, tol=tol)
+        return (r.v_mag_pu * weights).sum(), leaves
+
+    forward()
+    t_fwd = _time(lambda: forward())
+    loss, leaves = forward()
+    t_bwd = _time(lambda: forward()[0].backward()) - t_fwd
+
+    loss, leaves = forward(tol=1e-13)
+    loss.backward()
+    rng = np.random.default_rng(seed + 1)
+    worst = 0.0
+    checks = []
+    for _ in range(fd_checks):
+        name = rng.choice(["load_p_kw", "load_q_kvar", "injection_p_kw", "injection_q_kvar"])
+        row = int(rng.integers(batch))
+        col = int(rng.integers(inputs[name].shape[1]))
+        values = []
+        for sign in (1.0, -1.0):
+            x = {k: v[row:row + 1].clone() for k, v in inputs.items()}
+            x[name][0, col] += sign * fd_step_kw
+            r = powerflow.solve(compiled, **x, tol=1e-14, max_iter=500)
+            values.append(float((r.v_mag_pu[0] * weights[row]).sum()))
+        fd = (values[0] - values[1]) / (2 * fd_step_kw)
+        implicit = float(leaves[name].grad[row, col])
+        rel = abs(implicit - fd) / max(abs(fd), 1e-12)
+        worst = max(worst, rel)
+        checks.append({"input": f"{name}[{row},{col}]", "implicit": implicit, "finite_difference": fd,
+                       "rel_err": rel})
+    return {
+        "feeder": feeder.name,
+        "batch": batch,
+        "device": str(compiled.device),
+        "torch_threads": torch.get_num_threads(),
+        "forward_s": t_fwd,
+        "backward_s": t_bwd,
+        "backward_over_forward": t_bwd / t_fwd,
+        "max_rel_err_fd": worst,
+        "fd_step_kw": fd_step_kw,
+        "fd_checks": checks,
+        "cpu_count": os.cpu_count(),
+    }
