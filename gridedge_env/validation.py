@@ -56,8 +56,8 @@ def draw_operating_points(compiled: powerflow.CompiledFeeder, samples: int, seed
     p0, q0 = compiled.load_p_kw.cpu().numpy(), compiled.load_q_kvar.cpu().numpy()
     scale = rng.uniform(*LOAD_SCALE_RANGE, size=(samples, len(p0)))
     n_inj = compiled.n_injections
-    branches = max(len(compiled.branch_load), 1)
-    size_kw = INJECTION_SIZE_OF_MEAN_LOAD * float(np.abs(p0).sum()) / branches
+    phases = max(sum(ld.phases for ld in compiled.feeder.loads), 1)
+    size_kw = INJECTION_SIZE_OF_MEAN_LOAD * float(np.abs(p0).sum()) / phases
     chosen = rng.random((samples, n_inj)) < INJECTION_NODE_SHARE
     p_inj = np.where(chosen, rng.uniform(-size_kw, size_kw, (samples, n_inj)), 0.0)
     q_inj = p_inj * rng.uniform(-INJECTION_Q_OVER_P, INJECTION_Q_OVER_P, (samples, n_inj))
@@ -256,10 +256,19 @@ def bench_gradient(feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: i
         r = powerflow.solve(compiled, **leaves, tol=tol)
         return (r.v_mag_pu * weights).sum(), leaves
 
-    forward()
-    t_fwd = _time(lambda: forward())
-    loss, leaves = forward()
-    t_bwd = _time(lambda: forward()[0].backward()) - t_fwd
+    # forward and backward timed separately on the same calls, repeated for at least a second
+    forward()[0].backward()  # warm-up
+    t_fwd = t_bwd = 0.0
+    n = 0
+    while n < 3 or t_fwd + t_bwd < 1.0:
+        start = time.perf_counter()
+        loss, _ = forward()
+        middle = time.perf_counter()
+        loss.backward()
+        t_fwd += middle - start
+        t_bwd += time.perf_counter() - middle
+        n += 1
+    t_fwd, t_bwd = t_fwd / n, t_bwd / n
 
     loss, leaves = forward(tol=1e-13)
     loss.backward()

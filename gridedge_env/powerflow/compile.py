@@ -27,10 +27,12 @@ _COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
 
 @dataclass(frozen=True)
 class CompiledFeeder:
-    """Tensors of one feeder topology. Shapes: n nodes, m active nodes, k load branches, j injection nodes.
+    """Tensors of one feeder topology. Shapes: n nodes, m active nodes, d ungrounded load branches, j injections.
 
-    A *load branch* is one constant-power/current/impedance element between two nodes: each phase of a wye
-    load (to its neutral, usually ground) or each phase pair of a delta load.
+    Loads enter as *slots*: each active node (its wye-to-ground loads and injections) and each ungrounded
+    load branch (a delta phase pair, or a wye phase to an ungrounded neutral), s = m + d slots in all. A slot
+    draws `s(u) = S_P + S_I |u| + S_Z |u|^2` (kVA, u in pu): loads are aggregated per slot into constant
+    power, current and impedance coefficients once per solve, so the iteration never loops over loads.
     """
 
     feeder: Feeder
@@ -41,13 +43,10 @@ class CompiledFeeder:
     z_active: torch.Tensor  # [m, m] Z_TT, pu (complex)
     w_all: torch.Tensor  # [n] no-load voltages, pu (complex)
     z_all_active: torch.Tensor  # [n, m] Z_:T, pu (complex)
-    branch_from: torch.Tensor  # [k] active-node position of the branch's first end
-    branch_to: torch.Tensor  # [k] active-node position of the second end, m for ground
-    branch_load: torch.Tensor  # [k] index of the feeder load the branch belongs to
-    branch_share: torch.Tensor  # [k] the branch's share of its load's power (1 / branches of that load)
-    branch_v_nominal_pu: torch.Tensor  # [k] nominal branch voltage magnitude, pu of the node base
-    branch_p_exponent: torch.Tensor  # [k]
-    branch_q_exponent: torch.Tensor  # [k]
+    p_to_slots: torch.Tensor  # [n_loads, 3 * s] load kW -> (constant P, I, Z) coefficient of each slot
+    q_to_slots: torch.Tensor  # [n_loads, 3 * s] load kvar -> the same, for reactive power
+    delta_from: torch.Tensor  # [d] active-node position of each ungrounded branch's first end
+    delta_to: torch.Tensor  # [d] active-node position of its second end
     injection_nodes: torch.Tensor  # [j] active-node positions of the injection nodes
     injection_node_names: list[str]
     load_p_kw: torch.Tensor  # [n_loads] the feeder's nominal loads
@@ -71,6 +70,10 @@ class CompiledFeeder:
         return len(self.feeder.loads)
 
     @property
+    def n_slots(self) -> int:
+        return self.w_active.shape[0] + self.delta_from.shape[0]
+
+    @property
     def n_injections(self) -> int:
         return len(self.injection_node_names)
 
@@ -79,6 +82,10 @@ def _load_branches(feeder: Feeder, index: dict, v_base: np.ndarray):
     """Expand every load into branches: (from node, to node or -1, load index, share, v_nominal_pu, exps)."""
     branches = []
     for li, load in enumerate(feeder.loads):
+        if load.p_exponent not in (0.0, 1.0, 2.0) or load.q_exponent not in (0.0, 1.0, 2.0):
+            raise FeederError(f"element Load.{load.name}: voltage exponents ({load.p_exponent}, "
+                              f"{load.q_exponent}) are not supported; gridedge models exponents 0, 1 and 2 "
+                              "(constant power, current, impedance)")
         nodes = load.terminal.nodes
         bus = load.terminal.bus
         if load.conn == "wye":
@@ -165,6 +172,22 @@ def compile(
             rows.append(row)
             current_names.append(f"{name}.{k + 1}")
 
+    # slot of every branch: its node for wye-to-ground branches, m + k for the k-th ungrounded branch
+    ungrounded = [b for b in branches if b[1] >= 0]
+    n_slots = m + len(ungrounded)
+    p_to_slots = np.zeros((len(feeder.loads), 3, n_slots))
+    q_to_slots = np.zeros((len(feeder.loads), 3, n_slots))
+    k_delta = 0
+    for ia, ib, li, share, v_nominal, p_exp, q_exp in branches:
+        if ib >= 0:
+            slot = m + k_delta
+            k_delta += 1
+        else:
+            slot = pos[ia]
+        # s = p (|u| / v_nominal)^k: the coefficient of |u|^k is p / v_nominal^k
+        p_to_slots[li, int(p_exp), slot] += share / v_nominal ** p_exp
+        q_to_slots[li, int(q_exp), slot] += share / v_nominal ** q_exp
+
     cplx = _COMPLEX[dtype]
     as_c = lambda a: torch.as_tensor(np.asarray(a), dtype=cplx, device=device)  # noqa: E731
     as_r = lambda a: torch.as_tensor(np.asarray(a, dtype=float), dtype=dtype, device=device)  # noqa: E731
@@ -179,13 +202,10 @@ def compile(
         z_active=as_c(z_pu[np.ix_(active_np, active_np)]),
         w_all=as_c(w / v_base),
         z_all_active=as_c(z_pu[:, active_np]),
-        branch_from=as_i([pos[b[0]] for b in branches]),
-        branch_to=as_i([pos[b[1]] if b[1] >= 0 else m for b in branches]),
-        branch_load=as_i([b[2] for b in branches]),
-        branch_share=as_r([b[3] for b in branches]),
-        branch_v_nominal_pu=as_r([b[4] for b in branches]),
-        branch_p_exponent=as_r([b[5] for b in branches]),
-        branch_q_exponent=as_r([b[6] for b in branches]),
+        p_to_slots=as_r(p_to_slots.reshape(len(feeder.loads), -1)),
+        q_to_slots=as_r(q_to_slots.reshape(len(feeder.loads), -1)),
+        delta_from=as_i([pos[b[0]] for b in ungrounded]),
+        delta_to=as_i([pos[b[1]] for b in ungrounded]),
         injection_nodes=as_i([pos[i] for i in inj]),
         injection_node_names=[names[i] for i in inj],
         load_p_kw=as_r([ld.p_kw for ld in feeder.loads]),

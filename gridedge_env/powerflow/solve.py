@@ -3,8 +3,8 @@
 Forward: the Z-bus fixed point `v = T(v, s) = w + Z i(v, s)` on the active nodes (see `compile`), run
 without an autograd tape. Backward: at the solution `v* = T(v*, s)` the implicit function theorem gives
 `dL/ds = (dT/ds)^T lam` with the adjoint `lam = g + (dT/dv)^T lam`, a fixed point with the same contraction
-as the forward map; it is solved with vector-Jacobian products of T (torch.func.vjp), so memory does not
-grow with the iteration count and nothing is backpropagated through the iterations.
+as the forward map; it is solved with closed-form vector-Jacobian products of T (one matrix product per
+step), so memory does not grow with the iteration count and nothing is backpropagated through iterations.
 
 Rows that do not converge (or diverge) are frozen, flagged `converged=False`, and get zero gradient: no
 NaN reaches a gradient.
@@ -15,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import vjp
-
 from gridedge_env.powerflow.compile import CompiledFeeder
 
-# a row whose voltages leave this band is diverging: it is frozen and reported as not converged
-_DIVERGED_V_PU = (1e-3, 10.0)
+# an iteration that moves a voltage by more than this (pu), or to NaN, marks its row as diverging
+_DIVERGED_STEP_PU = 10.0
 
 
 class PowerFlowError(RuntimeError):
@@ -56,55 +54,93 @@ class PowerFlowResult:
         return self.v_pu * compiled.v_base_v
 
 
-def _injected_current(c: CompiledFeeder, v: torch.Tensor, p_br, q_br, p_inj, q_inj) -> torch.Tensor:
-    """Current injected at each active node, [B, m] (pu: s_kva = v * conj(i)), for voltages v [B, m]."""
-    batch, m = v.shape
-    v_ext = torch.cat([v, v.new_zeros(batch, 1)], dim=1)  # slot m is ground
-    u = v_ext[:, c.branch_from] - v_ext[:, c.branch_to]
-    ratio = u.abs() / c.branch_v_nominal_pu
-    s = torch.complex(p_br * ratio.pow(c.branch_p_exponent), q_br * ratio.pow(c.branch_q_exponent))
-    j = (s / u).conj()  # branch current, from -> to, drawn by the load
-    i_ext = v.new_zeros(batch, m + 1)
-    i_ext = i_ext.index_add(1, c.branch_from, -j).index_add(1, c.branch_to, j)
-    s_inj = torch.complex(p_inj, q_inj)
-    i_inj = -(s_inj / v[:, c.injection_nodes]).conj()
-    return i_ext[:, :m].index_add(1, c.injection_nodes, i_inj)
+def _slot_factor(coef: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """K(r) = a / r^2 + b / r + c for coefficients coef [B, 3, s] and magnitudes r [B, s]."""
+    x = r.reciprocal()
+    return (coef[:, 0] * x + coef[:, 1]) * x + coef[:, 2]
 
 
-def _fixed_point_map(c: CompiledFeeder, v, p_br, q_br, p_inj, q_inj) -> torch.Tensor:
-    return c.w_active + _injected_current(c, v, p_br, q_br, p_inj, q_inj) @ c.z_active.T
+def _injected_current(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Current injected at each active node, [B, m] (pu: s_kva = v * conj(i)), for voltages v [B, m].
+
+    `coef` [B, 3, s] holds minus the conjugated (constant P, I, Z) power coefficients of each slot, so that a
+    slot with voltage u injects `u * K(|u|)`: a load drawing s(u) = S_P + S_I |u| + S_Z |u|^2 injects
+    -conj(s / u) = u * (-conj(S_P) / |u|^2 - conj(S_I) / |u| - conj(S_Z)).
+    """
+    m = v.shape[1]
+    i = v * _slot_factor(coef[:, :, :m], v.abs())
+    if c.delta_from.numel():
+        u = v[:, c.delta_from] - v[:, c.delta_to]
+        j = u * _slot_factor(coef[:, :, m:], u.abs())  # injected at the first end, drawn from the second
+        i = i.index_add(1, c.delta_from, j).index_add(1, c.delta_to, -j)
+    return i
 
 
-def _iterate(c: CompiledFeeder, v, params, tol: float, max_iter: int):
+def slot_coefficients(c: CompiledFeeder, load_p_kw, load_q_kvar, injection_p_kw, injection_q_kvar) -> torch.Tensor:
+    """Aggregate loads [B, n_loads] and injections [B, j] into slot coefficients [B, 3, s] (complex).
+
+    Returned negated and conjugated, as `_injected_current` expects; differentiable by ordinary autograd.
+    """
+    batch = load_p_kw.shape[0]
+    s_p = (load_p_kw @ c.p_to_slots).view(batch, 3, c.n_slots)
+    s_q = (load_q_kvar @ c.q_to_slots).view(batch, 3, c.n_slots)
+    slot_p = s_p[:, 0].index_add(1, c.injection_nodes, injection_p_kw)
+    slot_q = s_q[:, 0].index_add(1, c.injection_nodes, injection_q_kvar)
+    return -torch.complex(torch.stack([slot_p, s_p[:, 1], s_p[:, 2]], dim=1),
+                          -torch.stack([slot_q, s_q[:, 1], s_q[:, 2]], dim=1))
+
+
+def _fixed_point_map(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    return c.w_active + _injected_current(c, v, coef) @ c.z_active.T
+
+
+def _iterate(c: CompiledFeeder, v, coef, tol: float, max_iter: int):
     """Forward fixed point, no tape. Returns (v [B,m], converged [B], iterations [B])."""
     batch = v.shape[0]
     converged = torch.zeros(batch, dtype=torch.bool, device=v.device)
     failed = torch.zeros_like(converged)
     iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
     for _ in range(max_iter):
-        v_new = _fixed_point_map(c, v, *params)
-        mag = v_new.abs()
-        bad = ~torch.isfinite(mag).all(dim=1) | (mag < _DIVERGED_V_PU[0]).any(dim=1) | (mag > _DIVERGED_V_PU[1]).any(dim=1)
+        v_new = _fixed_point_map(c, v, coef)
         step = (v_new - v).abs().amax(dim=1)
-        active = ~(converged | failed)
-        iterations += active.long()
-        failed = failed | (active & bad)
-        # frozen rows (converged or failed) keep their last value
-        v = torch.where((active & ~bad).unsqueeze(1), v_new, v)
-        converged = converged | (active & ~bad & (step < tol))
+        running = ~(converged | failed)
+        iterations += running.long()
+        # a non-finite or huge step means the row diverges: freeze it at its last finite iterate
+        bad = running & ~(step < _DIVERGED_STEP_PU)
+        if bool(bad.any()):
+            failed = failed | bad
+            v_new = torch.where(bad.unsqueeze(1), v, v_new)
+        # converged rows keep iterating with the batch: at the fixed point that changes them by < tol
+        v = v_new
+        converged = converged | (running & ~bad & (step < tol))
         if bool((converged | failed).all()):
             break
     return v, converged, iterations
 
 
+def _local_jacobian(u: torch.Tensor, coef: torch.Tensor):
+    """For i = u K(|u|): (conj(di/du), di/dconj(u)) elementwise, the two Wirtinger derivatives."""
+    r = u.abs()
+    x = r.reciprocal()
+    k = (coef[:, 0] * x + coef[:, 1]) * x + coef[:, 2]
+    dk_dr = (-2.0 * coef[:, 0] * x - coef[:, 1]) * x * x
+    di_du = k + dk_dr * r / 2
+    di_dconj = dk_dr * u * u * x / 2
+    return di_du.conj(), di_dconj
+
+
 class _ImplicitFixedPoint(torch.autograd.Function):
-    """v* = T(v*, s): forward by iteration, backward by the adjoint fixed point (implicit function theorem)."""
+    """v* = T(v*, coef): forward by iteration, backward by the adjoint fixed point (implicit function theorem).
+
+    With h = Z^H lam, the vector-Jacobian product of T is, per slot with voltage u and injection i(u),
+    conj(di/du) h + di/dconj(u) conj(h) (PyTorch's conjugate-Wirtinger convention); the adjoint iteration
+    lam <- g + VJP(lam) costs one matrix product per step.
+    """
 
     @staticmethod
-    def forward(ctx, p_br, q_br, p_inj, q_inj, v_init, compiled, tol, max_iter, adjoint_tol, adjoint_max_iter):
-        params = (p_br, q_br, p_inj, q_inj)
-        v, converged, iterations = _iterate(compiled, v_init, params, tol, max_iter)
-        ctx.save_for_backward(v, converged, *params)
+    def forward(ctx, coef, v_init, compiled, tol, max_iter, adjoint_tol, adjoint_max_iter):
+        v, converged, iterations = _iterate(compiled, v_init, coef, tol, max_iter)
+        ctx.save_for_backward(v, converged, coef)
         ctx.compiled = compiled
         ctx.adjoint = (adjoint_tol, adjoint_max_iter)
         ctx.mark_non_differentiable(converged, iterations)
@@ -112,25 +148,50 @@ class _ImplicitFixedPoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_v, _grad_converged, _grad_iterations):
-        v, converged, *params = ctx.saved_tensors
-        compiled = ctx.compiled
+        v, converged, coef = ctx.saved_tensors
+        c = ctx.compiled
         adjoint_tol, adjoint_max_iter = ctx.adjoint
+        m = v.shape[1]
+        has_delta = c.delta_from.numel() > 0
+        z_conj = c.z_active.conj()
+        a_node, b_node = _local_jacobian(v, coef[:, :, :m])
+        if has_delta:
+            u = v[:, c.delta_from] - v[:, c.delta_to]
+            a_delta, b_delta = _local_jacobian(u, coef[:, :, m:])
+
+        def vjp_v(lam):
+            h = lam @ z_conj
+            out = a_node * h + b_node * h.conj()
+            if has_delta:
+                hb = h[:, c.delta_from] - h[:, c.delta_to]
+                gu = a_delta * hb + b_delta * hb.conj()
+                out = out.index_add(1, c.delta_from, gu).index_add(1, c.delta_to, -gu)
+            return out
+
         mask = converged.unsqueeze(1)
         g = torch.where(mask, grad_v, torch.zeros_like(grad_v))
-        with torch.enable_grad():
-            _, vjp_fn = vjp(lambda vv, *pp: _fixed_point_map(compiled, vv, *pp), v, *params)
+        scale = g.abs().amax().clamp_min(torch.finfo(v.real.dtype).tiny)
         lam = g
-        scale = g.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
         for _ in range(adjoint_max_iter):
-            lam_new = g + vjp_fn(lam)[0]
-            done = ((lam_new - lam).abs().amax(dim=1, keepdim=True) <= adjoint_tol * scale).all()
+            lam_new = g + vjp_v(lam)
+            done = bool(((lam_new - lam).abs().amax() <= adjoint_tol * scale))
             lam = lam_new
-            if bool(done):
+            if done:
                 break
-        # rows whose adjoint did not settle (or blew up) contribute nothing rather than a wrong gradient
+        # rows whose adjoint blew up contribute nothing rather than a wrong gradient
         lam = torch.where(torch.isfinite(lam).all(dim=1, keepdim=True) & mask, lam, torch.zeros_like(lam))
-        grads = vjp_fn(lam)[1:]
-        return (*grads, None, None, None, None, None, None)
+        # gradient w.r.t. the coefficients: i = u (a / r^2 + b / r + c) is linear in them
+        h = lam @ z_conj
+        r_inv = v.abs().reciprocal()
+        base = v.conj() * h
+        grad = [base * r_inv * r_inv, base * r_inv, base]
+        if has_delta:
+            hb = h[:, c.delta_from] - h[:, c.delta_to]
+            rb_inv = u.abs().reciprocal()
+            base_b = u.conj() * hb
+            grad = [torch.cat([gn, gb], dim=1) for gn, gb in
+                    zip(grad, [base_b * rb_inv * rb_inv, base_b * rb_inv, base_b], strict=True)]
+        return torch.stack(grad, dim=1), None, None, None, None, None, None
 
 
 def solve(
@@ -193,22 +254,23 @@ def solve(
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or infinite values")
         tensors[name] = x.expand(batch, sizes[name])
-    p_br = tensors["load_p_kw"][:, c.branch_load] * c.branch_share
-    q_br = tensors["load_q_kvar"][:, c.branch_load] * c.branch_share
+    m = c.w_active.shape[0]
+    coef = slot_coefficients(c, **tensors)
     if v_init is None:
         v_init = c.w_active.expand(batch, -1)
-    elif v_init.shape != (batch, c.w_active.shape[0]):
-        raise ValueError(f"v_init must have shape [{batch}, {c.w_active.shape[0]}], got {tuple(v_init.shape)}")
+    elif v_init.shape != (batch, m):
+        raise ValueError(f"v_init must have shape [{batch}, {m}], got {tuple(v_init.shape)}")
     v_init = v_init.detach().to(c.w_active.dtype)
 
     v_active, converged, iterations = _ImplicitFixedPoint.apply(
-        p_br, q_br, tensors["injection_p_kw"], tensors["injection_q_kvar"], v_init, c, tol, max_iter,
-        adjoint_tol, adjoint_max_iter)
+        coef, v_init, c, tol, max_iter, adjoint_tol, adjoint_max_iter)
     if raise_on_failure and not bool(converged.all()):
         bad = (~converged).nonzero().flatten().tolist()
         raise PowerFlowError(f"power flow did not converge for batch rows {bad[:10]} "
                              f"(of {batch}) within {max_iter} iterations")
-    i_active = _injected_current(c, v_active, p_br, q_br, tensors["injection_p_kw"], tensors["injection_q_kvar"])
+    # rows that failed get no gradient through the recovery either (their voltages are not a solution)
+    coef = torch.where(converged.view(-1, 1, 1), coef, coef.detach())
+    i_active = _injected_current(c, v_active, coef)
     v_all = c.w_all + i_active @ c.z_all_active.T
     result = {"v_pu": v_all, "v_mag_pu": v_all.abs(), "v_active_pu": v_active, "converged": converged,
               "iterations": iterations}

@@ -1,0 +1,205 @@
+"""Power flow: agreement with OpenDSS, physics, implicit gradients, failures and bad input.
+
+Reference numbers come from OpenDSS through OpenDSSDirect.py 0.9.x (DSS C-API), solved in the same test with
+tolerance 1e-12, the same fixed regulator taps, controls off and load vminpu/vmaxpu widened (see
+`gridedge_env.network.opendss.OpenDSSReference`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gridedge_env import powerflow
+from gridedge_env.network import load_feeder
+from gridedge_env.network.shipped import reference_model
+from gridedge_env.powerflow.admittance import element_yprims, node_index
+from gridedge_env.powerflow.solve import _fixed_point_map, slot_coefficients
+from gridedge_env.validation import draw_operating_points, validate
+
+FEEDERS = ["ieee13", "ieee34", "ieee123"]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return {name: powerflow.compile(load_feeder(name)) for name in FEEDERS}
+
+
+def _points(c, n, seed=0):
+    return draw_operating_points(c, n, seed).torch(c)
+
+
+@pytest.mark.parametrize("name", FEEDERS)
+def test_agrees_with_reference_opendss_models(name, shared_data):
+    result = validate(load_feeder(name), reference=reference_model(name, shared_data), samples=20, seed=1)
+    assert result["all_converged"]
+    assert result["max_abs_err_pu"] <= 1e-6, result
+
+
+@pytest.mark.parametrize("name", FEEDERS)
+def test_agrees_with_model_written_by_to_opendss(name):
+    result = validate(load_feeder(name), samples=10, seed=2)
+    assert result["all_converged"]
+    assert result["max_abs_err_pu"] <= 1e-6, result
+
+
+@pytest.mark.parametrize("name", FEEDERS)
+def test_power_balance_source_equals_loads_plus_losses(name, compiled):
+    """Power from the source = power drawn by loads and injections + power absorbed by every element."""
+    c = compiled[name]
+    pts = _points(c, 8)
+    r = powerflow.solve(c, **pts, tol=1e-13, return_source_power=True)
+    v = r.v_volts(c)
+    index = node_index(c.feeder)
+    absorbed = torch.zeros(8, dtype=torch.complex128)
+    for elem, yprim, conductors in element_yprims(c.feeder):
+        if elem.startswith("Vsource"):
+            continue
+        cols = [index[cond] if cond[1] else -1 for cond in conductors]
+        v_term = torch.stack([v[:, k] if k >= 0 else torch.zeros(8, dtype=v.dtype) for k in cols], dim=1)
+        i_term = v_term @ torch.as_tensor(yprim).T
+        absorbed += (v_term * i_term.conj()).sum(dim=1) / 1e3
+    # loads: recompute each load's power at its own terminal voltage, independently of the solver
+    loads = torch.zeros(8, dtype=torch.complex128)
+    for li, load in enumerate(c.feeder.loads):
+        nodes = load.terminal.nodes
+        bus = load.terminal.bus
+        if load.conn == "wye":
+            pairs = [(nodes[k], nodes[load.phases] if len(nodes) > load.phases else 0) for k in range(load.phases)]
+            v_nom = load.kv * 1e3 / (np.sqrt(3) if load.phases > 1 else 1)
+        else:
+            n = len(nodes)
+            pairs = [(nodes[0], nodes[1])] if load.phases == 1 else [(nodes[k], nodes[(k + 1) % n]) for k in range(n)]
+            v_nom = load.kv * 1e3
+        for a, b in pairs:
+            u = v[:, index[(bus, a)]] - (v[:, index[(bus, b)]] if b else 0)
+            ratio = u.abs() / v_nom
+            loads += torch.complex(pts["load_p_kw"][:, li] * ratio ** load.p_exponent,
+                                   pts["load_q_kvar"][:, li] * ratio ** load.q_exponent) / len(pairs)
+    loads += torch.complex(pts["injection_p_kw"].sum(1), pts["injection_q_kvar"].sum(1))
+    source = torch.complex(r.source_p_kw, r.source_q_kvar)
+    mismatch = (source - loads - absorbed).abs()
+    assert mismatch.max() <= 1e-6 * source.abs().max(), (source, loads, absorbed)
+    assert (absorbed.real > 0).all()  # lines and transformers have losses
+
+
+def test_source_current_matches_head_element_current(compiled):
+    c = compiled["ieee123"]
+    r = powerflow.solve(c, **_points(c, 4), return_currents=True)
+    v_src = r.v_volts(c)[:, c.source_nodes]
+    i_src = (c.source_emf_v - v_src) @ c.source_y_s.T
+    head = [c.current_names.index(f"Transformer.reg1a.{k}") for k in (1, 2, 3)]
+    assert torch.allclose(r.currents_a[:, head], i_src, rtol=1e-8, atol=1e-6)
+
+
+def test_gradcheck_injections_to_voltage_magnitudes(compiled):
+    c = compiled["ieee13"]
+    pts = _points(c, 2, seed=3)
+    p_inj = pts["injection_p_kw"].clone().requires_grad_(True)
+    q_load = pts["load_q_kvar"].clone().requires_grad_(True)
+
+    def f(p, q):
+        return powerflow.solve(c, pts["load_p_kw"], q, p, pts["injection_q_kvar"], tol=1e-14,
+                               max_iter=500).v_mag_pu
+
+    assert torch.autograd.gradcheck(f, (p_inj, q_load), eps=1e-4, atol=1e-7, rtol=1e-5)
+
+
+def test_implicit_gradient_matches_unrolled_autograd(compiled):
+    c = compiled["ieee123"]
+    pts = _points(c, 4, seed=4)
+    weights = torch.randn(4, c.w_active.shape[0], dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    leaves = {k: v.clone().requires_grad_(True) for k, v in pts.items()}
+    r = powerflow.solve(c, **leaves, tol=1e-14, max_iter=500, adjoint_tol=1e-14)
+    (r.v_active_pu.abs() * weights.real + r.v_active_pu.real * weights.imag).sum().backward()
+    implicit = {k: v.grad for k, v in leaves.items()}
+
+    leaves = {k: v.clone().requires_grad_(True) for k, v in pts.items()}
+    coef = slot_coefficients(c, **leaves)
+    v = c.w_active.expand(4, -1)
+    for _ in range(80):  # far past convergence: unrolled autograd through every iteration
+        v = _fixed_point_map(c, v, coef)
+    (v.abs() * weights.real + v.real * weights.imag).sum().backward()
+    for name, g in implicit.items():
+        unrolled = leaves[name].grad
+        rel = (g - unrolled).abs().max() / unrolled.abs().max()
+        assert rel <= 1e-6, (name, float(rel))
+
+
+def test_non_convergence_is_flagged_and_gradients_stay_finite(compiled):
+    c = compiled["ieee13"]
+    p = c.load_p_kw.expand(3, -1).clone()
+    p[1] *= 1000.0  # absurd: no operating point exists
+    p = p.requires_grad_(True)
+    r = powerflow.solve(c, p, max_iter=60)
+    assert r.converged.tolist() == [True, False, True]
+    r.v_mag_pu.sum().backward()
+    assert torch.isfinite(p.grad).all()
+    assert (p.grad[1] == 0).all() and (p.grad[0] != 0).any()
+    assert torch.isfinite(r.v_mag_pu[[0, 2]]).all()
+    with pytest.raises(powerflow.PowerFlowError, match=r"batch rows \[1\]"):
+        powerflow.solve(c, p.detach(), max_iter=60, raise_on_failure=True)
+
+
+def test_batch_rows_are_independent(compiled):
+    c = compiled["ieee34"]
+    pts = _points(c, 5, seed=5)
+    together = powerflow.solve(c, **pts, tol=1e-13).v_pu
+    for k in (0, 3):
+        alone = powerflow.solve(c, **{n: x[k:k + 1] for n, x in pts.items()}, tol=1e-13).v_pu
+        assert torch.allclose(alone[0], together[k], atol=1e-11, rtol=0)
+
+
+def test_warm_start_same_answer_fewer_iterations(compiled):
+    c = compiled["ieee123"]
+    pts = _points(c, 6, seed=6)
+    cold = powerflow.solve(c, **pts)
+    nudged = {k: v * 1.01 for k, v in pts.items()}
+    warm = powerflow.solve(c, **nudged, v_init=cold.v_active_pu)
+    again = powerflow.solve(c, **nudged)
+    assert torch.allclose(warm.v_pu, again.v_pu, atol=1e-9, rtol=0)
+    assert warm.iterations.float().mean() < again.iterations.float().mean()
+
+
+def test_float32_is_accurate_to_1e5_pu():
+    feeder = load_feeder("ieee123")
+    c64 = powerflow.compile(feeder)
+    c32 = powerflow.compile(feeder, dtype=torch.float32)
+    pts = _points(c64, 16, seed=7)
+    v64 = powerflow.solve(c64, **pts).v_pu
+    r32 = powerflow.solve(c32, **{k: v.float() for k, v in pts.items()}, tol=1e-6)
+    assert r32.converged.all()
+    assert (r32.v_pu.to(torch.complex128) - v64).abs().max() < 1e-5
+
+
+def test_memory_does_not_grow_with_iterations(compiled):
+    """The autograd graph holds one fixed-point node, however many iterations the forward took."""
+    c = compiled["ieee13"]
+    p = c.load_p_kw.clone().requires_grad_(True)
+    r = powerflow.solve(c, p, tol=1e-14, max_iter=500)
+    assert r.iterations.item() > 10
+    node = r.v_active_pu.grad_fn
+    assert type(node).__name__.startswith("_ImplicitFixedPoint")
+    assert len(node.next_functions) <= 7  # inputs of the one custom node, not one node per iteration
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"load_p_kw": torch.ones(2, 3)}, r"load_p_kw must have shape"),
+        ({"injection_p_kw": torch.full((19,), float("nan"))}, r"injection_p_kw contains NaN"),
+        ({"load_p_kw": torch.ones(2, 15), "load_q_kvar": torch.ones(3, 15)}, r"disagree on the batch size"),
+        ({"v_init": torch.ones(1, 5, dtype=torch.complex128)}, r"v_init must have shape"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_message(compiled, kwargs, message):
+    c = compiled["ieee13"]
+    assert c.n_loads == 15 and c.n_injections == 19
+    with pytest.raises(ValueError, match=message):
+        powerflow.solve(c, **kwargs)
+
+
+def test_compile_rejects_unknown_injection_node():
+    with pytest.raises(ValueError, match="no nodes"):
+        powerflow.compile(load_feeder("ieee13"), injection_nodes=["nosuchbus.1"])
