@@ -94,15 +94,38 @@ def _fixed_point_map(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> 
     return c.w_active + _injected_current(c, v, coef) @ c.z_active.T
 
 
+def _inverse_magnitude(v: torch.Tensor) -> torch.Tensor:
+    """1/|v| as a complex tensor, from the real and imaginary parts (much faster than complex abs)."""
+    return (v * v.conj()).real.rsqrt().to(v.dtype)
+
+
+def _forward_map(c: CompiledFeeder, v, node_coef, delta_coef, w, z_t):
+    """T(v) for the tape-free forward iteration: the same map as `_fixed_point_map`, with fused in-place
+    operations on contiguous coefficient tensors (about twice as fast on a CPU)."""
+    x = _inverse_magnitude(v)
+    i = torch.addcmul(node_coef[1], node_coef[0], x).mul_(x).add_(node_coef[2]).mul_(v)
+    if delta_coef is not None:
+        u = v[:, c.delta_from] - v[:, c.delta_to]
+        xd = _inverse_magnitude(u)
+        j = torch.addcmul(delta_coef[1], delta_coef[0], xd).mul_(xd).add_(delta_coef[2]).mul_(u)
+        i.index_add_(1, c.delta_from, j).index_add_(1, c.delta_to, j, alpha=-1)
+    return torch.addmm(w, i, z_t)
+
+
 def _iterate(c: CompiledFeeder, v, coef, tol: float, max_iter: int):
     """Forward fixed point, no tape. Returns (v [B,m], converged [B], iterations [B])."""
-    batch = v.shape[0]
+    batch, m = v.shape
+    node_coef = [coef[:, k, :m].contiguous() for k in range(3)]
+    delta_coef = [coef[:, k, m:].contiguous() for k in range(3)] if c.delta_from.numel() else None
+    w = c.w_active.expand(batch, m)
+    z_t = c.z_active.T.contiguous()
     converged = torch.zeros(batch, dtype=torch.bool, device=v.device)
     failed = torch.zeros_like(converged)
     iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
     for _ in range(max_iter):
-        v_new = _fixed_point_map(c, v, coef)
-        step = (v_new - v).abs().amax(dim=1)
+        v_new = _forward_map(c, v, node_coef, delta_coef, w, z_t)
+        # largest change of a real or imaginary part (cheaper than the modulus, and within sqrt(2) of it)
+        step = torch.view_as_real(v_new - v).abs().amax(dim=(1, 2))
         running = ~(converged | failed)
         iterations += running.long()
         # a non-finite or huge step means the row diverges: freeze it at its last finite iterate
@@ -221,7 +244,8 @@ def solve(
             injection node (`compiled.injection_node_names`), positive = consumption. Default: zero.
         batch_size: B when no input has a batch dimension (default 1).
         v_init: [B, m] complex initial voltages at the active nodes (warm start); default: no-load voltages.
-        tol: convergence tolerance on the largest voltage change in one iteration, pu.
+        tol: convergence tolerance, pu: the largest change of a voltage's real or imaginary part in one
+            iteration.
         max_iter: iteration limit; rows that hit it are reported `converged=False`.
         adjoint_tol, adjoint_max_iter: same for the backward adjoint iteration (relative to the gradient).
         return_source_power: also return the power drawn from the source.

@@ -1,0 +1,691 @@
+"""The functional simulator core: pure, batched, differentiable ``reset`` / ``step`` over an immutable state.
+
+``make_sim(**cfg)`` compiles a feeder, places the agents and samples their device parameters once; then
+
+- ``sim.reset(batch_size, seed, split) -> State`` draws everything random of ``batch_size`` one-day
+  episodes: the days (from the split), the household load shapes, and the initial device states;
+- ``sim.step(state, actions) -> StepResult`` is a deterministic function of the state and the actions
+  ``[B, N]``: it steps the three device types (vectorised over agents), sums device power and rooftop PV per
+  load node, solves the batched three-phase power flow (warm-started from the previous step), and returns
+  the next state, per-agent costs and device violations, per-node voltage violations, local observations,
+  and the power-flow diagnostics.
+
+Everything is differentiable w.r.t. the actions: the device models by autograd, the power flow by its
+implicit-function-theorem backward. One ``backward()`` of a rollout's total gives the gradient w.r.t. every
+action of every agent; ``step(..., detach_state=True)`` or :meth:`Sim.detach` cuts it between steps.
+
+Spec (agents, observations, costs, calibration): ``docs/simulator.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gridedge_env import powerflow
+from gridedge_env.devices import DEVICE_TYPES, heatpump_cop
+from gridedge_env.network import Feeder, load_feeder
+from gridedge_env.placement import hosting_capacity, load_node_shares, node_spot_kw, place_agents, split_mix
+from gridedge_env.scenarios import draw_load_shapes, load_scenario_data, split_days
+
+__all__ = [
+    "AGENT_TYPES",
+    "OBS_DIM",
+    "OBS_NAMES",
+    "OBS_SCALES",
+    "SimConfig",
+    "Sim",
+    "State",
+    "StepResult",
+    "make_sim",
+    "price_seeking_actions",
+]
+
+#: Device types in the order of the action/agent axis: all batteries, then heat pumps, then generators.
+AGENT_TYPES: tuple[str, ...] = tuple(DEVICE_TYPES)
+
+#: Observation features, the same layout for every agent type (``own_state`` depends on the type).
+OBS_NAMES: tuple[str, ...] = (
+    "time_sin",
+    "time_cos",
+    "price",
+    "t_outdoor",
+    "v_node",
+    "node_load",
+    "node_pv",
+    "own_state",
+)
+OBS_DIM: int = len(OBS_NAMES)
+
+#: Fixed scales of the observation features (see ``docs/simulator.md``).
+OBS_SCALES: dict[str, float] = {
+    "price_per_kwh": 0.40,  # price / 0.40 $/kWh: the summer peak rate maps to 1
+    "t_outdoor_c": 20.0,  # outdoor temperature / 20 C
+    "v_pu_centre": 1.0,  # (v - 1.0) / 0.05: the band edges 0.95 and 1.05 pu map to -1 and +1
+    "v_pu_half_band": 0.05,
+}
+
+_DEFAULT_TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-6, 1e-5)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that defines a simulator instance (``make_sim(**fields)``)."""
+
+    feeder: str | Feeder = "ieee123"
+    """Shipped feeder name ("ieee13", "ieee34", "ieee123") or a `Feeder`."""
+    n_agents: int = 1000
+    """Number of agents N (>= 1, at most the feeder's hosting capacity)."""
+    mix: tuple[float, ...] = (0.4, 0.4, 0.2)
+    """Shares of batteries, heat pumps and generators (largest-remainder rounding of N)."""
+    step_minutes: int = 30
+    """Step length: 15, 30 or 60 minutes; an episode is one day (96, 48 or 24 steps)."""
+    seed: int = 0
+    """Seed of the agent placement and the per-agent device parameters (episodes are seeded in `reset`)."""
+    dtype: torch.dtype = torch.float64
+    """torch.float64 (default) or torch.float32."""
+    device: str = "cpu"
+    """torch device of every tensor."""
+    load_scale: float = 1.0
+    """Multiplier on every household load (spot kW x drawn shape x load_scale)."""
+    pv_kwp_per_kw: float = 1.5
+    """Rooftop PV at every load node: this many kWp (DC) per kW of the node's spot load."""
+    source_v_pu: float | None = 0.98
+    """Substation (source) voltage setpoint, pu; None keeps the feeder's own."""
+    regulator_taps: str = "neutral"
+    """"neutral": every voltage-regulator tap at 1.0 pu (no fixed boost); "feeder": the feeder's taps."""
+    min_spot_kw_per_agent: float = 1.0
+    """Hosting rule: at most one agent per this many kW of the feeder's total spot load."""
+    net_metering: bool = True
+    """True: exports are credited at the import (TOU) price; False: at the tariff's export price."""
+    generator_ramp_limit: bool = True
+    """Generators have ramp limits (False: unlimited ramping)."""
+    v_min_pu: float = 0.95
+    """Lower voltage limit, pu."""
+    v_max_pu: float = 1.05
+    """Upper voltage limit, pu."""
+    pf_tol: float | None = None
+    """Power-flow tolerance, pu (None: 1e-10 in float64, 1e-6 in float32)."""
+    pf_max_iter: int = 100
+    """Power-flow iteration limit per step; rows that hit it are flagged not converged."""
+    pf_adjoint_tol: float | None = None
+    """Relative tolerance of the power flow's backward adjoint (None: 1e-10 in float64, 1e-5 in float32)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# State and step result
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class State:
+    """Immutable state of B one-day episodes at step ``t`` (build changed copies with `dataclasses.replace`).
+
+    Shapes: B batch rows, N agents (N_b batteries, N_h heat pumps, N_g generators), T steps per day,
+    L feeder loads, J load nodes, m power-flow active nodes.
+    """
+
+    t: int
+    """Index of the next step to take, 0..T (T: the episode is over)."""
+    day_idx: torch.Tensor
+    """[B] int64 day index 0..364 of each row (day of year minus one)."""
+    soc_kwh: torch.Tensor
+    """[B, N_b] battery state of charge, kWh."""
+    t_indoor_c: torch.Tensor
+    """[B, N_h] indoor temperature of each heat pump's building, C."""
+    p_prev_kw: torch.Tensor
+    """[B, N_g] generator output of the previous step, kW (generation positive)."""
+    v_node_pu: torch.Tensor
+    """[B, J] voltage magnitude at each load node after the previous step, pu."""
+    v_active_pu: torch.Tensor
+    """[B, m] complex power-flow solution of the previous step (warm start; no gradient)."""
+    load_p_kw: torch.Tensor
+    """[B, T, L] household (feeder) load per step, kW."""
+    load_q_kvar: torch.Tensor
+    """[B, T, L] household reactive load per step, kvar."""
+    pv_kw: torch.Tensor
+    """[B, T, J] rooftop PV output per load node and step, kW (generation positive)."""
+    t_outdoor_c: torch.Tensor
+    """[B, T] outdoor temperature, C."""
+    price_per_kwh: torch.Tensor
+    """[B, T] import price, $/kWh."""
+    export_price_per_kwh: torch.Tensor
+    """[B, T] export price, $/kWh."""
+    obs: torch.Tensor
+    """[B, N, OBS_DIM] observation of every agent for step ``t`` (see OBS_NAMES)."""
+
+    @property
+    def batch_size(self) -> int:
+        """Number of batch rows B."""
+        return int(self.day_idx.shape[0])
+
+    def select(self, rows: torch.Tensor | Sequence[int] | slice) -> State:
+        """The sub-batch of the given rows (a new State; every batched tensor indexed on dim 0)."""
+        if not isinstance(rows, slice):
+            rows = torch.as_tensor(rows, dtype=torch.int64, device=self.day_idx.device)
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = value[rows]
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Everything one step returns (B rows, N agents, n feeder nodes)."""
+
+    state: State
+    """Next state (its ``obs`` is the observation for the next step)."""
+    cost: torch.Tensor
+    """[B, N] per-agent cost of the step, $ (electricity_cost + device_cost)."""
+    electricity_cost: torch.Tensor
+    """[B, N] electricity cost of the agent's device power at the step's price, $ (negative = revenue)."""
+    device_cost: torch.Tensor
+    """[B, N] degradation (battery) or fuel (generator) cost, $; 0 for heat pumps."""
+    device_violation: torch.Tensor
+    """[B, N] device violation: kW projected away (battery, generator), K outside the comfort band (heat pump)."""
+    voltage_violation: torch.Tensor
+    """[B, n] per-node distance outside [v_min_pu, v_max_pu], pu."""
+    v_mag_pu: torch.Tensor
+    """[B, n] node voltage magnitudes, pu (names in ``Sim.node_names``)."""
+    p_kw: torch.Tensor
+    """[B, N] delivered device power, kW (positive = consumption)."""
+    action: torch.Tensor
+    """[B, N] the actions after clipping to [-1, 1]."""
+    converged: torch.Tensor
+    """[B] bool: the power flow of the row converged."""
+    iterations: torch.Tensor
+    """[B] int64: power-flow iterations of the row."""
+    truncated: bool
+    """True when this step ended the episode (the state's ``t`` reached T)."""
+
+    @property
+    def obs(self) -> torch.Tensor:
+        """[B, N, OBS_DIM] observation for the next step (``state.obs``)."""
+        return self.state.obs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The simulator
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _prepare_feeder(config: SimConfig) -> Feeder:
+    if isinstance(config.feeder, Feeder):
+        feeder = config.feeder
+    elif isinstance(config.feeder, str):
+        feeder = load_feeder(config.feeder)
+    else:
+        raise ValueError(f"feeder must be a shipped feeder name or a Feeder, got {type(config.feeder).__name__}")
+    if config.source_v_pu is not None:
+        if not (math.isfinite(config.source_v_pu) and 0.8 <= config.source_v_pu <= 1.2):
+            raise ValueError(f"source_v_pu must be within [0.8, 1.2] pu, got {config.source_v_pu!r}")
+        feeder = dataclasses.replace(feeder, source=dataclasses.replace(feeder.source, v_pu=config.source_v_pu))
+    if config.regulator_taps == "neutral":
+        transformers = tuple(
+            dataclasses.replace(
+                tr,
+                windings=tuple(
+                    dataclasses.replace(w, tap_pu=1.0) if k + 1 == tr.regulated_winding else w
+                    for k, w in enumerate(tr.windings)
+                ),
+            )
+            for tr in feeder.transformers
+        )
+        feeder = dataclasses.replace(feeder, transformers=transformers)
+    elif config.regulator_taps != "feeder":
+        raise ValueError(f"regulator_taps must be 'neutral' or 'feeder', got {config.regulator_taps!r}")
+    return feeder
+
+
+def _check_config(config: SimConfig) -> None:
+    n = config.n_agents
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise ValueError(f"n_agents must be an integer, got {n!r}")
+    if n < 1:
+        raise ValueError(f"n_agents must be >= 1 (an impossible configuration: {n} agents)")
+    if config.dtype not in _DEFAULT_TOL:
+        raise ValueError(f"dtype must be torch.float64 or torch.float32, got {config.dtype}")
+    for name in ("load_scale", "pv_kwp_per_kw", "min_spot_kw_per_agent"):
+        value = getattr(config, name)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if config.min_spot_kw_per_agent <= 0:
+        raise ValueError(f"min_spot_kw_per_agent must be > 0, got {config.min_spot_kw_per_agent!r}")
+    if not config.v_min_pu < config.v_max_pu:
+        raise ValueError(f"v_min_pu must be below v_max_pu, got {config.v_min_pu} and {config.v_max_pu}")
+
+
+class Sim:
+    """A simulator instance: one feeder, N placed agents with sampled parameters. Build with `make_sim`.
+
+    Attributes:
+        config: The `SimConfig`.
+        compiled: The compiled feeder (`gridedge_env.powerflow.CompiledFeeder`).
+        agents: Agent names, in action order: ``battery_0..``, ``heatpump_0..``, ``generator_0..``.
+        agent_groups: ``{"battery": [...], "heatpump": [...], "generator": [...]}`` (every type present,
+            possibly empty).
+        agent_slices: ``{type: slice}`` of each type on the agent axis.
+        agent_type: Type name of every agent.
+        agent_node: [N] int64 index of every agent's load node into ``load_node_names``.
+        agent_node_names: ``'bus.node'`` of every agent.
+        agent_bus: Bus name of every agent.
+        agent_phase: [N] int64 phase (bus node number 1, 2 or 3) of every agent.
+        params: ``{type: parameter dataclass}`` from `gridedge_env.devices` ([N_type] tensors).
+        load_node_names: The J load nodes (power-flow injection nodes), ``'bus.node'``.
+        node_spot_kw: [J] spot load of every load node, kW (the placement weights).
+        node_pv_kwp: [J] rooftop PV of every load node, kWp.
+        node_names: The n feeder nodes of ``v_mag_pu`` and ``voltage_violation``.
+        n_steps: Steps per episode T.
+        dt_h: Step length, hours.
+        hosting_capacity: Largest number of agents this feeder hosts under the hosting rule.
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        _check_config(config)
+        self.config = config
+        self.dtype = config.dtype
+        self.device = torch.device(config.device)
+        feeder = _prepare_feeder(config)
+        self.compiled = powerflow.compile(feeder, dtype=config.dtype, device=self.device)
+        c = self.compiled
+        self.node_names: list[str] = list(c.node_names)
+        self.load_node_names: list[str] = list(c.injection_node_names)
+        spot = node_spot_kw(c)  # [J] float64 CPU
+        total_kw = float(spot.sum())
+        self.hosting_capacity = hosting_capacity(total_kw, config.min_spot_kw_per_agent)
+        if config.n_agents > self.hosting_capacity:
+            raise ValueError(
+                f"n_agents={config.n_agents} is more than feeder {feeder.name!r} can host: the hosting rule "
+                f"allows one agent per {config.min_spot_kw_per_agent:g} kW of spot load, "
+                f"{total_kw:g} kW in total, i.e. at most {self.hosting_capacity} agents"
+            )
+        counts = split_mix(int(config.n_agents), config.mix, AGENT_TYPES)
+        self.n_agents = int(config.n_agents)
+        self.n_per_type = counts
+
+        gen = torch.Generator().manual_seed(int(config.seed))
+        node_of_agent = place_agents(spot, self.n_agents, gen)
+        self.params = {}
+        for name, spec in DEVICE_TYPES.items():
+            kwargs = {"ramp_limit": config.generator_ramp_limit} if name == "generator" else {}
+            self.params[name] = spec.sample_params(counts[name], gen, dtype=config.dtype, device=self.device,
+                                                   **kwargs)
+
+        self.agents: list[str] = []
+        self.agent_type: list[str] = []
+        self.agent_groups: dict[str, list[str]] = {}
+        self.agent_slices: dict[str, slice] = {}
+        start = 0
+        for name in AGENT_TYPES:
+            names = [f"{name}_{i}" for i in range(counts[name])]
+            self.agent_groups[name] = names
+            self.agents += names
+            self.agent_type += [name] * counts[name]
+            self.agent_slices[name] = slice(start, start + counts[name])
+            start += counts[name]
+        self.agent_node = node_of_agent.to(self.device)
+        self.agent_node_names = [self.load_node_names[j] for j in node_of_agent.tolist()]
+        self.agent_bus = [nm.rsplit(".", 1)[0] for nm in self.agent_node_names]
+        self.agent_phase = torch.tensor([int(nm.rsplit(".", 1)[1]) for nm in self.agent_node_names],
+                                        dtype=torch.int64, device=self.device)
+
+        as_f = lambda x: torch.as_tensor(x, dtype=config.dtype, device=self.device)  # noqa: E731
+        self.node_spot_kw = as_f(spot)
+        self.node_pv_kwp = as_f(spot * config.pv_kwp_per_kw)
+        # load -> load node share matrix [L, J] (for the node_load observation)
+        self._load_to_node = as_f(load_node_shares(c))
+        self._node_spot_safe = as_f(spot.clamp_min(1e-9))
+        self._load_node_index = torch.tensor([self.node_names.index(nm) for nm in self.load_node_names],
+                                             dtype=torch.int64, device=self.device)
+
+        self.data = load_scenario_data(config.step_minutes).to(config.dtype, self.device)
+        self.n_steps = self.data.steps_per_day
+        self.dt_h = config.step_minutes / 60.0
+        tol, adj = _DEFAULT_TOL[config.dtype]
+        self._pf_tol = config.pf_tol if config.pf_tol is not None else tol
+        self._pf_adjoint_tol = config.pf_adjoint_tol if config.pf_adjoint_tol is not None else adj
+        self._spot_p = as_f(c.load_p_kw) * config.load_scale
+        self._spot_q = as_f(c.load_q_kvar) * config.load_scale
+
+    # ------------------------------------------------------------------------------------------------------
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of feeder nodes n (of ``v_mag_pu``)."""
+        return len(self.node_names)
+
+    @property
+    def n_load_nodes(self) -> int:
+        """Number of load nodes J."""
+        return len(self.load_node_names)
+
+    def __repr__(self) -> str:
+        c = self.config
+        feeder = c.feeder if isinstance(c.feeder, str) else c.feeder.name
+        return (f"Sim(feeder={feeder!r}, n_agents={self.n_agents}, {self.n_per_type}, "
+                f"steps={self.n_steps}x{c.step_minutes}min, dtype={c.dtype}, device={c.device!r})")
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def reset(
+        self,
+        batch_size: int = 1,
+        seed: int = 0,
+        split: str = "train",
+        days: Sequence[int] | torch.Tensor | None = None,
+    ) -> State:
+        """Draw ``batch_size`` one-day episodes.
+
+        Randomness, in this order from ``torch.Generator().manual_seed(seed)``: the day of every row
+        (uniform with replacement over the split, unless ``days`` is given), the household load shapes
+        (`scenarios.draw_load_shapes`), the initial device states (battery SOC and indoor temperature
+        uniform within their bounds; generators off). Then one power flow of step 0's household load and PV
+        with every device idle gives the initial node voltages (observation) and the warm start.
+
+        Args:
+            batch_size: Number of episodes B (>= 1). With ``days`` it may be None or must equal len(days).
+            seed: Seed of this reset.
+            split: "train", "test" or "all" (`scenarios.split_days`).
+            days: Optional explicit day indices [B], each in the split.
+
+        Returns:
+            The initial State (``t = 0``).
+
+        Raises:
+            ValueError: Unknown split, bad batch size, or a day not in the split.
+        """
+        allowed = split_days(split)  # raises ValueError naming an unknown split
+        gen = torch.Generator().manual_seed(int(seed))
+        if days is not None:
+            day_idx = torch.as_tensor(days).to(torch.int64).reshape(-1)
+            if batch_size is not None and int(batch_size) != day_idx.numel():
+                raise ValueError(f"batch_size={batch_size} disagrees with {day_idx.numel()} days given")
+            if day_idx.numel() < 1:
+                raise ValueError("days must hold at least one day index")
+            bad = ~np.isin(day_idx.numpy(), allowed)
+            if bad.any():
+                raise ValueError(f"day {int(day_idx[bad.argmax()])} is not a {split!r} day "
+                                 f"(see gridedge_env.scenarios.split_days)")
+        else:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+                raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            pick = torch.randint(len(allowed), (int(batch_size),), generator=gen)
+            day_idx = torch.as_tensor(allowed)[pick]
+        batch = int(day_idx.numel())
+        day_dev = day_idx.to(self.device)
+
+        c, data = self.compiled, self.data
+        shapes = draw_load_shapes(data, day_dev, c.n_loads, gen)  # [B, T, L]
+        load_p = shapes * self._spot_p
+        load_q = shapes * self._spot_q
+        pv = data.pv_kw_per_kwp[day_dev][:, :, None] * self.node_pv_kwp  # [B, T, J]
+        dev_state = {spec.state_name: spec.initial_state(self.params[name], batch, gen)
+                     for name, spec in DEVICE_TYPES.items()}
+
+        # devices idle at step 0 (generators at their initial output, which is 0)
+        inj = -pv[:, 0]
+        if self.n_per_type["generator"]:
+            gen_p = -dev_state["p_prev_kw"]
+            inj = inj.index_add(1, self.agent_node[self.agent_slices["generator"]], gen_p)
+        with torch.no_grad():
+            r = powerflow.solve(c, load_p_kw=load_p[:, 0], load_q_kvar=load_q[:, 0], injection_p_kw=inj,
+                                injection_q_kvar=torch.zeros_like(inj), tol=self._pf_tol,
+                                max_iter=self.config.pf_max_iter)
+        v_active = torch.where(r.converged[:, None], r.v_active_pu, c.w_active.expand(batch, -1))
+        state = State(
+            t=0,
+            day_idx=day_dev,
+            soc_kwh=dev_state["soc_kwh"],
+            t_indoor_c=dev_state["t_indoor_c"],
+            p_prev_kw=dev_state["p_prev_kw"],
+            v_node_pu=r.v_mag_pu[:, self._load_node_index],
+            v_active_pu=v_active,
+            load_p_kw=load_p,
+            load_q_kvar=load_q,
+            pv_kw=pv,
+            t_outdoor_c=data.temperature_c[day_dev],
+            price_per_kwh=data.price_per_kwh[day_dev],
+            export_price_per_kwh=data.export_price_per_kwh[day_dev],
+            obs=torch.empty(0),
+        )
+        return dataclasses.replace(state, obs=self.observe(state))
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def observe(self, state: State) -> torch.Tensor:
+        """Local observation of every agent for step ``state.t``: [B, N, OBS_DIM] (layout in OBS_NAMES).
+
+        Features (the same for all types except ``own_state``): sin and cos of the time of day; import price
+        / 0.40 $/kWh; outdoor temperature / 20 C; (own node's voltage after the previous step - 1) / 0.05;
+        own node's household load and PV output of this step, each in kW per kW of the node's spot load;
+        own state: battery (soc - soc_min) / (soc_max - soc_min), heat pump (t_indoor - band centre) /
+        (half band width), generator previous output / p_max.
+        """
+        t = state.t
+        k = min(t, self.n_steps - 1)
+        batch, n = state.batch_size, self.n_agents
+        angle = 2.0 * math.pi * t / self.n_steps
+        node = self.agent_node
+        node_load = (state.load_p_kw[:, k] @ self._load_to_node) / self._node_spot_safe  # [B, J]
+        node_pv = state.pv_kw[:, k] / self._node_spot_safe
+        own = []
+        p = self.params["battery"]
+        own.append((state.soc_kwh - p.soc_min_kwh) / (p.soc_max_kwh - p.soc_min_kwh))
+        p = self.params["heatpump"]
+        own.append((state.t_indoor_c - 0.5 * (p.t_min_c + p.t_max_c)) / (0.5 * (p.t_max_c - p.t_min_c)))
+        p = self.params["generator"]
+        own.append(state.p_prev_kw / p.p_max_kw)
+        own = torch.cat(own, dim=1)
+        per_row = lambda x: x[:, None].expand(batch, n)  # noqa: E731
+        columns = [
+            torch.full((batch, n), math.sin(angle), dtype=self.dtype, device=self.device),
+            torch.full((batch, n), math.cos(angle), dtype=self.dtype, device=self.device),
+            per_row(state.price_per_kwh[:, k] / OBS_SCALES["price_per_kwh"]),
+            per_row(state.t_outdoor_c[:, k] / OBS_SCALES["t_outdoor_c"]),
+            (state.v_node_pu[:, node] - OBS_SCALES["v_pu_centre"]) / OBS_SCALES["v_pu_half_band"],
+            node_load[:, node],
+            node_pv[:, node],
+            own,
+        ]
+        return torch.stack(columns, dim=2)
+
+    def obs_by_type(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split [B, N, D] observations (or any [B, N, ...] tensor) into ``{type: [B, N_type, ...]}`` views."""
+        return {name: obs[:, sl] for name, sl in self.agent_slices.items()}
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def _check_actions(self, state: State, actions) -> torch.Tensor:
+        if not isinstance(actions, torch.Tensor):
+            try:
+                actions = torch.as_tensor(np.asarray(actions, dtype=np.float64))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"actions must be a numeric array of shape [B, N], got {type(actions)}") from exc
+        expected = (state.batch_size, self.n_agents)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"actions must have shape [B, N] = {list(expected)}, got {list(actions.shape)}")
+        if not (actions.is_floating_point() or actions.dtype in (torch.int32, torch.int64, torch.bool)):
+            raise ValueError(f"actions must be real numbers, got dtype {actions.dtype}")
+        actions = actions.to(dtype=self.dtype, device=self.device)
+        finite = torch.isfinite(actions.detach())
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()[0].tolist()
+            raise ValueError(f"actions contain NaN or infinite values (first at row {bad[0]}, agent "
+                             f"{self.agents[bad[1]]!r})")
+        return actions
+
+    def step(self, state: State, actions: torch.Tensor, *, detach_state: bool = False) -> StepResult:
+        """Advance every episode by one step. Deterministic; never modifies ``state``.
+
+        Args:
+            state: The current state (from `reset` or a previous step), ``state.t < T``.
+            actions: [B, N] normalised actions in agent order (``sim.agents``). Values outside [-1, 1] are
+                clipped to it (``torch.clamp``: zero gradient beyond the bound).
+            detach_state: Cut the gradient flow into later steps: the returned next state (device states,
+                node voltages, observation) is detached. Costs and violations of this step keep their
+                gradient w.r.t. ``actions``.
+
+        Returns:
+            StepResult.
+
+        Raises:
+            ValueError: Wrong action shape, NaN or infinite actions, or an episode that is already over.
+        """
+        if not isinstance(state, State):
+            raise ValueError(f"state must be a State from this simulator's reset/step, got {type(state).__name__}")
+        if not 0 <= state.t < self.n_steps:
+            raise ValueError(f"the episode is over (state.t = {state.t} of {self.n_steps} steps); call reset")
+        a = torch.clamp(self._check_actions(state, actions), -1.0, 1.0)
+        t, dt = state.t, self.dt_h
+        c = self.compiled
+        batch = state.batch_size
+        exogenous = {"t_outdoor_c": state.t_outdoor_c[:, t:t + 1]}
+
+        p_parts, cost_parts, viol_parts, next_dev = [], [], [], {}
+        for name, spec in DEVICE_TYPES.items():
+            sl = self.agent_slices[name]
+            out = spec.step(self.params[name], getattr(state, spec.state_name), a[:, sl], dt_h=dt,
+                            **{k: exogenous[k] for k in spec.exogenous})
+            p_parts.append(out.p_kw)
+            cost_parts.append(out.device_cost)
+            viol_parts.append(out.violation)
+            next_dev[spec.state_name] = out.next_state
+        p_kw = torch.cat(p_parts, dim=1)
+        device_cost = torch.cat(cost_parts, dim=1)
+        device_violation = torch.cat(viol_parts, dim=1)
+
+        inj_p = (-state.pv_kw[:, t]).index_add(1, self.agent_node, p_kw)  # [B, J], positive = consumption
+        r = powerflow.solve(c, load_p_kw=state.load_p_kw[:, t], load_q_kvar=state.load_q_kvar[:, t],
+                            injection_p_kw=inj_p, injection_q_kvar=torch.zeros_like(inj_p.detach()),
+                            v_init=state.v_active_pu, tol=self._pf_tol, max_iter=self.config.pf_max_iter,
+                            adjoint_tol=self._pf_adjoint_tol)
+        v = r.v_mag_pu
+        voltage_violation = torch.relu(v - self.config.v_max_pu) + torch.relu(self.config.v_min_pu - v)
+
+        price = state.price_per_kwh[:, t:t + 1]
+        energy_kwh = p_kw * dt
+        if self.config.net_metering:
+            electricity_cost = price * energy_kwh
+        else:
+            export = state.export_price_per_kwh[:, t:t + 1]
+            electricity_cost = price * torch.relu(energy_kwh) - export * torch.relu(-energy_kwh)
+
+        v_active = torch.where(r.converged[:, None], r.v_active_pu.detach(), c.w_active.expand(batch, -1))
+        next_state = dataclasses.replace(
+            state,
+            t=t + 1,
+            soc_kwh=next_dev["soc_kwh"],
+            t_indoor_c=next_dev["t_indoor_c"],
+            p_prev_kw=next_dev["p_prev_kw"],
+            v_node_pu=v[:, self._load_node_index],
+            v_active_pu=v_active,
+        )
+        if detach_state:
+            next_state = _detached(next_state)
+        next_state = dataclasses.replace(next_state, obs=self.observe(next_state))
+        return StepResult(
+            state=next_state,
+            cost=electricity_cost + device_cost,
+            electricity_cost=electricity_cost,
+            device_cost=device_cost,
+            device_violation=device_violation,
+            voltage_violation=voltage_violation,
+            v_mag_pu=v,
+            p_kw=p_kw,
+            action=a,
+            converged=r.converged,
+            iterations=r.iterations,
+            truncated=next_state.t == self.n_steps,
+        )
+
+    def detach(self, state: State) -> State:
+        """A copy of ``state`` with every tensor detached (cuts the gradient flow into later steps)."""
+        return _detached(state)
+
+
+def _detached(state: State) -> State:
+    changes = {f.name: getattr(state, f.name).detach() for f in dataclasses.fields(state)
+               if isinstance(getattr(state, f.name), torch.Tensor)}
+    return dataclasses.replace(state, **changes)
+
+
+def make_sim(**cfg) -> Sim:
+    """Build a simulator: ``make_sim(feeder="ieee123", n_agents=1000, mix=(0.4, 0.4, 0.2), ...)``.
+
+    Args:
+        **cfg: Fields of `SimConfig`.
+
+    Returns:
+        A `Sim`.
+
+    Raises:
+        ValueError: An unknown option, or an impossible configuration (0 agents, more agents than the
+            feeder hosts, bad mix, ...), named in the message.
+    """
+    known = {f.name for f in dataclasses.fields(SimConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown simulator option(s) {unknown}; known: {sorted(known)}")
+    if "mix" in cfg:
+        cfg["mix"] = tuple(cfg["mix"])
+    return Sim(SimConfig(**cfg))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The uncoordinated price-seeking rule (used to calibrate the benchmark)
+# ----------------------------------------------------------------------------------------------------------
+
+#: Margin inside the comfort band that the price-seeking heat-pump rule aims for, K.
+HEATPUMP_RULE_MARGIN_K = 0.25
+
+
+def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
+    """Uncoordinated price-seeking actions [B, N] for ``state`` (each agent uses its own data only).
+
+    Cheap hours are the steps priced at the day's lowest rate, expensive hours those at its highest:
+
+    - battery: charge at full power in cheap hours (+1), discharge at full power in expensive hours (-1),
+      idle otherwise;
+    - generator: full output in expensive hours (-1), off otherwise (+1);
+    - heat pump: a thermostat that preheats (precools) in cheap hours. In heating mode (outdoor below the
+      band centre) it aims at the top of its comfort band (minus a 0.25 K margin) in cheap hours and at
+      the bottom (plus the margin) otherwise; in cooling mode the other way round. The action is the one
+      that reaches that temperature at the end of the step in the 1R1C model, clipped to [-1, 1].
+    """
+    t = min(state.t, sim.n_steps - 1)
+    price = state.price_per_kwh
+    now = price[:, t:t + 1]
+    cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
+    dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
+    parts = []
+    nb = sim.n_per_type["battery"]
+    parts.append(torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype).expand(-1, nb))
+
+    p = sim.params["heatpump"]
+    t_out = state.t_outdoor_c[:, t:t + 1]
+    centre = 0.5 * (p.t_min_c + p.t_max_c)
+    heating = t_out < centre
+    top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
+    target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
+    decay = torch.exp(-sim.dt_h / (p.r_k_per_kw * p.c_kwh_per_k))
+    t_steady = (target - state.t_indoor_c * decay) / (1.0 - decay)
+    q_kw = (t_steady - t_out) / p.r_k_per_kw
+    cop_heat, cop_cool = heatpump_cop(p, t_out)
+    cop = torch.where(q_kw >= 0, cop_heat, cop_cool)
+    parts.append(torch.clamp(q_kw / (p.p_max_kw * cop), -1.0, 1.0))
+
+    ng = sim.n_per_type["generator"]
+    parts.append(torch.where(dear, -1.0, 1.0).to(sim.dtype).expand(-1, ng))
+    return torch.cat(parts, dim=1).detach()
