@@ -225,7 +225,7 @@ def _opendss_timeseries_rate(ref: OpenDSSReference, points: OperatingPoints, n: 
         names = []
         kw = np.concatenate([points.load_p_kw[:n], points.injection_p_kw[:n]], axis=1)
         kvar = np.concatenate([points.load_q_kvar[:n], points.injection_q_kvar[:n]], axis=1)
-        for j, idx in enumerate(ref._load_index + ref._injection_index):  # noqa: SLF001
+        for idx in ref._load_index + ref._injection_index:
             dss.Loads.Idx(idx)
             names.append(dss.Loads.Name())
         for j, name in enumerate(names):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from gridedge_env.powerflow.compile import CompiledFeeder
 
 # an iteration that moves a voltage by more than this (pu), or to NaN, marks its row as diverging
@@ -197,7 +198,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         lam = g
         for _ in range(adjoint_max_iter):
             lam_new = g + vjp_v(lam)
-            done = bool(((lam_new - lam).abs().amax() <= adjoint_tol * scale))
+            done = bool((lam_new - lam).abs().amax() <= adjoint_tol * scale)
             lam = lam_new
             if done:
                 break
