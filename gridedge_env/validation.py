@@ -222,13 +222,9 @@ def _opendss_timeseries_rate(ref: OpenDSSReference, points: OperatingPoints, n: 
     import opendssdirect as dss
 
     try:
-        names = []
         kw = np.concatenate([points.load_p_kw[:n], points.injection_p_kw[:n]], axis=1)
         kvar = np.concatenate([points.load_q_kvar[:n], points.injection_q_kvar[:n]], axis=1)
-        for idx in ref._load_index + ref._injection_index:
-            dss.Loads.Idx(idx)
-            names.append(dss.Loads.Name())
-        for j, name in enumerate(names):
+        for j, name in enumerate(ref.load_names):
             mult = " ".join(repr(float(x)) for x in kw[:, j])
             qmult = " ".join(repr(float(x)) for x in kvar[:, j])
             dss.Text.Command(f"New LoadShape.gx_{j} npts={n} interval=1 mult=({mult}) qmult=({qmult})")

@@ -179,7 +179,7 @@ class Feeder:
         for t in self.transformers:
             if t.name in {k.lower() for k in tap_steps}:
                 step = {k.lower(): v for k, v in tap_steps.items()}[t.name]
-                w = max(t.regulated_winding, 2) - 1
+                w = (t.regulated_winding or 2) - 1
                 windings = list(t.windings)
                 windings[w] = dataclasses.replace(windings[w], tap_pu=1.0 + step * t.tap_step_pu)
                 t = dataclasses.replace(t, windings=tuple(windings))
@@ -199,7 +199,7 @@ class Feeder:
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "<dict>") -> Feeder:
-        if data.get("format") != "gridedge-feeder":
+        if not isinstance(data, dict) or data.get("format") != "gridedge-feeder":
             raise FeederError(f"{origin}: not a gridedge feeder file (missing format='gridedge-feeder')")
         if data.get("version") != FORMAT_VERSION:
             raise FeederError(f"{origin}: feeder format version {data.get('version')} is not supported")

@@ -81,8 +81,15 @@ def compile_opendss(path: str | Path) -> None:
         _command(f'Compile "{path.resolve()}"', str(path))
     finally:
         os.chdir(cwd)  # OpenDSS's Compile changes the process's working directory; undo that
-    if not _dss().Circuit.Name():
+    try:
+        has_circuit = bool(_dss().Circuit.Name())
+    except Exception:  # DSSException "There is no active circuit!"
+        has_circuit = False
+    if not has_circuit:
         raise FeederError(f"{path}: compiled, but defines no circuit")
+    # build the bus list now: elements defined after the model's last CalcVoltageBases (or a model without
+    # one) otherwise have no nodes to read back; existing voltage bases are kept
+    _command("MakeBusList", str(path))
 
 
 def _check_classes(origin: str) -> None:
@@ -180,9 +187,11 @@ def _read_capacitors(origin: str) -> list[Capacitor]:
         if dss.CktElement.Enabled():
             if dss.Capacitors.NumSteps() != 1 or not all(dss.Capacitors.States()):
                 raise FeederError(f"{origin}: element Capacitor.{name}: switched multi-step banks not supported")
-            t1, t2 = _terminals(dss.CktElement.NumConductors())
-            if any(t2.nodes):
+            t1, *rest = _terminals(dss.CktElement.NumConductors())
+            if rest and any(rest[0].nodes):
                 raise FeederError(f"{origin}: element Capacitor.{name}: series capacitors are not supported")
+            if dss.Capacitors.IsDelta() and dss.CktElement.NumPhases() == 2:
+                raise FeederError(f"{origin}: element Capacitor.{name}: two-phase delta banks are not supported")
             out.append(Capacitor(name=name, terminal=t1, conn="delta" if dss.Capacitors.IsDelta() else "wye",
                                  kvar=dss.Capacitors.kvar(), kv=dss.Capacitors.kV()))
         i = dss.Capacitors.Next()
@@ -204,6 +213,9 @@ def _read_loads(origin: str) -> list[Load]:
             else:
                 raise FeederError(f"{origin}: element Load.{name}: OpenDSS load model {model} is not supported "
                                   "(supported: 1, 2, 3, 4, 5)")
+            if not all(e in (0.0, 1.0, 2.0) for e in exponents):
+                raise FeederError(f"{origin}: element Load.{name}: CVR exponents {tuple(exponents)} are not supported "
+                                  "(gridedge models exponents 0, 1 and 2)")
             (terminal,) = _terminals(dss.CktElement.NumConductors())
             out.append(Load(name=name, terminal=terminal, phases=dss.Loads.Phases(),
                             conn="delta" if dss.Loads.IsDelta() else "wye", kv=dss.Loads.kV(),
@@ -292,6 +304,22 @@ def _matrix(m: list[list[float]]) -> str:
     return "(" + " | ".join(rows) + ")"
 
 
+def _sequence_impedances(line: Line) -> str | None:
+    """`r1=.. x1=.. r0=.. x0=.. c1=.. c0=..` (per km) when the line's matrices are balanced, else None."""
+    r, x, c = (np.asarray(m) for m in (line.r_ohm_per_km, line.x_ohm_per_km, line.c_nf_per_km))
+    n = len(r)
+    values = {}
+    for name, m in (("r", r), ("x", x), ("c", c)):
+        diagonal = m[np.eye(n, dtype=bool)]
+        off = m[~np.eye(n, dtype=bool)]
+        if np.ptp(diagonal) > 1e-12 * abs(diagonal).max(initial=1.0) or (
+                off.size and np.ptp(off) > 1e-12 * abs(diagonal).max(initial=1.0)):
+            return None
+        self_, mutual = diagonal[0], (off[0] if off.size else 0.0)
+        values[f"{name}1"], values[f"{name}0"] = self_ - mutual, self_ + 2 * mutual
+    return " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+
+
 def write_opendss(feeder: Feeder, path: str | Path) -> Path:
     """Write `feeder` as a self-contained OpenDSS model (taps fixed, no controls); returns the path."""
     s = feeder.source
@@ -304,18 +332,27 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
         f"r1={_fmt(s.r1_ohm)} x1={_fmt(s.x1_ohm)} r0={_fmt(s.r0_ohm)} x0={_fmt(s.x0_ohm)}",
     ]
     for ln in feeder.lines:
-        lines.append(
-            f"New Line.{ln.name} phases={len(ln.r_ohm_per_km)} bus1={_bus_spec(ln.terminal1)} "
-            f"bus2={_bus_spec(ln.terminal2)} units=km length={_fmt(ln.length_km)} "
-            f"rmatrix={_matrix(ln.r_ohm_per_km)} xmatrix={_matrix(ln.x_ohm_per_km)} "
-            f"cmatrix={_matrix(ln.c_nf_per_km)}"
-        )
+        impedance = (f"units=km length={_fmt(ln.length_km)} rmatrix={_matrix(ln.r_ohm_per_km)} "
+                     f"xmatrix={_matrix(ln.x_ohm_per_km)} cmatrix={_matrix(ln.c_nf_per_km)}")
+        header = (f"New Line.{ln.name} phases={len(ln.r_ohm_per_km)} bus1={_bus_spec(ln.terminal1)} "
+                  f"bus2={_bus_spec(ln.terminal2)}")
+        sequence = _sequence_impedances(ln) if ln.is_switch else None
+        if sequence is not None:
+            # OpenDSS rebuilds a switch's impedance from sequence values at the end of its command, so a
+            # switch is written with those (exact: a switch's matrices are built from them)
+            lines.append(f"{header} switch=yes {sequence} units=km length={_fmt(ln.length_km)}")
+        else:
+            lines.append(f"{header} {impedance}")
     for t in feeder.transformers:
         lines.append(f"New Transformer.{t.name} phases={t.phases} windings=2 xhl={_fmt(t.xhl_percent)} "
                      f"ppm_antifloat={_fmt(t.ppm_antifloat)} %imag=0 %noloadloss=0")
         for w, wdg in enumerate(t.windings, start=1):
             lines.append(f"~ wdg={w} bus={_bus_spec(wdg.terminal)} conn={wdg.conn} kv={_fmt(wdg.kv)} "
                          f"kva={_fmt(wdg.kva)} %r={_fmt(wdg.r_percent)} tap={_fmt(wdg.tap_pu)}")
+        if t.regulated_winding:
+            # kept so that the model says which winding regulates; maxtapchange=0 holds the tap fixed
+            lines.append(f"New RegControl.{t.name} transformer={t.name} winding={t.regulated_winding} "
+                         "maxtapchange=0")
     for c in feeder.capacitors:
         lines.append(f"New Capacitor.{c.name} bus1={_bus_spec(c.terminal)} "
                      f"phases={sum(1 for n in c.terminal.nodes if n) if c.conn == 'wye' else len(c.terminal.nodes)} "
@@ -330,6 +367,9 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
     lines.append("CalcVoltageBases")
     for b in feeder.buses:
         lines.append(f"SetkVBase bus={b.name} kvln={_fmt(b.kv_base_ln)}")
+        if b.x is not None and b.y is not None:
+            lines.append(f"SetBusXY bus={b.name} x={_fmt(b.x)} y={_fmt(b.y)}")
+    lines.append("Set ControlMode=OFF")
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -377,6 +417,7 @@ class OpenDSSReference:
         if lacking:
             raise FeederError(f"{origin}: reference model lacks nodes {lacking[:5]}")
         self._take = np.array([position[n] for n in ours])
+        self.load_names = names + self.injection_names
         self._load_index = self._indices(names)
         self._injection_index = self._indices(self.injection_names)
 
