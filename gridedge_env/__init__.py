@@ -1,0 +1,44 @@
+"""gridedge: a differentiable three-phase grid-edge simulator with many single-phase agents.
+
+Public entry points (imported lazily, so ``import gridedge_env`` stays cheap):
+
+- `make_sim(**cfg)` -> `Sim`, the pure functional core: ``reset(batch_size, seed, split) -> State`` and
+  ``step(state, actions[B, N]) -> StepResult`` (``docs/simulator.md``);
+- `SimConfig`, `State`, `StepResult`, `price_seeking_actions`, `OBS_NAMES`, `OBS_DIM`, `AGENT_TYPES`.
+
+Sub-packages: `gridedge_env.network` (feeders), `gridedge_env.powerflow`, `gridedge_env.devices`,
+`gridedge_env.scenarios`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> module that defines it (resolved on first access)
+_LAZY: dict[str, str] = {
+    "make_sim": "gridedge_env.core",
+    "Sim": "gridedge_env.core",
+    "SimConfig": "gridedge_env.core",
+    "State": "gridedge_env.core",
+    "StepResult": "gridedge_env.core",
+    "price_seeking_actions": "gridedge_env.core",
+    "AGENT_TYPES": "gridedge_env.core",
+    "OBS_NAMES": "gridedge_env.core",
+    "OBS_DIM": "gridedge_env.core",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gridedge_env' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

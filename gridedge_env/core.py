@@ -96,11 +96,13 @@ class SimConfig:
     """torch.float64 (default) or torch.float32."""
     device: str = "cpu"
     """torch device of every tensor."""
-    load_scale: float = 1.0
-    """Multiplier on every household load (spot kW x drawn shape x load_scale)."""
-    pv_kwp_per_kw: float = 1.5
+    load_scale: float = 2.5
+    """Multiplier on every feeder load: spot kW x load_scale x (mean of households_per_load drawn shapes)."""
+    households_per_load: int = 8
+    """Household shapes drawn (and averaged) per feeder load and episode; more gives a smoother aggregate."""
+    pv_kwp_per_kw: float = 3.5
     """Rooftop PV at every load node: this many kWp (DC) per kW of the node's spot load."""
-    source_v_pu: float | None = 0.98
+    source_v_pu: float | None = 0.985
     """Substation (source) voltage setpoint, pu; None keeps the feeder's own."""
     regulator_taps: str = "neutral"
     """"neutral": every voltage-regulator tap at 1.0 pu (no fixed boost); "feeder": the feeder's taps."""
@@ -261,6 +263,9 @@ def _check_config(config: SimConfig) -> None:
         value = getattr(config, name)
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    h = config.households_per_load
+    if isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1:
+        raise ValueError(f"households_per_load must be an integer >= 1, got {h!r}")
     if config.min_spot_kw_per_agent <= 0:
         raise ValueError(f"min_spot_kw_per_agent must be > 0, got {config.min_spot_kw_per_agent!r}")
     if not config.v_min_pu < config.v_max_pu:
@@ -317,11 +322,17 @@ class Sim:
 
         gen = torch.Generator().manual_seed(int(config.seed))
         node_of_agent = place_agents(spot, self.n_agents, gen)
+        # parameters (and, in reset, initial states) are drawn in float64 on the CPU and then cast, so the same
+        # seed gives the same agents in every dtype and on every device
+        self._params64 = {}
         self.params = {}
         for name, spec in DEVICE_TYPES.items():
             kwargs = {"ramp_limit": config.generator_ramp_limit} if name == "generator" else {}
-            self.params[name] = spec.sample_params(counts[name], gen, dtype=config.dtype, device=self.device,
-                                                   **kwargs)
+            p64 = spec.sample_params(counts[name], gen, dtype=torch.float64, device="cpu", **kwargs)
+            self._params64[name] = p64
+            self.params[name] = dataclasses.replace(
+                p64, **{f.name: getattr(p64, f.name).to(dtype=config.dtype, device=self.device)
+                        for f in dataclasses.fields(p64)})
 
         self.agents: list[str] = []
         self.agent_type: list[str] = []
@@ -427,12 +438,17 @@ class Sim:
         day_dev = day_idx.to(self.device)
 
         c, data = self.compiled, self.data
-        shapes = draw_load_shapes(data, day_dev, c.n_loads, gen)  # [B, T, L]
+        h = self.config.households_per_load
+        shapes = draw_load_shapes(data, day_dev, c.n_loads * h, gen)  # [B, T, L * H]
+        shapes = shapes.reshape(batch, self.n_steps, c.n_loads, h).mean(dim=3)  # [B, T, L]
         load_p = shapes * self._spot_p
         load_q = shapes * self._spot_q
         pv = data.pv_kw_per_kwp[day_dev][:, :, None] * self.node_pv_kwp  # [B, T, J]
-        dev_state = {spec.state_name: spec.initial_state(self.params[name], batch, gen)
-                     for name, spec in DEVICE_TYPES.items()}
+        dev_state = {
+            spec.state_name: spec.initial_state(self._params64[name], batch, gen).to(dtype=self.dtype,
+                                                                                      device=self.device)
+            for name, spec in DEVICE_TYPES.items()
+        }
 
         # devices idle at step 0 (generators at their initial output, which is 0)
         inj = -pv[:, 0]
@@ -640,6 +656,11 @@ def make_sim(**cfg) -> Sim:
         raise ValueError(f"unknown simulator option(s) {unknown}; known: {sorted(known)}")
     if "mix" in cfg:
         cfg["mix"] = tuple(cfg["mix"])
+    if isinstance(cfg.get("dtype"), str):
+        names = {"float64": torch.float64, "float32": torch.float32}
+        if cfg["dtype"] not in names:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {cfg['dtype']!r}")
+        cfg["dtype"] = names[cfg["dtype"]]
     return Sim(SimConfig(**cfg))
 
 
@@ -656,9 +677,10 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
 
     Cheap hours are the steps priced at the day's lowest rate, expensive hours those at its highest:
 
-    - battery: charge at full power in cheap hours (+1), discharge at full power in expensive hours (-1),
-      idle otherwise;
-    - generator: full output in expensive hours (-1), off otherwise (+1);
+    - battery: charge at full power in cheap hours, discharge at full power in expensive hours, idle
+      otherwise; the request is cut to what its state of charge allows in this step (no device violation);
+    - generator: full output in expensive hours, off otherwise, moving towards that target as fast as its
+      ramp limit allows (no device violation);
     - heat pump: a thermostat that preheats (precools) in cheap hours. In heating mode (outdoor below the
       band centre) it aims at the top of its comfort band (minus a 0.25 K margin) in cheap hours and at
       the bottom (plus the margin) otherwise; in cooling mode the other way round. The action is the one
@@ -670,8 +692,12 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
     dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
     parts = []
-    nb = sim.n_per_type["battery"]
-    parts.append(torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype).expand(-1, nb))
+    # battery: full power in the wanted direction, cut to what its state of charge allows this step
+    p = sim.params["battery"]
+    want = torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype)
+    room_kw = torch.clamp(p.soc_max_kwh - state.soc_kwh, min=0.0) / (p.eta_charge * sim.dt_h)
+    avail_kw = torch.clamp(state.soc_kwh - p.soc_min_kwh, min=0.0) * p.eta_discharge / sim.dt_h
+    parts.append(torch.clamp(want, -avail_kw / p.p_max_kw, room_kw / p.p_max_kw))
 
     p = sim.params["heatpump"]
     t_out = state.t_outdoor_c[:, t:t + 1]
@@ -686,6 +712,11 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     cop = torch.where(q_kw >= 0, cop_heat, cop_cool)
     parts.append(torch.clamp(q_kw / (p.p_max_kw * cop), -1.0, 1.0))
 
-    ng = sim.n_per_type["generator"]
-    parts.append(torch.where(dear, -1.0, 1.0).to(sim.dtype).expand(-1, ng))
+    # generator: full output in expensive hours, off otherwise, moving as fast as its ramp limit allows
+    p = sim.params["generator"]
+    target_kw = torch.where(dear, p.p_max_kw, p.p_min_kw)
+    ramp_kw = p.ramp_kw_per_h * sim.dt_h
+    out_kw = torch.minimum(torch.maximum(target_kw, state.p_prev_kw - ramp_kw), state.p_prev_kw + ramp_kw)
+    out_kw = torch.minimum(torch.maximum(out_kw, p.p_min_kw), p.p_max_kw)
+    parts.append(1.0 - 2.0 * (out_kw - p.p_min_kw) / (p.p_max_kw - p.p_min_kw))
     return torch.cat(parts, dim=1).detach()

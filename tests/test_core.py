@@ -1,0 +1,607 @@
+"""The functional core: agents and placement, reset/step contract, determinism, gradients, errors, calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gridedge_env
+from gridedge_env.core import OBS_DIM, OBS_NAMES, SimConfig, State, make_sim, price_seeking_actions
+from gridedge_env.devices import BATTERY_RANGES
+from gridedge_env.placement import hosting_capacity, node_spot_kw, split_mix, systematic_counts
+from gridedge_env.scenarios import split_days
+from gridedge_env.simbench import bench_sim, rollout_metrics
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "simulator.md"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these tensors are small, and a second thread only stalls when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """The default task: IEEE-123, 1,000 agents."""
+    return make_sim()
+
+
+@pytest.fixture(scope="module")
+def small():
+    """IEEE-13 with 12 agents (4 of each type), tight power-flow tolerance for finite differences."""
+    return make_sim(feeder="ieee13", n_agents=12, mix=(1, 1, 1), seed=3, pf_tol=1e-13, pf_adjoint_tol=1e-13)
+
+
+def _random_actions(sim, batch: int, steps: int, seed: int = 0, low: float = -1.0, high: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand((steps, batch, sim.n_agents), generator=g, dtype=torch.float64)
+    return (low + (high - low) * u).to(sim.dtype)
+
+
+def _rollout(sim, state, actions, **kw):
+    results = []
+    for k in range(actions.shape[0]):
+        r = sim.step(state, actions[k], **kw)
+        state = r.state
+        results.append(r)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Agents and placement
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_public_api_exported():
+    assert gridedge_env.make_sim is make_sim
+    for name in ("Sim", "SimConfig", "State", "StepResult", "OBS_NAMES", "OBS_DIM", "price_seeking_actions"):
+        assert hasattr(gridedge_env, name)
+
+
+def test_agent_names_and_groups(sim):
+    assert sim.n_agents == len(sim.agents) == 1000
+    assert sim.n_per_type == {"battery": 400, "heatpump": 400, "generator": 200}
+    assert sim.agents[:2] == ["battery_0", "battery_1"]
+    assert sim.agents[400] == "heatpump_0" and sim.agents[800] == "generator_0" and sim.agents[-1] == "generator_199"
+    assert len(set(sim.agents)) == 1000
+    pattern = re.compile(r"^(battery|heatpump|generator)_\d+$")
+    assert all(pattern.match(a) for a in sim.agents)
+    assert list(sim.agent_groups) == ["battery", "heatpump", "generator"]
+    for name, members in sim.agent_groups.items():
+        assert members == sim.agents[sim.agent_slices[name]]
+        assert all(a.startswith(name + "_") for a in members)
+        assert sim.params[name].n_agents == len(members)
+    assert set(sim.agent_node_names) <= set(sim.load_node_names)
+    assert set(sim.agent_phase.tolist()) <= {1, 2, 3}
+    for name, node, bus, phase in zip(sim.agents[:50], sim.agent_node_names, sim.agent_bus, sim.agent_phase.tolist(),
+                                      strict=False):
+        assert node == f"{bus}.{phase}", name
+
+
+def test_placement_proportional_to_spot_load(sim):
+    spot = sim.node_spot_kw.cpu().to(torch.float64)
+    assert float(spot.sum()) == pytest.approx(sum(ld.p_kw for ld in sim.compiled.feeder.loads))
+    counts = torch.bincount(sim.agent_node.cpu(), minlength=sim.n_load_nodes).to(torch.float64)
+    expected = sim.n_agents * spot / spot.sum()
+    assert torch.all(counts >= torch.floor(expected)) and torch.all(counts <= torch.ceil(expected))
+    assert int(counts.sum()) == sim.n_agents
+    # each type is spread over the feeder too: its share of agents per phase follows the phase's spot load
+    phase_kw = torch.zeros(4, dtype=torch.float64)
+    for j, name in enumerate(sim.load_node_names):
+        phase_kw[int(name.rsplit(".", 1)[1])] += spot[j]
+    for members in sim.agent_slices.values():
+        share = torch.bincount(sim.agent_phase[members].cpu(), minlength=4).to(torch.float64)
+        share = share / share.sum()
+        assert torch.allclose(share[1:], (phase_kw / phase_kw.sum())[1:], atol=0.08)
+
+
+def test_placement_seeded():
+    a, b, c = (make_sim(feeder="ieee34", n_agents=50, seed=s) for s in (1, 1, 2))
+    assert a.agent_node_names == b.agent_node_names
+    assert torch.equal(a.params["battery"].p_max_kw, b.params["battery"].p_max_kw)
+    assert a.agent_node_names != c.agent_node_names
+
+
+def test_systematic_counts():
+    g = torch.Generator().manual_seed(0)
+    w = torch.tensor([0.0, 1.0, 2.5, 0.5, 6.0])
+    for n in (0, 1, 7, 100, 1001):
+        counts = systematic_counts(w, n, g)
+        assert int(counts.sum()) == n
+        exact = n * w / w.sum()
+        assert torch.all(counts >= torch.floor(exact)) and torch.all(counts <= torch.ceil(exact))
+        assert counts[0] == 0
+
+
+def test_split_mix():
+    assert split_mix(1000, (0.4, 0.4, 0.2), "abc") == {"a": 400, "b": 400, "c": 200}
+    assert split_mix(1, (0.4, 0.4, 0.2), "abc") == {"a": 1, "b": 0, "c": 0}
+    assert sum(split_mix(7, (1, 1, 1), "abc").values()) == 7
+    with pytest.raises(ValueError, match="mix"):
+        split_mix(10, (1, -1, 1), "abc")
+    with pytest.raises(ValueError, match="mix"):
+        split_mix(10, (1, 1), "abc")
+
+
+def test_any_shipped_feeder_and_small_counts():
+    for feeder in ("ieee13", "ieee34"):
+        s = make_sim(feeder=feeder, n_agents=1)
+        assert s.agents == ["battery_0"]
+        state = s.reset(2, seed=0)
+        r = s.step(state, torch.zeros(2, 1))
+        assert r.cost.shape == (2, 1) and bool(r.converged.all())
+    s = make_sim(feeder="ieee13", n_agents=5, mix=(0, 0, 1))
+    assert s.agent_groups == {"battery": [], "heatpump": [], "generator": [f"generator_{i}" for i in range(5)]}
+    r = s.step(s.reset(1), torch.full((1, 5), -1.0))
+    assert r.p_kw.shape == (1, 5) and bool((r.p_kw <= 0).all())
+
+
+def test_hosting_rule(small):
+    spot_kw = float(node_spot_kw(small.compiled).sum())
+    cap = hosting_capacity(spot_kw, 1.0)
+    assert small.hosting_capacity == cap == math.floor(spot_kw)
+    assert make_sim(feeder="ieee13", n_agents=cap).n_agents == cap
+    with pytest.raises(ValueError, match="host"):
+        make_sim(feeder="ieee13", n_agents=cap + 1)
+    with pytest.raises(ValueError, match="host"):
+        make_sim(n_agents=10**6)
+    assert make_sim(feeder="ieee13", n_agents=10, min_spot_kw_per_agent=300.0).hosting_capacity == cap // 300
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reset and step
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_reset_and_step_shapes(sim):
+    state = sim.reset(3, seed=5, split="test")
+    b, n, t = 3, sim.n_agents, sim.n_steps
+    assert isinstance(state, State) and state.t == 0 and t == 48
+    assert state.obs.shape == (b, n, OBS_DIM) and len(OBS_NAMES) == OBS_DIM
+    assert state.load_p_kw.shape == (b, t, sim.compiled.n_loads)
+    assert state.pv_kw.shape == (b, t, sim.n_load_nodes)
+    assert torch.isfinite(state.obs).all()
+    r = sim.step(state, torch.zeros(b, n))
+    assert r.state.t == 1 and not r.truncated
+    for name in ("cost", "electricity_cost", "device_cost", "device_violation", "p_kw", "action"):
+        assert getattr(r, name).shape == (b, n), name
+    assert r.voltage_violation.shape == r.v_mag_pu.shape == (b, sim.n_nodes)
+    assert r.converged.dtype == torch.bool and r.converged.shape == (b,)
+    assert r.iterations.shape == (b,)
+    assert r.obs is r.state.obs
+    assert torch.allclose(r.cost, r.electricity_cost + r.device_cost)
+    assert bool((r.device_violation >= 0).all()) and bool((r.voltage_violation >= 0).all())
+    by_type = sim.obs_by_type(r.obs)
+    assert {k: v.shape[1] for k, v in by_type.items()} == sim.n_per_type
+
+
+def test_state_is_immutable_and_untouched(sim):
+    state = sim.reset(2, seed=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.t = 3  # type: ignore[misc]
+    before = {f.name: getattr(state, f.name).clone() for f in dataclasses.fields(state)
+              if isinstance(getattr(state, f.name), torch.Tensor)}
+    sim.step(state, _random_actions(sim, 2, 1)[0])
+    for name, value in before.items():
+        assert torch.equal(getattr(state, name), value), name
+    assert state.t == 0
+
+
+def test_episode_truncates_after_one_day(small):
+    state = small.reset(2, seed=0)
+    results = _rollout(small, state, torch.zeros(small.n_steps, 2, small.n_agents))
+    assert [r.truncated for r in results] == [False] * (small.n_steps - 1) + [True]
+    with pytest.raises(ValueError, match="episode is over"):
+        small.step(results[-1].state, torch.zeros(2, small.n_agents))
+
+
+def test_determinism_two_instances(sim):
+    other = make_sim()
+    actions = _random_actions(sim, 2, 48, seed=11)
+    a = _rollout(sim, sim.reset(2, seed=4, split="train"), actions)
+    b = _rollout(other, other.reset(2, seed=4, split="train"), actions)
+    for ra, rb in zip(a, b, strict=True):
+        for name in ("cost", "device_violation", "voltage_violation", "v_mag_pu", "obs", "iterations"):
+            assert torch.equal(getattr(ra, name), getattr(rb, name)), name
+    # a different reset seed draws different days/loads
+    c = other.reset(2, seed=5, split="train")
+    assert not torch.equal(c.load_p_kw, a[0].state.load_p_kw)
+
+
+def test_step_is_deterministic_given_state(small):
+    state = small.reset(3, seed=2)
+    actions = _random_actions(small, 3, 1)[0]
+    r1, r2 = small.step(state, actions), small.step(state, actions)
+    assert torch.equal(r1.v_mag_pu, r2.v_mag_pu) and torch.equal(r1.obs, r2.obs)
+
+
+def test_batch_independence(sim):
+    state = sim.reset(4, seed=9, split="test")
+    actions = _random_actions(sim, 4, 6, seed=2)
+    full = _rollout(sim, state, actions)
+    for row in (0, 3):
+        alone = _rollout(sim, state.select([row]), actions[:, row:row + 1])
+        for rf, ra in zip(full, alone, strict=True):
+            for name in ("cost", "device_violation", "voltage_violation", "obs"):
+                assert torch.allclose(getattr(rf, name)[row:row + 1], getattr(ra, name), rtol=1e-10, atol=1e-12)
+
+
+def test_train_and_test_days_disjoint_in_reset(sim):
+    test = set(split_days("test").tolist())
+    train = sim.reset(512, seed=0, split="train")
+    assert not set(train.day_idx.tolist()) & test
+    drawn = sim.reset(256, seed=1, split="test")
+    assert set(drawn.day_idx.tolist()) <= test
+    assert len(set(drawn.day_idx.tolist())) > 50
+    explicit = sim.reset(None, split="test", days=split_days("test"))
+    assert explicit.day_idx.tolist() == sorted(test)
+    with pytest.raises(ValueError, match="not a 'train' day"):
+        sim.reset(None, split="train", days=[4])
+
+
+def test_exogenous_series_follow_the_scenarios(small):
+    state = small.reset(None, seed=0, split="test", days=[184, 9])
+    data = small.data
+    assert torch.equal(state.price_per_kwh, data.price_per_kwh[[184, 9]])
+    assert torch.equal(state.t_outdoor_c, data.temperature_c[[184, 9]])
+    pv = data.pv_kw_per_kwp[[184, 9]][:, :, None] * small.node_pv_kwp
+    assert torch.allclose(state.pv_kw, pv)
+    assert torch.allclose(small.node_pv_kwp, small.config.pv_kwp_per_kw * small.node_spot_kw)
+    # household load: spot load x load_scale x a shape with peak <= 1 (before the lognormal scale)
+    ratio = state.load_p_kw / (small.compiled.load_p_kw * small.config.load_scale)
+    assert bool((ratio > 0).all()) and float(ratio.max()) < 2.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Actions: clipping and errors
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_actions_outside_are_clipped(small):
+    state = small.reset(2, seed=0)
+    big = torch.tensor([[5.0, -3.0] * 6, [-7.0, 1.5] * 6], dtype=torch.float64)
+    r_big, r_clip = small.step(state, big), small.step(state, big.clamp(-1, 1))
+    assert torch.equal(r_big.action, big.clamp(-1, 1))
+    assert torch.equal(r_big.v_mag_pu, r_clip.v_mag_pu) and torch.equal(r_big.cost, r_clip.cost)
+    a = big.clone().requires_grad_(True)
+    small.step(state, a).cost.sum().backward()
+    assert torch.equal(a.grad, torch.zeros_like(a.grad))  # beyond the bound the gradient is zero
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(2, 11), "shape"),
+        (torch.zeros(3, 12), "shape"),
+        (torch.zeros(12), "shape"),
+        (torch.full((2, 12), float("nan")), "NaN or infinite"),
+        (torch.tensor([[0.0] * 11 + [float("inf")]] * 2), "NaN or infinite"),
+        (torch.tensor([[0.0] * 11 + [float("-inf")]] * 2), "NaN or infinite"),
+        ("abc", "numeric"),
+    ],
+)
+def test_bad_actions(small, bad, match):
+    state = small.reset(2, seed=0)
+    before = state.soc_kwh.clone()
+    with pytest.raises(ValueError, match=match):
+        small.step(state, bad)
+    assert torch.equal(state.soc_kwh, before) and state.t == 0
+
+
+def test_nan_error_names_the_agent(small):
+    state = small.reset(1, seed=0)
+    a = torch.zeros(1, 12)
+    a[0, 5] = float("nan")
+    with pytest.raises(ValueError, match="heatpump_1"):
+        small.step(state, a)
+
+
+def test_numpy_actions_accepted(small):
+    state = small.reset(2, seed=0)
+    r = small.step(state, np.zeros((2, 12), dtype=np.float32))
+    assert r.action.dtype == small.dtype
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_agents": 0}, "n_agents must be >= 1"),
+        ({"n_agents": -5}, "n_agents must be >= 1"),
+        ({"n_agents": 2.5}, "n_agents must be an integer"),
+        ({"n_agents": 10**6}, "more than feeder"),
+        ({"mix": (0, 0, 0)}, "mix"),
+        ({"mix": (1, 1)}, "mix"),
+        ({"step_minutes": 7}, "step_minutes"),
+        ({"feeder": "ieee999"}, "ieee999"),
+        ({"dtype": torch.float16}, "dtype"),
+        ({"load_scale": float("nan")}, "load_scale"),
+        ({"households_per_load": 0}, "households_per_load"),
+        ({"regulator_taps": "auto"}, "regulator_taps"),
+        ({"bogus_option": 1}, "unknown simulator option"),
+    ],
+)
+def test_impossible_configurations(kwargs, match):
+    cfg = {"feeder": "ieee13", "n_agents": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        make_sim(**cfg)
+
+
+def test_bad_reset_arguments(small):
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        small.reset(2, split="validation")
+    with pytest.raises(ValueError, match="batch_size"):
+        small.reset(0)
+    with pytest.raises(ValueError, match="disagrees"):
+        small.reset(3, split="test", days=[4, 9])
+
+
+def test_config_is_a_frozen_dataclass_with_docs():
+    cfg = SimConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_agents = 3  # type: ignore[misc]
+    source = Path(gridedge_env.core.__file__).read_text()
+    for f in dataclasses.fields(SimConfig):
+        assert re.search(rf"    {f.name}: .*\n    \"\"\".+\"\"\"", source), f"SimConfig.{f.name} lacks a one-line doc"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Physics through the core
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_battery_energy_balance_through_core(sim):
+    state = sim.reset(3, seed=2)
+    actions = _random_actions(sim, 3, 48, seed=5, low=-1.5, high=1.5)
+    results = _rollout(sim, state, actions)
+    sl = sim.agent_slices["battery"]
+    p = sim.params["battery"]
+    p_kw = torch.stack([r.p_kw[:, sl] for r in results])  # [T, B, Nb]
+    stored = sim.dt_h * (p.eta_charge * p_kw.clamp(min=0) - p_kw.clamp(max=0).neg() / p.eta_discharge).sum(0)
+    soc_end = results[-1].state.soc_kwh
+    assert torch.allclose(soc_end - state.soc_kwh, stored, atol=1e-9)
+    socs = torch.stack([r.state.soc_kwh for r in results])
+    assert bool((socs >= p.soc_min_kwh - 1e-9).all()) and bool((socs <= p.soc_max_kwh + 1e-9).all())
+    assert bool((p_kw.abs() <= p.p_max_kw + 1e-12).all())
+    # what was requested but not delivered is the violation
+    req = torch.stack([r.action[:, sl] for r in results]) * p.p_max_kw
+    viol = torch.stack([r.device_violation[:, sl] for r in results])
+    assert torch.allclose(viol, (req - p_kw).abs())
+
+
+def test_costs_and_net_metering(small):
+    state = small.reset(2, seed=3, split="test")
+    actions = _random_actions(small, 2, 1, seed=1)[0]
+    r = small.step(state, actions)
+    energy = r.p_kw * small.dt_h
+    assert torch.allclose(r.electricity_cost, state.price_per_kwh[:, :1] * energy)
+    other = make_sim(feeder="ieee13", n_agents=12, mix=(1, 1, 1), seed=3, net_metering=False)
+    r2 = other.step(other.reset(2, seed=3, split="test"), actions)
+    price, export = state.price_per_kwh[:, :1], state.export_price_per_kwh[:, :1]
+    expected = price * energy.clamp(min=0) + export * energy.clamp(max=0)
+    assert torch.allclose(r2.electricity_cost, expected)
+    assert torch.equal(r.device_cost[:, small.agent_slices["heatpump"]], torch.zeros(2, 4, dtype=small.dtype))
+
+
+def test_voltage_violation_definition(sim):
+    state = sim.reset(2, seed=0, split="test")
+    r = sim.step(state, torch.ones(2, sim.n_agents))
+    v = r.v_mag_pu
+    assert torch.allclose(r.voltage_violation, torch.relu(v - 1.05) + torch.relu(0.95 - v))
+    assert bool(r.converged.all())
+
+
+def test_observation_spec(sim):
+    state = sim.reset(2, seed=0, split="test", days=None)
+    actions = _random_actions(sim, 2, 3, seed=4)
+    results = _rollout(sim, state, actions)
+    r, prev = results[-1], results[-2]
+    obs, t, s = r.obs, r.state.t, r.state
+    assert t == 3
+    assert torch.allclose(obs[..., OBS_NAMES.index("time_sin")], torch.tensor(math.sin(2 * math.pi * 3 / 48)).double())
+    assert torch.allclose(obs[..., OBS_NAMES.index("time_cos")], torch.tensor(math.cos(2 * math.pi * 3 / 48)).double())
+    assert torch.allclose(obs[..., OBS_NAMES.index("price")], s.price_per_kwh[:, 3:4].expand(-1, sim.n_agents) / 0.4)
+    assert torch.allclose(obs[..., OBS_NAMES.index("t_outdoor")], s.t_outdoor_c[:, 3:4].expand(-1, sim.n_agents) / 20)
+    node_v = r.v_mag_pu[:, [sim.node_names.index(nm) for nm in sim.agent_node_names]]
+    assert torch.allclose(obs[..., OBS_NAMES.index("v_node")], (node_v - 1.0) / 0.05)
+    pv_node = s.pv_kw[:, 3][:, sim.agent_node] / sim.node_spot_kw[sim.agent_node]
+    assert torch.allclose(obs[..., OBS_NAMES.index("node_pv")], pv_node)
+    own = obs[..., OBS_NAMES.index("own_state")]
+    pb = sim.params["battery"]
+    assert torch.allclose(own[:, sim.agent_slices["battery"]],
+                          (s.soc_kwh - pb.soc_min_kwh) / (pb.soc_max_kwh - pb.soc_min_kwh))
+    assert torch.allclose(own[:, sim.agent_slices["generator"]],
+                          s.p_prev_kw / sim.params["generator"].p_max_kw)
+    assert bool((own[:, sim.agent_slices["battery"]] >= -1e-9).all())
+    # node load is the household load on the agent's node, per kW of the node's spot load
+    load = obs[..., OBS_NAMES.index("node_load")]
+    assert bool((load > 0).all()) and float(load.max()) < 3 * sim.config.load_scale
+    assert prev.state.t == 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradients
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _objective(sim, state, actions, w_device=3.0, w_voltage=200.0):
+    total = actions.new_zeros(())
+    for k in range(actions.shape[0]):
+        r = sim.step(state, actions[k])
+        state = r.state
+        obs_term = r.obs[..., OBS_NAMES.index("v_node")].sum() * 0.01  # observations are differentiable too
+        total = total + r.cost.sum() + w_device * r.device_violation.sum() + w_voltage * r.voltage_violation.sum()
+        total = total + obs_term
+    return total
+
+
+def test_gradient_matches_finite_differences(small):
+    torch.manual_seed(0)
+    state = small.reset(2, seed=1, split="test", days=[184, 349])
+    state = dataclasses.replace(state, t=22)  # midday: PV and voltages away from trivial
+    steps = 4
+    actions = _random_actions(small, 2, steps, seed=3, low=-0.9, high=0.9)
+    actions = torch.where(actions.abs() < 0.05, torch.full_like(actions, 0.3), actions)  # heat-pump kink at 0
+    a = actions.clone().requires_grad_(True)
+    total = _objective(small, state, a)
+    total.backward()
+    grad = a.grad
+    assert torch.isfinite(grad).all()
+    g = torch.Generator().manual_seed(7)
+    picks = [tuple(int(torch.randint(s, (1,), generator=g)) for s in actions.shape) for _ in range(12)]
+    eps = 1e-6
+    for idx in picks:
+        up, dn = actions.clone(), actions.clone()
+        up[idx] += eps
+        dn[idx] -= eps
+        with torch.no_grad():
+            fd = (_objective(small, state, up) - _objective(small, state, dn)) / (2 * eps)
+        assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-6), idx
+
+
+def test_gradient_reaches_every_action_of_a_full_rollout(sim):
+    state = sim.reset(2, seed=0, split="test")
+    actions = _random_actions(sim, 2, 48, seed=1, low=-0.95, high=0.95).requires_grad_(True)
+    total = _objective(sim, state, actions)
+    total.backward()
+    grad = actions.grad
+    assert grad.shape == (48, 2, 1000) and bool(torch.isfinite(grad).all())
+    assert float((grad != 0).to(torch.float64).mean()) > 0.99
+
+
+def test_detach_state_cuts_gradient_between_steps(small):
+    state = small.reset(1, seed=0)
+    a0 = torch.full((1, 12), 0.5, dtype=torch.float64, requires_grad=True)
+    a1 = torch.full((1, 12), 0.5, dtype=torch.float64)
+    r0 = small.step(state, a0, detach_state=True)
+    later = small.step(r0.state, a1)
+    assert not _depends_on(later.cost.sum(), a0)
+    assert r0.cost.requires_grad  # this step's own outputs keep their gradient
+    r0b = small.step(state, a0)
+    assert _depends_on(small.step(r0b.state, a1).cost.sum(), a0)
+    assert not _depends_on(small.step(small.detach(r0b.state), a1).cost.sum(), a0)
+
+
+def _depends_on(output: torch.Tensor, leaf: torch.Tensor) -> bool:
+    if not output.requires_grad:
+        return False
+    (g,) = torch.autograd.grad(output, leaf, allow_unused=True, retain_graph=True)
+    return g is not None and bool((g != 0).any())
+
+
+def test_float32(small):
+    s32 = make_sim(feeder="ieee13", n_agents=12, mix=(1, 1, 1), seed=3, dtype=torch.float32)
+    s64 = make_sim(feeder="ieee13", n_agents=12, mix=(1, 1, 1), seed=3)
+    a = _random_actions(s64, 2, 4, seed=0)
+    r32 = _rollout(s32, s32.reset(2, seed=0), a.float())
+    r64 = _rollout(s64, s64.reset(2, seed=0), a)
+    assert r32[-1].v_mag_pu.dtype == torch.float32
+    assert all(bool(r.converged.all()) for r in r32)
+    assert torch.allclose(r32[-1].v_mag_pu.double(), r64[-1].v_mag_pu, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The price-seeking rule and the calibration
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_price_seeking_rule(sim):
+    state = sim.reset(2, seed=0, split="test", days=[4, 184])
+    results, actions = [], []
+    for _ in range(48):
+        a = price_seeking_actions(sim, state)
+        assert a.shape == (2, sim.n_agents) and bool((a.abs() <= 1).all())
+        r = sim.step(state, a)
+        actions.append(a)
+        results.append(r)
+        state = r.state
+    acts = torch.stack(actions)
+    price = state.price_per_kwh
+    cheap = (price == price.amin(1, keepdim=True)).T  # [T, B]
+    dear = (price == price.amax(1, keepdim=True)).T
+    bat = acts[:, :, sim.agent_slices["battery"]]
+    gen = acts[:, :, sim.agent_slices["generator"]]
+    assert bool((bat[cheap] >= 0).all()) and bool((bat[dear] <= 0).all())
+    assert bool((bat[~cheap & ~dear] == 0).all())
+    assert bool((gen[:32] == 1).all())  # off (and starting from off) before the 16:00 peak
+    out = torch.stack([r.state.p_prev_kw for r in results])  # generator output, kW
+    assert bool((out[1:][dear[1:]] >= out[:-1][dear[1:]] - 1e-12).all())  # ramping up into the peak
+    assert bool((out[1:][~dear[1:]] <= out[:-1][~dear[1:]] + 1e-12).all())  # and down after it
+    # the rule asks only for what the devices can deliver
+    dv = torch.stack([r.device_violation for r in results])
+    assert float(dv[:, :, sim.agent_slices["battery"]].max()) < 1e-9
+    assert float(dv[:, :, sim.agent_slices["generator"]].max()) < 1e-9
+
+
+def test_calibration_fast(sim):
+    """Price-seeking operation violates the voltage band on test days (13 of the 73; all 73 below, slow)."""
+    days = split_days("test")[::6]
+    state = sim.reset(None, seed=0, split="test", days=days)
+    m = rollout_metrics(sim, state, price_seeking_actions)
+    assert m["powerflow_failures"] == 0
+    assert m["voltage_share_outside"] >= 0.05
+
+
+@pytest.mark.slow
+def test_calibration_all_test_days(sim):
+    state = sim.reset(None, seed=0, split="test", days=split_days("test"))
+    m = rollout_metrics(sim, state, price_seeking_actions)
+    assert m["voltage_share_outside"] >= 0.05
+
+
+@pytest.mark.slow
+def test_centralised_optimisation_removes_violations(sim):
+    from gridedge_env.simbench import optimise_actions
+
+    days = split_days("test")[::18][:4]
+    state = sim.reset(None, seed=0, split="test", days=days)
+    before = rollout_metrics(sim, state, price_seeking_actions)
+    _, after = optimise_actions(sim, state, iterations=150, init=price_seeking_actions)
+    assert before["voltage_share_outside"] >= 0.05
+    assert after["voltage_share_outside"] <= 0.005
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Benchmark, CLI, docs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_bench_sim_small():
+    out = bench_sim("ieee13", n_agents=20, batch=2, repeats=1)
+    assert out["n_agents"] == 20 and out["batch"] == 2 and out["steps"] == 48
+    assert out["forward_agent_steps_per_s"] > 0 and out["forward_backward_agent_steps_per_s"] > 0
+
+
+def test_cli_bench_sim_json(capsys):
+    from gridedge_env.cli import main
+
+    assert main(["bench", "sim", "--feeder", "ieee13", "--agents", "10", "--batch", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_agents"] == 10 and out["forward_backward_s_per_rollout"] > 0
+
+
+def test_docs_examples_run():
+    text = DOCS.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(DOCS), "exec"), {})
+
+
+def test_docs_list_every_observation_feature():
+    text = DOCS.read_text()
+    for name in OBS_NAMES:
+        assert f"`{name}`" in text, name
+    for f in dataclasses.fields(SimConfig):
+        assert f"`{f.name}`" in text, f.name
+    assert BATTERY_RANGES  # devices documented in docs/devices.md
