@@ -46,6 +46,15 @@ def _cmd_validate(args) -> dict:
 
 
 def _cmd_bench(args) -> dict:
+    if args.what == "sim":
+        from gridedge_env.simbench import bench_sim
+
+        dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+        batch = 32 if args.batch is None else args.batch
+        return bench_sim(args.feeder, n_agents=args.agents, batch=batch, seed=args.seed, device=args.device,
+                         dtype=dtype)
+    if args.batch is None:
+        args.batch = 1024
     from gridedge_env.validation import bench_gradient, bench_powerflow, resolve_feeder
 
     feeder, _ = resolve_feeder(args.feeder)
@@ -68,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that report ratios against a reference measured in the same run")
-    p.add_argument("what", choices=["powerflow", "gradient"])
+    p.add_argument("what", choices=["powerflow", "gradient", "sim"],
+                   help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward")
     p.add_argument("--feeder", default="ieee123")
-    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 1024; 32 for sim)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow only)")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow and sim)")
+    p.add_argument("--agents", type=int, default=1000, help="(sim only) number of agents")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_bench)
     return parser
