@@ -1,35 +1,50 @@
-"""Independent per-agent policies stored as stacked weights and evaluated with batched matrix products.
+"""Independent per-agent policies stored as stacked weights, and a per-agent observation normaliser.
 
 N agents, each with its own small MLP (no parameter sharing), are one set of tensors with a leading agent
-dimension: `torch.bmm` evaluates all of them at once, so nothing loops over agents in Python. Each policy
-is a Gaussian whose mean and log standard deviation come from the agent's own network; samples use the
-reparameterisation trick and are squashed into [-1, 1] with tanh.
+dimension: `torch.baddbmm` evaluates all of them at once, so nothing loops over agents in Python. Each
+policy is a Gaussian whose mean and log standard deviation come from the agent's own network; samples use
+the reparameterisation trick and are squashed into [-1, 1] with tanh. Agent ``i``'s action depends only on
+agent ``i``'s observation row and on slice ``i`` of every parameter tensor.
+
+`ObsNormalizer` keeps a running mean and variance per agent and feature ([N, d], float64, Chan et al.'s
+parallel update); the trainer freezes it during each round of policy updates and folds in the rollout's
+observations afterwards.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "make_policy"]
+
+#: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
 
 
 class StackedMLPPolicy(nn.Module):
     """N independent MLP policies: observation [B, N, d] -> action distribution over [-1, 1].
 
+    Every parameter tensor has the agent axis first (weights ``[N, fan_in, fan_out]``, biases
+    ``[N, 1, fan_out]``), so ``p[i]`` for every parameter ``p`` is agent ``i``'s whole network.
+
     Args:
-        n_agents: number of agents N.
-        obs_dim: observation size d (shorter observations are zero-padded by the caller).
-        hidden: hidden width of every agent's network.
-        layers: number of hidden layers.
-        init_log_std: initial log standard deviation of the Gaussian before the tanh squash.
+        n_agents: Number of agents N.
+        obs_dim: Observation size d.
+        hidden: Hidden width of every agent's network.
+        layers: Number of hidden layers (tanh activations).
+        init_log_std: Initial log standard deviation of the Gaussian before the tanh squash.
         generator: torch.Generator for the weight initialisation (reproducible per seed).
+        dtype: Parameter dtype.
+        device: Parameter device.
     """
 
     def __init__(self, n_agents: int, obs_dim: int, hidden: int = 32, layers: int = 2, init_log_std: float = -1.0,
-                 generator: torch.Generator | None = None, dtype=torch.float32, device="cpu"):
+                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu"):
         super().__init__()
         if n_agents < 1 or obs_dim < 1 or hidden < 1 or layers < 1:
             raise ValueError(f"need n_agents, obs_dim, hidden, layers >= 1, got {n_agents}, {obs_dim}, {hidden}, "
@@ -41,20 +56,22 @@ class StackedMLPPolicy(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             if k == len(sizes) - 2:
                 bound *= 0.01  # start near the mean action 0 with the initial spread
-            w = (torch.rand(n_agents, fan_in, fan_out, generator=generator, dtype=dtype) * 2 - 1) * bound
-            self.weights.append(nn.Parameter(w.to(device)))
+            w = (torch.rand(n_agents, fan_in, fan_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w.to(dtype=dtype, device=device)))
             self.biases.append(nn.Parameter(torch.zeros(n_agents, 1, fan_out, dtype=dtype, device=device)))
         with torch.no_grad():
             self.biases[-1][..., 1] = init_log_std
         self.n_agents = n_agents
         self.obs_dim = obs_dim
+        self.hidden = hidden
+        self.layers = layers
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log std before squashing, each [B, N], for observations [B, N, d]."""
+        """Mean and log std before squashing, each [B, N], for (normalised) observations [B, N, d]."""
         if obs.dim() != 3 or obs.shape[1:] != (self.n_agents, self.obs_dim):
             raise ValueError(f"observations must have shape [B, {self.n_agents}, {self.obs_dim}], got "
                              f"{tuple(obs.shape)}")
-        h = obs.transpose(0, 1)  # [N, B, d]: one matrix product per agent, batched
+        h = obs.to(self.weights[0].dtype).transpose(0, 1)  # [N, B, d]: one matrix product per agent, batched
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(b, h, w)
@@ -64,8 +81,115 @@ class StackedMLPPolicy(nn.Module):
         return out[..., 0], out[..., 1].clamp(*LOG_STD_RANGE)
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Actions in [-1, 1], [B, N]: tanh(mean + std * noise); `noise=None` gives the deterministic mean."""
+        """Actions in [-1, 1], [B, N]: ``tanh(mean + std * noise)``; ``noise=None`` gives ``tanh(mean)``."""
         mean, log_std = self(obs)
         if noise is None:
             return torch.tanh(mean)
-        return torch.tanh(mean + log_std.exp() * noise)
+        return torch.tanh(mean + log_std.exp() * noise.to(mean.dtype))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> StackedMLPPolicy:
+        """Rebuild a policy (shapes read from the tensors) and load ``state`` into it."""
+        n_layers = sum(1 for k in state if k.startswith("weights."))
+        w0 = state["weights.0"]
+        policy = cls(int(w0.shape[0]), int(w0.shape[1]), hidden=int(w0.shape[2]), layers=n_layers - 1,
+                     dtype=w0.dtype, device=w0.device)
+        policy.load_state_dict(state)
+        return policy
+
+
+class ObsNormalizer:
+    """Running mean and standard deviation per agent and feature; ``(obs - mean) / std``, clipped.
+
+    Args:
+        n_agents: Number of agents N.
+        obs_dim: Observation size d.
+        std_min: Lower bound of the standard deviation used to normalise (features are O(1) already; a
+            feature that has been constant so far is not blown up when it starts to move).
+        clip: Normalised observations are clipped to ``[-clip, clip]``.
+        enabled: False makes `normalize` the identity (statistics are still kept).
+    """
+
+    def __init__(self, n_agents: int, obs_dim: int, std_min: float = 0.05, clip: float = 5.0, enabled: bool = True,
+                 device: str | torch.device = "cpu"):
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.mean = torch.zeros(n_agents, obs_dim, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(n_agents, obs_dim, dtype=torch.float64, device=device)
+        self.std_min = float(std_min)
+        self.clip = float(clip)
+        self.enabled = bool(enabled)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """[N, d] standard deviation used to normalise (1 before any data)."""
+        if float(self.count) < 2:
+            return torch.ones_like(self.mean)
+        return (self.m2 / self.count).sqrt().clamp_min(self.std_min)
+
+    def update(self, obs: torch.Tensor) -> None:
+        """Fold observations [..., N, d] (every leading index one sample) into the statistics."""
+        x = obs.detach().to(torch.float64).reshape(-1, *self.mean.shape)
+        n_b = float(x.shape[0])
+        if n_b == 0:
+            return
+        mean_b = x.mean(dim=0)
+        m2_b = ((x - mean_b) ** 2).sum(dim=0)
+        n_a = self.count
+        total = n_a + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / total)
+        self.m2 = self.m2 + m2_b + delta**2 * (n_a * n_b / total)
+        self.count = total
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised observations, same shape and dtype as ``obs`` [..., N, d]."""
+        if not self.enabled:
+            return obs
+        mean = self.mean.to(obs.dtype)
+        std = self.std.to(obs.dtype)
+        return ((obs - mean) / std).clamp(-self.clip, self.clip)
+
+    def state_dict(self) -> dict:
+        """Tensors and settings (for checkpoints and exported policies)."""
+        return {"count": self.count.clone(), "mean": self.mean.clone(), "m2": self.m2.clone(),
+                "std_min": self.std_min, "clip": self.clip, "enabled": self.enabled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"].clone().to(self.mean.device)
+        self.mean = state["mean"].clone().to(self.mean.device)
+        self.m2 = state["m2"].clone().to(self.mean.device)
+        self.std_min, self.clip, self.enabled = float(state["std_min"]), float(state["clip"]), bool(state["enabled"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ObsNormalizer:
+        n, d = state["mean"].shape
+        norm = cls(int(n), int(d), device=state["mean"].device)
+        norm.load_state_dict(state)
+        return norm
+
+
+def make_policy(params: dict, deterministic: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A decentralised policy from trained ``params`` (``{"policy": state_dict, "normalizer": state}``).
+
+    Args:
+        params: As returned by `gradmap_agent.train` or loaded by `gradmap_agent.load_policies`.
+        deterministic: True: the squashed mean ``tanh(mean)`` (evaluation). False: a fresh Gaussian sample
+            per call (``torch.randn``, the global RNG).
+
+    Returns:
+        ``policy(obs [B, N, d]) -> actions [B, N]`` in [-1, 1], in ``obs``'s dtype, without gradient. Agent
+        ``i``'s action depends only on ``obs[:, i]``.
+    """
+    net = StackedMLPPolicy.from_state_dict(params["policy"])
+    norm = ObsNormalizer.from_state_dict(params["normalizer"])
+    net.requires_grad_(False)
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = norm.normalize(obs.to(torch.float64)).to(net.weights[0].dtype)
+            noise = None if deterministic else torch.randn(obs.shape[:2], dtype=x.dtype, device=x.device)
+            return net.act(x, noise).to(obs.dtype)
+
+    policy.n_agents = net.n_agents  # type: ignore[attr-defined]
+    policy.obs_dim = net.obs_dim  # type: ignore[attr-defined]
+    return policy

@@ -4,6 +4,8 @@ Public entry points (imported lazily, so ``import gridedge_env`` stays cheap):
 
 - `make_sim(**cfg)` -> `Sim`, the pure functional core: ``reset(batch_size, seed, split) -> State`` and
   ``step(state, actions[B, N]) -> StepResult`` (``docs/simulator.md``);
+- `parallel_env(**cfg)` (PettingZoo ParallelEnv), `env(**cfg)` / `raw_env(**cfg)` (AEC) of the default task
+  (`gridedge_env.ieee123_v0`; spec in `gridedge_env.adapters.pettingzoo_env`);
 - `SimConfig`, `State`, `StepResult`, `price_seeking_actions`, `OBS_NAMES`, `OBS_DIM`, `AGENT_TYPES`.
 
 Sub-packages: `gridedge_env.network` (feeders), `gridedge_env.powerflow`, `gridedge_env.devices`,
@@ -26,6 +28,10 @@ _LAZY: dict[str, str] = {
     "AGENT_TYPES": "gridedge_env.core",
     "OBS_NAMES": "gridedge_env.core",
     "OBS_DIM": "gridedge_env.core",
+    # PettingZoo adapters of the default task (versioned module, see gridedge_env.adapters.pettingzoo_env)
+    "parallel_env": "gridedge_env.ieee123_v0",
+    "env": "gridedge_env.ieee123_v0",
+    "raw_env": "gridedge_env.ieee123_v0",
 }
 
 __all__ = sorted(_LAZY)

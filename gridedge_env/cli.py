@@ -64,6 +64,18 @@ def _cmd_bench(args) -> dict:
     return bench_gradient(feeder, batch=args.batch, seed=args.seed, device=args.device)
 
 
+def _cmd_train(args) -> dict:
+    from gradmap_agent.commands import run_train
+
+    return run_train(args)
+
+
+def _cmd_evaluate(args) -> dict:
+    from gradmap_agent.commands import run_evaluate
+
+    return run_evaluate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridedge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=int, default=1000, help="(sim only) number of agents")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("train", help="train independent per-agent policies with GradMAP or GradMA")
+    p.add_argument("method", choices=["gradmap", "gradma"], help="gradma: GradMAP with K=1 and no trust region")
+    p.add_argument("--feeder", default=None, help="shipped feeder name (default ieee123)")
+    p.add_argument("--agents", type=int, default=None, help="number of agents (default 1000)")
+    p.add_argument("--sim-seed", type=int, default=None, help="seed of agent placement and parameters (default 0)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="training-time budget in minutes")
+    budget.add_argument("--iterations", type=int, default=None, help="number of rollouts (default: the config's)")
+    p.add_argument("--seed", type=int, default=None, help="trainer seed (default 0)")
+    p.add_argument("--out", required=True, help="run directory (must be new or empty unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate on test days every N iterations")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a GradMAPConfig field")
+    p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="run trained policies or a rule decentralised on held-out days")
+    p.add_argument("run_dir", nargs="?", default=None, help="run directory with exported policies (policies.pt)")
+    p.add_argument("--method", default=None, help="a rule baseline instead of a run: noop or price-seeking")
+    p.add_argument("--feeder", default=None, help="(with --method) shipped feeder name (default ieee123)")
+    p.add_argument("--agents", type=int, default=None, help="(with --method) number of agents (default 1000)")
+    p.add_argument("--sim-seed", type=int, default=None, help="(with --method) simulator seed (default 0)")
+    p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="(with --method) SimConfig field")
+    p.add_argument("--split", default="test", choices=["test", "train", "all"])
+    p.add_argument("--days", type=int, default=None, help="number of days, evenly spaced (default: all of the split)")
+    p.add_argument("--batch", type=int, default=16, help="days simulated together (does not change the numbers)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the household draws of the evaluation days")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_evaluate)
     return parser
 
 

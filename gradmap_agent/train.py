@@ -1,0 +1,693 @@
+"""GradMAP training loop (and GradMA, its K = 1 special case on the same code path).
+
+One iteration:
+
+1. **Rollout.** Reset B training days. At every step each agent's policy maps its own (normalised)
+   observation and a stored standard-normal noise to ``a = tanh(mean + std * noise)``; the actions enter the
+   differentiable core as leaf tensors (``requires_grad``), the observations are policy inputs (no gradient
+   flows back through them into the policy), and the Lagrangian (`losses.step_lagrangian`) is summed.
+2. **Exact environment gradient.** One ``backward()`` gives ``g = dL/da`` for every step and agent: the
+   total derivative through costs, device dynamics, the implicit power-flow gradient, and all later states.
+3. **Policy updates.** K Adam steps on the proximal surrogate `losses.proximal_surrogate` over the stored
+   observations, noise, old actions and ``g``, with per-agent gradient clipping. K = 1 without trust region
+   is GradMA (one update on the chain rule ``sum g * da/dtheta``).
+4. **Dual ascent** on the multipliers with the rollout's violations; then the observation normaliser folds
+   in the rollout's observations (it is frozen during the rollout and the K updates).
+
+``docs/gradmap.md`` has the equations and every design choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gradmap_agent.losses import (
+    Multipliers,
+    clip_grad_norm_per_agent_,
+    dual_update,
+    proximal_surrogate,
+    step_lagrangian,
+)
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRIC_FIELDS",
+    "POLICIES_NAME",
+    "DivergenceError",
+    "GradMAPConfig",
+    "gradma_config",
+    "load_policies",
+    "sim_config_dict",
+    "train",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+POLICIES_NAME = "policies.pt"
+METRICS_NAME = "metrics.csv"
+CONFIG_NAME = "config.json"
+CHECKPOINT_FORMAT = "gridedge-gradmap-checkpoint/1"
+POLICIES_FORMAT = "gridedge-gradmap-policies/1"
+
+#: Fields of the config that may change when a run is resumed (the budget); all others must match.
+RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", "eval_days")
+
+_LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class GradMAPConfig:
+    """GradMAP / GradMA hyperparameters. Defaults suit IEEE-123 with 1,000 agents on a 2-core CPU."""
+
+    # --- budget -------------------------------------------------------------------------------------------
+    iterations: int | None = 300
+    """Number of rollouts (each one environment gradient); None: no limit (then `minutes` must be set)."""
+    minutes: float | None = None
+    """Training-time budget in minutes (rollouts and updates; checkpoints and evaluations not counted)."""
+    seed: int = 0
+    """Seed of the policy initialisation, the rollout days and the exploration noise."""
+    # --- rollout ------------------------------------------------------------------------------------------
+    batch_days: int = 8
+    """B: training days per rollout (one environment gradient covers B x T x N actions)."""
+    # --- policy -------------------------------------------------------------------------------------------
+    hidden: int = 16
+    """Hidden width of every agent's MLP."""
+    layers: int = 2
+    """Hidden layers of every agent's MLP."""
+    init_log_std: float = -1.0
+    """Initial log standard deviation of the Gaussian (before tanh)."""
+    policy_dtype: str = "float32"
+    """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
+    # --- GradMAP: reuse and trust region -------------------------------------------------------------------
+    reuse: int = 8
+    """K: policy updates per environment gradient (1 with no trust region = GradMA)."""
+    clip_radius: float | None = 0.1
+    """Trust-region radius on each action's change |a_new - a_old| (None: no clipping)."""
+    prox_eta: float | None = None
+    """Proximal penalty |a_new - a_old|^2 / (2 eta) per action and day (None: no penalty)."""
+    minibatches: int = 2
+    """The K updates cycle through this many random minibatches of the rollout's (step, day) rows."""
+    # --- optimiser ----------------------------------------------------------------------------------------
+    lr: float = 1e-2
+    """Adam learning rate at the start of the schedule."""
+    lr_schedule: str = "cosine"
+    """"constant", "linear" or "cosine" decay over the budget (iterations, or minutes if that ends first)."""
+    lr_final_fraction: float = 0.1
+    """Learning rate at the end of the schedule, as a fraction of `lr`."""
+    adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam's second-moment decay."""
+    max_grad_norm: float | None = 1.0
+    """Per-agent gradient-norm clip (each agent's own parameter slice; None: off)."""
+    # --- Lagrangian and dual ascent ------------------------------------------------------------------------
+    device_multiplier: str = "agent"
+    """Granularity of the device multipliers: "agent" (one per agent) or "type" (one per device type)."""
+    device_multiplier_init: float = 1.0
+    """Initial device multiplier, $ per unit of device violation (kW or K) per step."""
+    device_dual_lr: float = 0.1
+    """Dual step of the device multipliers per unit of an agent's daily violation (unit-steps)."""
+    voltage_multiplier_init: float = 0.0
+    """Initial network multiplier, $ per pu of voltage violation per node and step."""
+    voltage_dual_lr: float = 2e4
+    """Dual step of the network multipliers per pu of violation (node, time of day; mean over days)."""
+    device_violation_budget: float = 0.1
+    """Allowed device violation per agent and day (unit-steps): device multipliers fall when below it."""
+    voltage_violation_budget: float = 1e-5
+    """Allowed (margin-tightened) voltage violation per node-step, pu: network multipliers fall below it."""
+    voltage_margin_pu: float = 0.002
+    """Training constraint uses [v_min + margin, v_max - margin] (metrics always use the true band)."""
+    max_multiplier: float = 1e6
+    """Upper bound of every multiplier."""
+    # --- observation normalisation ------------------------------------------------------------------------
+    normalize_obs: bool = True
+    """Normalise observations per agent and feature with running statistics."""
+    obs_std_min: float = 0.05
+    """Lower bound of the normaliser's standard deviation."""
+    obs_clip: float = 5.0
+    """Normalised observations are clipped to [-obs_clip, obs_clip]."""
+    # --- safety, checkpoints, monitoring ------------------------------------------------------------------
+    max_pf_failure_share: float = 0.5
+    """Stop (divergence) when more than this share of a rollout's power flows fail."""
+    checkpoint_every: int = 25
+    """Write a checkpoint every this many iterations (and at the end)."""
+    eval_every: int = 0
+    """Evaluate the deterministic policy on `eval_days` test days every this many iterations (0: off)."""
+    eval_days: int = 8
+    """Test days of the periodic evaluation (evenly spaced over the test split)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.iterations is None and self.minutes is None:
+            problems.append("set iterations or minutes (the training budget)")
+        if self.iterations is not None and self.iterations < 0:
+            problems.append(f"iterations must be >= 0, got {self.iterations}")
+        if self.minutes is not None and not (self.minutes >= 0):
+            problems.append(f"minutes must be >= 0, got {self.minutes}")
+        for name in ("batch_days", "hidden", "layers", "reuse", "minibatches", "checkpoint_every", "eval_days"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.lr_schedule not in _LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {_LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.policy_dtype not in ("float32", "float64"):
+            problems.append(f"policy_dtype must be 'float32' or 'float64', got {self.policy_dtype!r}")
+        if self.device_multiplier not in ("agent", "type"):
+            problems.append(f"device_multiplier must be 'agent' or 'type', got {self.device_multiplier!r}")
+        for name in ("clip_radius", "prox_eta", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name} must be > 0 or None, got {value}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.minibatches > self.batch_days * 24:
+            problems.append(f"minibatches must be at most the number of rollout rows, got {self.minibatches}")
+        if problems:
+            raise ValueError("invalid GradMAPConfig: " + "; ".join(problems))
+
+    @property
+    def is_gradma(self) -> bool:
+        """True for the no-reuse variant (K = 1, no trust region)."""
+        return self.reuse == 1 and self.minibatches == 1 and self.clip_radius is None and self.prox_eta is None
+
+
+def gradma_config(**overrides) -> GradMAPConfig:
+    """GradMA: GradMAP with one update per environment gradient and no trust region."""
+    fields = {"reuse": 1, "minibatches": 1, "clip_radius": None, "prox_eta": None}
+    fields.update(overrides)
+    return GradMAPConfig(**fields)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced NaN/inf or the power flow failed too often; the last good state was checkpointed."""
+
+
+#: Columns of metrics.csv, in order (also the keys of each row of ``metrics["history"]``).
+METRIC_FIELDS = (
+    "iteration", "wall_s", "lr", "lagrangian", "cost", "violation_share", "violation_sum_pu", "worst_violation_pu",
+    "device_violation", "pf_failures", "device_multiplier_mean", "device_multiplier_max", "voltage_multiplier_mean",
+    "voltage_multiplier_max", "surrogate", "action_change", "clip_fraction", "grad_norm_mean", "grad_clipped_share",
+    "policy_std", "rollout_s", "update_s", "eval_cost", "eval_violation_share", "eval_worst_violation_pu",
+    "eval_device_violation",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sim_config_dict(sim) -> dict:
+    """The simulator's config as JSON-friendly values (feeder by name, dtype as a string)."""
+    out = {}
+    for f in dataclasses.fields(sim.config):
+        value = getattr(sim.config, f.name)
+        if isinstance(value, torch.dtype):
+            value = str(value).replace("torch.", "")
+        elif f.name == "feeder" and not isinstance(value, str):
+            value = getattr(value, "name", str(value))
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def make_sim_from_dict(cfg: dict):
+    """Rebuild a simulator from `sim_config_dict`'s output."""
+    from gridedge_env import make_sim
+
+    cfg = dict(cfg)
+    if isinstance(cfg.get("dtype"), str):
+        cfg["dtype"] = getattr(torch, cfg["dtype"])
+    return make_sim(**cfg)
+
+
+def _as_sim(env_or_config):
+    from gridedge_env import SimConfig, make_sim
+
+    if hasattr(env_or_config, "reset") and hasattr(env_or_config, "step") and hasattr(env_or_config, "agents"):
+        return env_or_config
+    if isinstance(env_or_config, SimConfig):
+        return make_sim(**{f.name: getattr(env_or_config, f.name) for f in dataclasses.fields(env_or_config)})
+    if isinstance(env_or_config, dict):
+        return make_sim_from_dict(env_or_config)
+    if isinstance(env_or_config, str):
+        return make_sim(feeder=env_or_config)
+    raise ValueError(f"env_or_config must be a Sim, a SimConfig, a dict of make_sim options or a feeder name, "
+                     f"got {type(env_or_config).__name__}")
+
+
+def _lr_at(config: GradMAPConfig, progress: float) -> float:
+    p = min(max(progress, 0.0), 1.0)
+    f = config.lr_final_fraction
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule == "linear":
+        return config.lr * (1.0 - (1.0 - f) * p)
+    return config.lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def _progress(config: GradMAPConfig, iteration: int, elapsed_s: float) -> float:
+    parts = []
+    if config.iterations:
+        parts.append(iteration / config.iterations)
+    if config.minutes:
+        parts.append(elapsed_s / (60.0 * config.minutes))
+    return max(parts) if parts else 1.0
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _versions() -> dict:
+    try:
+        from importlib.metadata import version
+
+        pkg = version("gridedge")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        pkg = "unknown"
+    return {"gridedge": pkg, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _agent_type_index(sim) -> torch.Tensor:
+    from gridedge_env import AGENT_TYPES
+
+    index = {name: k for k, name in enumerate(AGENT_TYPES)}
+    return torch.tensor([index[t] for t in sim.agent_type], dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer state (everything a checkpoint holds)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Trainer:
+    def __init__(self, sim, config: GradMAPConfig):
+        from gridedge_env import OBS_DIM
+
+        self.sim, self.config = sim, config
+        self.pdtype = getattr(torch, config.policy_dtype)
+        gen = torch.Generator().manual_seed(int(config.seed))
+        self.policy = StackedMLPPolicy(sim.n_agents, OBS_DIM, hidden=config.hidden, layers=config.layers,
+                                       init_log_std=config.init_log_std, generator=gen, dtype=self.pdtype,
+                                       device=sim.device)
+        self.normalizer = ObsNormalizer(sim.n_agents, OBS_DIM, std_min=config.obs_std_min, clip=config.obs_clip,
+                                        enabled=config.normalize_obs, device=sim.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr,
+                                          betas=(config.adam_beta1, config.adam_beta2))
+        self.multipliers = Multipliers(sim.n_agents, sim.n_steps, sim.n_nodes, _agent_type_index(sim),
+                                       granularity=config.device_multiplier,
+                                       device_init=config.device_multiplier_init,
+                                       voltage_init=config.voltage_multiplier_init, device=sim.device)
+        self.gen = gen  # continues after the initialisation: rollout seeds and exploration noise
+        self.iteration = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict] = []
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": self.iteration,
+            "elapsed_s": self.elapsed_s,
+            "config": dataclasses.asdict(self.config),
+            "sim_config": sim_config_dict(self.sim),
+            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "optimizer": _clone(self.optimizer.state_dict()),
+            "normalizer": self.normalizer.state_dict(),
+            "multipliers": self.multipliers.state_dict(),
+            "rng": self.gen.get_state().clone(),
+            "history": list(self.history),  # rows are never changed after they are appended
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a GradMAP checkpoint (format {state.get('format')!r})")
+        self.iteration = int(state["iteration"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.multipliers.load_state_dict(state["multipliers"])
+        self.gen.set_state(state["rng"])
+        self.history = [dict(row) for row in state["history"]]
+
+    def params(self) -> dict:
+        """The trained policies: stacked weights and the normaliser (what `make_policy` takes)."""
+        return {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+                "normalizer": self.normalizer.state_dict()}
+
+    # --- one iteration ---------------------------------------------------------------------------------------
+
+    def rollout(self) -> dict:
+        """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them."""
+        sim, cfg = self.sim, self.config
+        batch, n_steps = cfg.batch_days, sim.n_steps
+        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
+        noise = noise.to(dtype=self.pdtype, device=sim.device)
+        state = sim.reset(batch, seed=reset_seed, split="train")
+        v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
+        xs, raw_obs, acts, leaves = [], [], [], []
+        dev_viol, volt_viol, n_ok = [], [], []
+        total = torch.zeros((), dtype=sim.dtype, device=sim.device)
+        cost_sum, outside, node_steps, viol_sum, worst, failures = 0.0, 0, 0, 0.0, 0.0, 0
+        dev_true_sum = 0.0
+        for t in range(n_steps):
+            obs = state.obs.detach()
+            raw_obs.append(obs)
+            x = self.normalizer.normalize(obs).to(self.pdtype)
+            with torch.no_grad():
+                a = self.policy.act(x, noise[t])
+            leaf = a.to(sim.dtype).requires_grad_(True)
+            r = sim.step(state, leaf)
+            term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, cfg.voltage_margin_pu)
+            total = total + term
+            state = r.state
+            xs.append(x)
+            acts.append(a)
+            leaves.append(leaf)
+            dev_viol.append(dev)
+            volt_viol.append(w)
+            ok = r.converged
+            n_ok.append(ok.sum())
+            with torch.no_grad():
+                cost_sum += float(r.cost.detach().sum())
+                dev_true_sum += float(dev.sum())
+                failures += int((~ok).sum())
+                if bool(ok.any()):
+                    v = r.v_mag_pu.detach()[ok]
+                    excess = torch.relu(v - v_hi) + torch.relu(v_lo - v)
+                    outside += int(((v > v_hi) | (v < v_lo)).sum())
+                    node_steps += v.numel()
+                    viol_sum += float(excess.sum())
+                    worst = max(worst, float(excess.max()))
+        lagrangian = total / batch
+        if not bool(torch.isfinite(lagrangian.detach())):
+            raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
+        lagrangian.backward()
+        grads = []
+        for leaf in leaves:
+            g = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+            grads.append(g.detach())
+        grad = torch.stack(grads)  # [T, B, N]
+        if not bool(torch.isfinite(grad).all()):
+            raise DivergenceError(f"non-finite environment gradient dL/da at iteration {self.iteration}")
+        if failures > cfg.max_pf_failure_share * batch * n_steps:
+            raise DivergenceError(f"{failures} of {batch * n_steps} power flows failed at iteration "
+                                  f"{self.iteration} (more than max_pf_failure_share={cfg.max_pf_failure_share})")
+        return {
+            "x": torch.stack(xs), "noise": noise, "a_old": torch.stack(acts), "grad": grad,
+            "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
+            "voltage_violation": torch.stack(volt_viol), "n_ok": torch.stack(n_ok),
+            "stats": {
+                "lagrangian": float(lagrangian.detach()),
+                "cost": cost_sum / batch,
+                "violation_share": outside / max(node_steps, 1),
+                "violation_sum_pu": viol_sum / batch,
+                "worst_violation_pu": worst,
+                "device_violation": dev_true_sum / (batch * n_steps * sim.n_agents),
+                "pf_failures": failures,
+            },
+        }
+
+    def update_policy(self, roll: dict, lr: float) -> dict:
+        """K Adam steps on the proximal surrogate (K = 1, no trust region: GradMA's chain-rule step)."""
+        cfg = self.config
+        n_steps, batch, n = roll["a_old"].shape
+        x = roll["x"].reshape(n_steps * batch, n, -1)
+        noise = roll["noise"].reshape(n_steps * batch, n)
+        a_old = roll["a_old"].reshape(n_steps * batch, n)
+        grad = roll["grad"].to(self.pdtype).reshape(n_steps * batch, n)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        params = list(self.policy.parameters())
+        n_rows = n_steps * batch
+        stats = {}
+        norms = None
+        order = None
+        for k in range(cfg.reuse):
+            if cfg.minibatches == 1:
+                rows = slice(None)
+            else:
+                part = k % cfg.minibatches
+                if part == 0:
+                    order = torch.randperm(n_rows, generator=self.gen).to(x.device)
+                rows = order[part * n_rows // cfg.minibatches:(part + 1) * n_rows // cfg.minibatches]
+            scale = 1.0 if cfg.minibatches == 1 else n_rows / float(len(rows))
+            self.optimizer.zero_grad(set_to_none=True)
+            a_new = self.policy.act(x[rows], noise[rows])
+            surrogate, s = proximal_surrogate(a_new, a_old[rows], grad[rows], cfg.clip_radius, cfg.prox_eta,
+                                              prox_weight=1.0 / batch)
+            (surrogate * scale).backward()
+            norms = clip_grad_norm_per_agent_(params, cfg.max_grad_norm)
+            if not bool(torch.isfinite(norms).all()):
+                raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
+            self.optimizer.step()
+            stats = {"surrogate": float(surrogate.detach()) * scale, **s}
+        for p in params:
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise DivergenceError(f"non-finite policy parameters after the update of iteration {self.iteration}")
+        stats["grad_norm_mean"] = float(norms.mean())
+        stats["grad_clipped_share"] = (float((norms > cfg.max_grad_norm).to(torch.float64).mean())
+                                       if cfg.max_grad_norm is not None else 0.0)
+        with torch.no_grad():
+            _, log_std = self.policy(x[: batch])
+            stats["policy_std"] = float(log_std.exp().mean())
+        return stats
+
+    def iterate(self) -> dict:
+        """One full iteration; returns its metrics row (without wall_s and eval columns)."""
+        cfg = self.config
+        lr = _lr_at(cfg, _progress(cfg, self.iteration, self.elapsed_s))
+        t0 = time.perf_counter()
+        roll = self.rollout()
+        t1 = time.perf_counter()
+        upd = self.update_policy(roll, lr)
+        dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"], roll["n_ok"],
+                    cfg.device_dual_lr, cfg.voltage_dual_lr, cfg.max_multiplier,
+                    device_budget=cfg.device_violation_budget, voltage_budget=cfg.voltage_violation_budget)
+        self.normalizer.update(roll["raw_obs"])
+        t2 = time.perf_counter()
+        row = {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
+               "rollout_s": t1 - t0, "update_s": t2 - t1}
+        return row
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone(v) for v in obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files of a run directory
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+    os.replace(tmp, path)
+
+
+def _append_metrics_csv(path: Path, row: dict) -> None:
+    with open(path, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore").writerow(
+            {k: row.get(k, "") for k in METRIC_FIELDS})
+
+
+def export_policies(path: Path, params: dict, sim, method: str, iteration: int) -> None:
+    """Write the trained per-agent policies (stacked weights + normaliser + what is needed to rebuild the
+    simulator) atomically to ``path``."""
+    _atomic_save({
+        "format": POLICIES_FORMAT,
+        "method": method,
+        "iteration": iteration,
+        "agents": list(sim.agents),
+        "sim_config": sim_config_dict(sim),
+        "params": params,
+    }, path)
+
+
+def load_policies(path: str | os.PathLike, deterministic: bool = True):
+    """Load exported policies (a ``policies.pt`` file or a run directory holding one).
+
+    Returns:
+        ``(policy, info)``: ``policy(obs [B, N, d]) -> actions [B, N]`` (decentralised; `make_policy`), and
+        the file's contents (``sim_config``, ``agents``, ``method``, ``iteration``, ``params``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / POLICIES_NAME
+    if not path.is_file():
+        raise ValueError(f"no exported policies at {path}")
+    info = torch.load(path, map_location="cpu", weights_only=False)
+    if info.get("format") != POLICIES_FORMAT:
+        raise ValueError(f"{path} is not a GradMAP policies file (format {info.get('format')!r})")
+    return make_policy(info["params"], deterministic=deterministic), info
+
+
+def _check_resume_config(saved: dict, config: GradMAPConfig) -> None:
+    current = dataclasses.asdict(config)
+    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details})")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train(
+    env_or_config,
+    config: GradMAPConfig | None = None,
+    progress_fn: Callable[[dict], None] | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    method: str | None = None,
+):
+    """Train N independent policies with GradMAP (or GradMA when ``config.reuse == 1`` without trust region).
+
+    Args:
+        env_or_config: A simulator (`gridedge_env.make_sim`), a `gridedge_env.SimConfig`, a dict of
+            ``make_sim`` options, or a feeder name.
+        config: Hyperparameters (default `GradMAPConfig()`).
+        progress_fn: Called after every iteration with its metrics row (the columns of ``metrics.csv``
+            plus ``time_left_s``).
+        out_dir: Run directory for ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``policies.pt``
+            (None: nothing is written).
+        resume: Continue from ``out_dir/checkpoint.pt`` (bit-for-bit the same continuation as an
+            uninterrupted run). Only the budget fields (`RESUMABLE_CHANGES`) may differ from the saved config.
+        method: Name recorded in the files ("gradmap" / "gradma"; default from the config).
+
+    Returns:
+        ``(make_policy, params, metrics)``: `gradmap_agent.networks.make_policy`, the trained ``params``
+        (stacked weights and normaliser), and ``{"history": [rows], "iterations", "wall_s", "final": row}``.
+
+    Raises:
+        DivergenceError: NaN/inf in the Lagrangian, its gradient or the policy, or too many power-flow
+            failures; the state before the failing iteration is written to ``out_dir`` first.
+        KeyboardInterrupt: Re-raised after the last consistent state is checkpointed.
+    """
+    config = GradMAPConfig() if config is None else config
+    sim = _as_sim(env_or_config)
+    method = method or ("gradma" if config.is_gradma else "gradmap")
+    trainer = _Trainer(sim, config)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_path = out / CHECKPOINT_NAME
+        if resume:
+            if not ckpt_path.is_file():
+                raise ValueError(f"cannot resume: no {CHECKPOINT_NAME} in {out}")
+            state = torch.load(ckpt_path, map_location=sim.device, weights_only=False)
+            _check_resume_config(state["config"], config)
+            if state["sim_config"] != sim_config_dict(sim):
+                raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
+            trainer.load_state_dict(state)
+        run_info = {"method": method, "seed": config.seed, "config": dataclasses.asdict(config),
+                    "sim_config": sim_config_dict(sim), "versions": _versions(),
+                    "n_agents": sim.n_agents, "agents_per_type": dict(sim.n_per_type),
+                    "resumed_at_iteration": trainer.iteration if resume else None}
+        _atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
+        _write_metrics_csv(out / METRICS_NAME, trainer.history)
+    elif resume:
+        raise ValueError("resume=True needs out_dir")
+
+    def save(state: dict | None = None) -> None:
+        if out is None:
+            return
+        state = trainer.state_dict() if state is None else state
+        _atomic_save(state, out / CHECKPOINT_NAME)
+        export_policies(out / POLICIES_NAME, {"policy": state["policy"], "normalizer": state["normalizer"]}, sim,
+                        method, state["iteration"])
+
+    def budget_left() -> bool:
+        if config.iterations is not None and trainer.iteration >= config.iterations:
+            return False
+        return config.minutes is None or trainer.elapsed_s < 60.0 * config.minutes
+
+    eval_fn = None
+    if config.eval_every:
+        from gradmap_agent.evaluate import evaluate_policy, obs_policy
+
+        def eval_fn() -> dict:
+            policy = make_policy(trainer.params())
+            return evaluate_policy(sim, obs_policy(policy), split="test", days=config.eval_days)
+
+    wall0 = time.perf_counter()
+    snapshot = None
+    try:
+        while budget_left():
+            snapshot = trainer.state_dict() if out is not None else None
+            t0 = time.perf_counter()
+            row = trainer.iterate()
+            trainer.elapsed_s += time.perf_counter() - t0
+            trainer.iteration += 1
+            row["wall_s"] = trainer.elapsed_s
+            if eval_fn is not None and (trainer.iteration % config.eval_every == 0 or not budget_left()):
+                ev = eval_fn()
+                row.update(eval_cost=ev["cost"], eval_violation_share=ev["violation_share"],
+                           eval_worst_violation_pu=ev["worst_violation_pu"],
+                           eval_device_violation=ev["device_violation"])
+            trainer.history.append(row)
+            snapshot = None  # the trainer is consistent again
+            if out is not None:
+                _append_metrics_csv(out / METRICS_NAME, row)
+                if trainer.iteration % config.checkpoint_every == 0:
+                    save()
+            if progress_fn is not None:
+                rate = trainer.elapsed_s / max(len(trainer.history), 1)
+                left = []
+                if config.iterations is not None:
+                    left.append((config.iterations - trainer.iteration) * rate)
+                if config.minutes is not None:
+                    left.append(60.0 * config.minutes - trainer.elapsed_s)
+                progress_fn({**row, "time_left_s": max(min(left), 0.0) if left else 0.0})
+    except (DivergenceError, KeyboardInterrupt):
+        if out is not None:
+            save(snapshot)  # the state before the failing/interrupted iteration, or the current one
+            if snapshot is not None:
+                _write_metrics_csv(out / METRICS_NAME, snapshot["history"])
+        raise
+    save()
+    final = trainer.history[-1] if trainer.history else {}
+    metrics = {"history": trainer.history, "iterations": trainer.iteration, "wall_s": trainer.elapsed_s,
+               "run_wall_s": time.perf_counter() - wall0, "final": final, "method": method}
+    return make_policy, trainer.params(), metrics
