@@ -76,6 +76,17 @@ def _cmd_evaluate(args) -> dict:
     return run_evaluate(args)
 
 
+def _cmd_compare(args) -> dict:
+    from pathlib import Path
+
+    from baselines.compare import run_compare
+
+    result = run_compare(args.preset, Path(args.out), minutes=args.minutes, methods=args.methods)
+    if not args.json:  # the table, then the scalar fields below it
+        print((Path(args.out) / "results.md").read_text())
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridedge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the household draws of the evaluation days")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train every method under one budget and compare them on the same test days")
+    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
+                   help="smoke: IEEE-13, 20 agents, minutes in all; paper: IEEE-123, 1,000 agents, 15 min per method")
+    p.add_argument("--minutes", type=float, default=None, help="training budget per method (default: the preset's)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="a subset of the methods (default: all)")
+    p.add_argument("--out", required=True, help="comparison directory; rerun with the same --out to continue it")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_compare)
     return parser
 
 

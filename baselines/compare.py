@@ -1,0 +1,397 @@
+"""``gridedge compare``: train every method under the same budget, evaluate everything on the same test days,
+and write tables and figures.
+
+One run directory holds it all, each stage in its own file, so an interrupted comparison continues where it
+stopped (finished stages are skipped, an interrupted training resumes from its checkpoint):
+
+    DIR/compare.json            the preset and options (a rerun must use the same ones)
+    DIR/runs/<method>/          `gridedge train <method>` run directories (+ train_summary.json when done)
+    DIR/eval/<method>.json      `gridedge evaluate` on the test days (+ oracle_curve_days.json)
+    DIR/traces/<method>.npz     voltages and device power over the plot day
+    DIR/results.{md,csv,json}   the table
+    DIR/*.png                   learning curves, voltage envelopes, device power, feeder map
+
+Every method goes through the same command-line code paths as `gridedge train` and `gridedge evaluate`.
+The target of "time to target" is the issue's: test-day violation share <= 0.5 % and cost within 5 % of the
+perfect-foresight optimum, read off the periodic evaluations (``eval_*`` columns of metrics.csv, on
+`eval_days` evenly spaced test days) against the optimum on those same days.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["PRESETS", "Preset", "REFERENCE_METHODS", "TRAINED_METHODS", "run_compare"]
+
+#: Methods trained under the budget, in table order.
+TRAINED_METHODS = ("gradmap", "gradma", "ssl", "ssl-penalty", "ippo", "mappo")
+#: Methods that need no training: rules and the perfect-foresight optimum.
+REFERENCE_METHODS = ("noop", "price-seeking", "droop", "oracle")
+
+TARGET_VIOLATION_SHARE = 0.005
+TARGET_COST_GAP = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What a comparison runs: the task, the budget per trained method and the evaluation."""
+
+    feeder: str
+    """Shipped feeder."""
+    agents: int
+    """Number of agents (default mix)."""
+    minutes: float
+    """Training wall-time budget per trained method, minutes."""
+    test_days: int | None
+    """Test days of the final evaluation, evenly spaced (None: all 73)."""
+    eval_every: dict[str, int]
+    """Periodic evaluation (learning curves) every this many iterations, per trained method."""
+    curve_days: int = 8
+    """Test days of the periodic evaluations (the trainers' `eval_days`)."""
+    sim_seed: int = 0
+    """Seed of agent placement and device parameters."""
+    seed: int = 0
+    """Trainer seed, the same for every method."""
+
+
+PRESETS = {
+    # a few minutes on 2 cores: small feeder, seconds of training per method; checks that everything runs
+    "smoke": Preset(feeder="ieee13", agents=20, minutes=0.1, test_days=4, curve_days=4,
+                    eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2}),
+    # the issue's benchmark: IEEE-123, 1,000 agents, 15 minutes per method, all test days
+    "paper": Preset(feeder="ieee123", agents=1000, minutes=15.0, test_days=None,
+                    eval_every={"gradmap": 25, "gradma": 50, "ssl": 25, "ssl-penalty": 25, "ippo": 10, "mappo": 10}),
+}
+
+
+def _say(text: str) -> None:
+    print(f"[compare] {text}", file=sys.stderr, flush=True)
+
+
+def _fmt_minutes(seconds: float) -> str:
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _run_cli(argv: list[str]) -> dict:
+    """Run a `gridedge` subcommand in-process through the same parser and code path as the command line."""
+    from gridedge_env.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+def _reference_registry() -> dict:
+    """name -> policy_fn(sim, state) of the methods `gridedge evaluate --method` runs."""
+    try:  # TODO(integration): one registry once the rules have moved to baselines.rules
+        from baselines.rules import RULES
+    except ImportError:
+        from gradmap_agent.rules import RULES
+    return RULES
+
+
+def _available_methods() -> tuple[set[str], set[str]]:
+    from gradmap_agent.commands import TRAIN_METHODS
+
+    return set(TRAIN_METHODS), set(_reference_registry())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stages
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _train(method: str, preset: Preset, minutes: float, out: Path) -> dict:
+    run_dir = out / "runs" / method
+    done = run_dir / "train_summary.json"
+    if done.is_file():
+        _say(f"{method}: trained already, skipped ({done})")
+        return json.loads(done.read_text())
+    argv = ["train", method, "--out", str(run_dir), "--minutes", str(minutes),
+            "--eval-every", str(preset.eval_every.get(method, 10))]
+    if (run_dir / "checkpoint.pt").is_file():
+        _say(f"{method}: resuming the interrupted training in {run_dir}")
+        argv.append("--resume")
+    else:
+        argv += ["--feeder", preset.feeder, "--agents", str(preset.agents), "--sim-seed", str(preset.sim_seed),
+                 "--seed", str(preset.seed), "--set", f"eval_days={preset.curve_days}"]
+    summary = _run_cli(argv)
+    _atomic_write_text(done, json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: str | None = None) -> dict:
+    path = out / "eval" / f"{name or method}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    argv = ["evaluate", "--split", "test"]
+    if days is not None:
+        argv += ["--days", str(days)]
+    if method in TRAINED_METHODS:
+        argv.insert(1, str(out / "runs" / method))
+    else:
+        argv += ["--method", method, "--feeder", preset.feeder, "--agents", str(preset.agents),
+                 "--sim-seed", str(preset.sim_seed)]
+    result = _run_cli(argv)
+    _atomic_write_text(path, json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _policy_fn(method: str, out: Path):
+    from gradmap_agent.evaluate import obs_policy
+    from gradmap_agent.train import load_policies
+
+    if method in TRAINED_METHODS:
+        policy, _ = load_policies(out / "runs" / method)
+        return obs_policy(policy)
+    return _reference_registry()[method]
+
+
+def _trace(method: str, sim, day: int, out: Path) -> dict:
+    """Voltages [T, n] and device power [T, N] of `method` over test day `day` (the evaluation's episode)."""
+    from gradmap_agent.evaluate import reset_days
+
+    path = out / "traces" / f"{method}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    policy = _policy_fn(method, out)
+    state = reset_days(sim, "test", [day], 0)
+    v, p = [], []
+    with torch.no_grad():
+        for _ in range(sim.n_steps):
+            r = sim.step(state, policy(sim, state))
+            state = r.state
+            v.append(r.v_mag_pu[0].cpu().numpy())
+            p.append(r.p_kw[0].cpu().numpy())
+    trace = {"v_mag_pu": np.stack(v), "p_kw": np.stack(p), "day": np.array(day)}
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **trace)
+    tmp.replace(path)
+    return trace
+
+
+def _learning_curve(run_dir: Path) -> dict[str, list[float]]:
+    curve = {"wall_s": [], "cost": [], "violation_share": []}
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return curve
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("eval_cost", "") not in ("", None):
+                curve["wall_s"].append(float(row["wall_s"]))
+                curve["cost"].append(float(row["eval_cost"]))
+                curve["violation_share"].append(float(row["eval_violation_share"]))
+    return curve
+
+
+def time_to_target(curve: dict[str, list[float]], optimum_cost: float) -> float | None:
+    """First training wall time (s) at which the periodic test evaluation has violation share <= 0.5 % and
+    cost within 5 % of the optimum on the same days; None if never."""
+    limit = optimum_cost + TARGET_COST_GAP * abs(optimum_cost)
+    for wall, cost, share in zip(curve["wall_s"], curve["cost"], curve["violation_share"], strict=True):
+        if share <= TARGET_VIOLATION_SHARE and cost <= limit:
+            return wall
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------------------
+
+COLUMNS = ("method", "kind", "train_wall_s", "iterations", "time_to_target_s", "cost", "gap_to_optimum",
+           "violation_share", "worst_violation_pu", "violation_sum_pu", "device_violation", "pf_failures",
+           "n_agents", "days")
+
+
+def _row(method: str, result: dict, optimum_cost: float | None, summary: dict | None, ttt: float | None) -> dict:
+    kind = "trained" if method in TRAINED_METHODS else ("optimum" if method == "oracle" else "rule")
+    gap = None
+    if optimum_cost is not None and optimum_cost != 0:
+        gap = (result["cost"] - optimum_cost) / abs(optimum_cost)
+    return {
+        "method": method, "kind": kind,
+        "train_wall_s": summary.get("wall_s") if summary else None,
+        "iterations": summary.get("iterations") if summary else None,
+        "time_to_target_s": ttt,
+        "cost": result["cost"], "gap_to_optimum": gap,
+        "violation_share": result["violation_share"], "worst_violation_pu": result["worst_violation_pu"],
+        "violation_sum_pu": result["violation_sum_pu"], "device_violation": result["device_violation"],
+        "pf_failures": result["pf_failures"], "n_agents": result["n_agents"], "days": result["days"],
+    }
+
+
+def _fmt(value, key: str) -> str:
+    if value is None:
+        return "not reached" if key == "time_to_target_s" else "-"
+    if key in ("violation_share", "gap_to_optimum"):
+        return f"{100 * value:.2f} %"
+    if key in ("train_wall_s", "time_to_target_s"):
+        return f"{value / 60:.1f} min"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write_results(out: Path, rows: list[dict], header: dict) -> None:
+    _atomic_write_text(out / "results.json", json.dumps({**header, "results": rows}, indent=2))
+    tmp = out / "results.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out / "results.csv")
+    lines = [f"# gridedge compare --preset {header['preset']}", "",
+             f"{header['feeder']}, {header['agents']} agents, {header['minutes_per_method']:g} min of training per "
+             f"method, {header['test_days']} test days; machine: {header['machine']}; {header['date']}.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [_fmt(row[k], k) if (k != "time_to_target_s" or row["kind"] == "trained") else "-" for k in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    if header.get("skipped"):
+        lines += ["", "Not run (not available in this installation): " + ", ".join(header["skipped"])]
+    lines += ["", "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time_to_target_s`, on the "
+              f"{header['curve_days']} periodic evaluation days). Figures: learning_curves.png, "
+              "voltage_envelopes.png, device_power.png, feeder_map.png."]
+    _atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_name: str) -> list[Path]:
+    from baselines import plots
+    from gridedge_env.network import Feeder, load_feeder
+
+    step_h = sim.dt_h
+    title = f"{sim.config.feeder if isinstance(sim.config.feeder, str) else 'feeder'}, {sim.n_agents} agents"
+    node_phase = [int(nm.rsplit(".", 1)[1]) for nm in sim.node_names]
+    slices = {k: (s.start, s.stop) for k, s in sim.agent_slices.items()}
+    rating = {k: float(sim.params[k].p_max_kw.sum()) for k in sim.agent_slices}
+    feeder = sim.config.feeder if isinstance(sim.config.feeder, Feeder) else load_feeder(sim.config.feeder)
+    bus_xy = {b.name: (b.x, b.y) for b in feeder.buses if b.x is not None and b.y is not None}
+    edges = [(line.terminal1.bus, line.terminal2.bus) for line in feeder.lines]
+    edges += [(t.windings[0].terminal.bus, w.terminal.bus) for t in feeder.transformers for w in t.windings[1:]]
+    kinds = [name for name, s in sim.agent_slices.items() for _ in range(s.stop - s.start)]
+    return [
+        plots.learning_curves(curves, references, out / "learning_curves.png",
+                              title=f"gridedge compare --preset {preset_name}: {title}"),
+        plots.voltage_envelopes(traces, node_phase, (sim.config.v_min_pu, sim.config.v_max_pu), step_h,
+                                out / "voltage_envelopes.png",
+                                title=f"Per-phase voltage envelopes, test day {int(next(iter(traces.values()))['day'])}"
+                                      f" ({title}; dashed: limits)"),
+        plots.device_power(traces, slices, rating, step_h, out / "device_power.png",
+                           title=f"Device power by type, normalised by total rating ({title})"),
+        plots.feeder_map(bus_xy, edges, sim.agent_bus, sim.agent_phase.tolist(), kinds, out / "feeder_map.png",
+                         title=f"{title}: agents by type (colour) and phase (marker)"),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the command
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_compare(preset_name: str, out: Path, minutes: float | None = None, methods: list[str] | None = None) -> dict:
+    """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``."""
+    from gradmap_agent.evaluate import select_days
+    from gridedge_env import make_sim
+
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; presets: {sorted(PRESETS)}")
+    preset = PRESETS[preset_name]
+    if minutes is not None:
+        if not (minutes > 0 and math.isfinite(minutes)):
+            raise ValueError(f"--minutes must be a positive number, got {minutes}")
+        preset = dataclasses.replace(preset, minutes=float(minutes))
+    wanted = list(methods) if methods else list(TRAINED_METHODS + REFERENCE_METHODS)
+    unknown = [m for m in wanted if m not in TRAINED_METHODS + REFERENCE_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(TRAINED_METHODS + REFERENCE_METHODS)}")
+    trainable, evaluable = _available_methods()
+    skipped = [m for m in wanted if m not in (trainable if m in TRAINED_METHODS else evaluable)]
+    for m in skipped:
+        _say(f"warning: {m} is not available in this installation; it is left out and listed in the results")
+    trained = [m for m in TRAINED_METHODS if m in wanted and m not in skipped]
+    references = [m for m in REFERENCE_METHODS if m in wanted and m not in skipped]
+
+    out = Path(out)
+    options = {"preset": preset_name, **dataclasses.asdict(preset), "methods": wanted}
+    for sub in ("runs", "eval", "traces"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    saved_path = out / "compare.json"
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        if saved != json.loads(json.dumps(options)):
+            raise ValueError(f"{out} holds a comparison with other options ({saved_path}); use a new --out")
+    else:
+        _atomic_write_text(saved_path, json.dumps(options, indent=2))
+
+    started = time.monotonic()
+    n_stages = len(trained) + len(wanted) - len(skipped)
+    stage = 0
+
+    def announce(text: str, budget_s: float) -> None:
+        nonlocal stage
+        stage += 1
+        left = (len(trained) - min(stage - 1, len(trained))) * preset.minutes * 60
+        _say(f"{stage}/{n_stages} {text} | elapsed {_fmt_minutes(time.monotonic() - started)} | "
+             f"training time left about {_fmt_minutes(left)}")
+
+    summaries = {}
+    for m in trained:
+        announce(f"{m}: training for {preset.minutes:g} min", preset.minutes * 60)
+        summaries[m] = _train(m, preset, preset.minutes, out)
+
+    results = {}
+    optimum_curve_cost = None
+    for m in trained + references:
+        announce(f"{m}: evaluating on {preset.test_days or 'all'} test days", 0.0)
+        results[m] = _evaluate(m, preset, out, preset.test_days)
+        r = results[m]
+        _say(f"{m}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
+             f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}")
+    if "oracle" in references:
+        optimum_curve_cost = _evaluate("oracle", preset, out, preset.curve_days, name="oracle_curve_days")["cost"]
+
+    curves = {m: _learning_curve(out / "runs" / m) for m in trained}
+    optimum_cost = results["oracle"]["cost"] if "oracle" in results else None
+    rows = []
+    for m in trained + references:
+        ttt = time_to_target(curves[m], optimum_curve_cost) if (m in curves and optimum_curve_cost is not None) \
+            else None
+        rows.append(_row(m, results[m], optimum_cost, summaries.get(m), ttt))
+
+    sim = make_sim(feeder=preset.feeder, n_agents=preset.agents, seed=preset.sim_seed)
+    plot_day = int(select_days("test", preset.test_days)[0])
+    _say(f"traces of test day {plot_day} and figures")
+    traces = {m: _trace(m, sim, plot_day, out) for m in trained + references}
+    header = {"preset": preset_name, "feeder": preset.feeder, "agents": preset.agents,
+              "minutes_per_method": preset.minutes, "test_days": results[next(iter(results))]["days"] if results else 0,
+              "curve_days": preset.curve_days, "optimum_cost_curve_days": optimum_curve_cost,
+              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "skipped": skipped,
+              "wall_s": time.monotonic() - started}
+    _write_results(out, rows, header)
+    refs = {m: {"cost": results[m]["cost"], "violation_share": results[m]["violation_share"]} for m in references}
+    figures = _plots(out, sim, traces, curves, refs, preset_name)
+    _say(f"done in {_fmt_minutes(time.monotonic() - started)}: {out / 'results.md'}")
+    return {**header, "results": rows, "figures": [str(f) for f in figures], "out": str(out)}

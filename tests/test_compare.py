@@ -1,0 +1,78 @@
+"""`gridedge compare --preset smoke`: every file the issue lists, every method in the table, resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+
+from baselines.compare import PRESETS, REFERENCE_METHODS, TRAINED_METHODS, time_to_target
+from gridedge_env.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "smoke"
+    start = time.monotonic()
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--json"]) == 0
+    return out, time.monotonic() - start
+
+
+def test_smoke_writes_every_file(smoke_dir):
+    out, _ = smoke_dir
+    for name in ("results.md", "results.csv", "results.json", "learning_curves.png", "voltage_envelopes.png",
+                 "device_power.png", "feeder_map.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    png = (out / "feeder_map.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_smoke_table_has_every_method_and_metric(smoke_dir):
+    out, _ = smoke_dir
+    results = json.loads((out / "results.json").read_text())
+    methods = [row["method"] for row in results["results"]]
+    expected = [m for m in TRAINED_METHODS + REFERENCE_METHODS if m not in results["skipped"]]
+    assert methods == expected
+    for row in results["results"]:
+        assert row["n_agents"] == PRESETS["smoke"].agents
+        assert row["days"] == PRESETS["smoke"].test_days
+        assert row["pf_failures"] >= 0
+        if row["kind"] == "trained":
+            assert row["train_wall_s"] > 0 and row["iterations"] >= 1
+    with (out / "results.csv").open() as f:
+        assert [r["method"] for r in csv.DictReader(f)] == methods
+    table = (out / "results.md").read_text()
+    for m in methods:
+        assert f"| {m} |" in table
+
+
+def test_smoke_is_resumable(smoke_dir):
+    out, first_s = smoke_dir
+    before = (out / "runs" / "gradmap" / "metrics.csv").read_text()
+    start = time.monotonic()
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--json"]) == 0
+    # finished stages are skipped: no training, no evaluation, only the table and figures again
+    assert time.monotonic() - start < 0.5 * first_s
+    assert (out / "runs" / "gradmap" / "metrics.csv").read_text() == before
+
+
+def test_other_options_in_the_same_dir_are_refused(smoke_dir, capsys):
+    out, _ = smoke_dir
+    assert main(["compare", "--preset", "smoke", "--minutes", "0.2", "--out", str(out)]) == 2
+    assert "other options" in capsys.readouterr().err
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert main(["compare", "--preset", "smoke", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["compare", "--minutes", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert "--minutes" in capsys.readouterr().err
+
+
+def test_time_to_target():
+    curve = {"wall_s": [10.0, 20.0, 30.0], "cost": [120.0, 104.0, 103.0], "violation_share": [0.001, 0.01, 0.004]}
+    assert time_to_target(curve, optimum_cost=100.0) == 30.0  # 20 s: cost ok but violations too high
+    assert time_to_target(curve, optimum_cost=90.0) is None
