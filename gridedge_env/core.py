@@ -83,7 +83,8 @@ class SimConfig:
     """Everything that defines a simulator instance (``make_sim(**fields)``)."""
 
     feeder: str | Feeder = "ieee123"
-    """Shipped feeder name ("ieee13", "ieee34", "ieee123") or a `Feeder`."""
+    """Shipped feeder name ("ieee13", "ieee34", "ieee123"), a path to a feeder file (gridedge's ``.json``, or an
+    OpenDSS ``.dss`` model, imported with `from_opendss`), or a `Feeder`."""
     n_agents: int = 1000
     """Number of agents N (>= 1, at most the feeder's hosting capacity)."""
     mix: tuple[float, ...] = (0.4, 0.4, 0.2)
@@ -226,10 +227,17 @@ class StepResult:
 def _prepare_feeder(config: SimConfig) -> Feeder:
     if isinstance(config.feeder, Feeder):
         feeder = config.feeder
+    elif isinstance(config.feeder, str) and config.feeder.lower().endswith(".json"):
+        feeder = Feeder.load(config.feeder)  # gridedge's own format, e.g. written by Feeder.save
+    elif isinstance(config.feeder, str) and config.feeder.lower().endswith(".dss"):
+        from gridedge_env.network import from_opendss
+
+        feeder = from_opendss(config.feeder)
     elif isinstance(config.feeder, str):
         feeder = load_feeder(config.feeder)
     else:
-        raise ValueError(f"feeder must be a shipped feeder name or a Feeder, got {type(config.feeder).__name__}")
+        raise ValueError(f"feeder must be a shipped feeder name, a .json or .dss path, or a Feeder, got "
+                         f"{type(config.feeder).__name__}")
     if config.source_v_pu is not None:
         if not (math.isfinite(config.source_v_pu) and 0.8 <= config.source_v_pu <= 1.2):
             raise ValueError(f"source_v_pu must be within [0.8, 1.2] pu, got {config.source_v_pu!r}")
