@@ -166,20 +166,26 @@ def _coefficient_grad(out: torch.Tensor, u: torch.Tensor, mu: torch.Tensor) -> N
     torch.mul(out[1], r_inv, out=out[0])
 
 
-#: The adjoint's first steps run in single precision down to this relative change (far above single
-#: precision's rounding), then double precision refines to `adjoint_tol`: mixed-precision iterative refinement
-#: of a linear fixed point, whose later steps correct any error of the earlier ones. Single-precision matrix
-#: products cost half as much, so the adjoint costs about 25 % less than in double precision throughout.
-_ADJOINT_SINGLE_TOL = 1e-5
+#: The adjoint's first steps run in single precision until its estimated error is below this (relative;
+#: single precision's rounding level is about 6e-8), then double precision refines to `adjoint_tol`:
+#: mixed-precision iterative refinement of a linear fixed point, whose later steps remove the earlier steps'
+#: rounding. Single-precision steps cost about two thirds of double-precision ones.
+_ADJOINT_SINGLE_TOL = 1e-7
 _SINGLE_PRECISION = {torch.complex128: torch.complex64}
 
 
-def _adjoint_iteration(c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float, max_iter: int, scale=None):
-    """Iterate `mu <- h + (J_i^T mu + g) Z^H` from mu until its largest change (of a real or imaginary part)
-    is at most `tol * scale`; `scale` (the largest part of mu after the first step, unless given) is returned
-    with mu. `factors` = (a, b) of the nodes and of the delta branches (or None): J_i^T mu = a mu + b conj(mu).
+def _adjoint_iteration(c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float, max_iter: int, scale=None,
+                       stop_at_rounding: bool = False):
+    """Iterate `mu <- h + (J_i^T mu + g) Z^H` from mu; returns (mu, scale).
+
+    `factors` = (a, b) of the nodes and of the delta branches (or None): J_i^T mu = a mu + b conj(mu).
+    The iteration contracts linearly, so with `d_k` the largest change of step k and `rho = d_k / d_(k-1)` the
+    remaining error is about `d_k rho / (1 - rho)`; it stops when that is at most `tol * scale` (`scale`: the
+    largest part of mu after the first step, unless given). With `stop_at_rounding` it also stops when the
+    changes no longer shrink (the precision's rounding level): the single-precision phase.
     """
     a_node, b_node, a_delta, b_delta = factors
+    previous = None
     for _ in range(max_iter):
         lam = torch.addcmul(a_node * mu, b_node, mu.conj())
         if a_delta is not None:
@@ -187,12 +193,17 @@ def _adjoint_iteration(c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float,
             gu = torch.addcmul(a_delta * mb, b_delta, mb.conj())
             lam.index_add_(1, c.delta_from, gu).index_add_(1, c.delta_to, gu, alpha=-1)
         mu_new = torch.addmm(h, lam.add_(g), z_conj)
-        change = torch.view_as_real(mu_new - mu).abs().amax()
+        change = float(torch.view_as_real(mu_new - mu).abs().amax())
         mu = mu_new
         if scale is None:
-            scale = torch.view_as_real(mu).abs().amax().clamp_min(torch.finfo(mu.real.dtype).tiny)
-        elif bool(change <= tol * scale):
-            break
+            scale = max(float(torch.view_as_real(mu).abs().amax()), torch.finfo(torch.float64).tiny)
+        if previous is not None and previous > 0:
+            rho = change / previous
+            if rho < 1 and change * rho / (1 - rho) <= tol * scale:
+                break
+            if stop_at_rounding and rho > 0.5:
+                break
+        previous = change
     return mu, scale
 
 
@@ -255,8 +266,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
                 return None if x is None else x.to(single)
 
             mu, scale = _adjoint_iteration(c, low(h_all), low(h_all), low(g_active), low(z_conj),
-                                           tuple(map(low, factors)), _ADJOINT_SINGLE_TOL, adjoint_max_iter)
-            mu, scale = mu.to(v.dtype), scale.to(v.real.dtype)
+                                           tuple(map(low, factors)), _ADJOINT_SINGLE_TOL, adjoint_max_iter,
+                                           stop_at_rounding=True)
+            mu = mu.to(v.dtype)
         mu, _ = _adjoint_iteration(c, mu, h_all, g_active, z_conj, factors, adjoint_tol, adjoint_max_iter, scale)
         # rows that did not converge, or whose adjoint blew up, contribute nothing rather than a wrong gradient
         keep = torch.isfinite(torch.view_as_real(mu)).all(dim=2).all(dim=1, keepdim=True)
@@ -302,7 +314,8 @@ def solve(
         tol: convergence tolerance, pu: the largest change of a voltage's real or imaginary part in one
             iteration.
         max_iter: iteration limit; rows that hit it are reported `converged=False`.
-        adjoint_tol, adjoint_max_iter: same for the backward adjoint iteration (relative to the gradient).
+        adjoint_tol, adjoint_max_iter: the backward adjoint iteration stops when its estimated error, relative
+            to its largest entry, is below adjoint_tol (rows that hit the limit get whatever it reached).
         return_source_power: also return the power drawn from the source.
         return_currents: also return the terminal-1 conductor currents of lines and transformers.
         raise_on_failure: raise PowerFlowError if any row fails to converge (instead of flagging it).
