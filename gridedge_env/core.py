@@ -83,8 +83,7 @@ class SimConfig:
     """Everything that defines a simulator instance (``make_sim(**fields)``)."""
 
     feeder: str | Feeder = "ieee123"
-    """Shipped feeder name ("ieee13", "ieee34", "ieee123"), a path to a feeder file (gridedge's ``.json``, or an
-    OpenDSS ``.dss`` model, imported with `from_opendss`), or a `Feeder`."""
+    """A shipped feeder's name ("ieee13", "ieee34", "ieee123"), a ``.json`` or ``.dss`` file path, or a `Feeder`."""
     n_agents: int = 1000
     """Number of agents N (>= 1, at most the feeder's hosting capacity)."""
     mix: tuple[float, ...] = (0.4, 0.4, 0.2)
