@@ -98,11 +98,9 @@ def _run_cli(argv: list[str]) -> dict:
 
 def _reference_registry() -> dict:
     """name -> policy_fn(sim, state) of the methods `gridedge evaluate --method` runs."""
-    try:  # TODO(integration): one registry once the rules have moved to baselines.rules
-        from baselines.rules import RULES
-    except ImportError:
-        from gradmap_agent.rules import RULES
-    return RULES
+    from gradmap_agent.commands import REFERENCE_POLICIES
+
+    return {name: make() for name, make in REFERENCE_POLICIES.items()}
 
 
 def _available_methods() -> tuple[set[str], set[str]]:
@@ -214,7 +212,8 @@ def time_to_target(curve: dict[str, list[float]], optimum_cost: float) -> float 
 # results
 # ----------------------------------------------------------------------------------------------------------
 
-COLUMNS = ("method", "kind", "train_wall_s", "iterations", "time_to_target_s", "cost", "gap_to_optimum",
+COLUMNS = ("method", "kind", "train_wall_s", "iterations", "env_steps_per_s", "time_to_target_s", "cost",
+           "gap_to_optimum",
            "violation_share", "worst_violation_pu", "violation_sum_pu", "device_violation", "pf_failures",
            "n_agents", "days")
 
@@ -228,6 +227,7 @@ def _row(method: str, result: dict, optimum_cost: float | None, summary: dict | 
         "method": method, "kind": kind,
         "train_wall_s": summary.get("wall_s") if summary else None,
         "iterations": summary.get("iterations") if summary else None,
+        "env_steps_per_s": summary.get("env_steps_per_s") if summary else None,
         "time_to_target_s": ttt,
         "cost": result["cost"], "gap_to_optimum": gap,
         "violation_share": result["violation_share"], "worst_violation_pu": result["worst_violation_pu"],
@@ -258,13 +258,16 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
     tmp.replace(out / "results.csv")
     lines = [f"# gridedge compare --preset {header['preset']}", "",
              f"{header['feeder']}, {header['agents']} agents, {header['minutes_per_method']:g} min of training per "
-             f"method, {header['test_days']} test days; machine: {header['machine']}; {header['date']}.", "",
+             f"method ({header['jobs']} at a time), {header['test_days']} test days; machine: {header['machine']}; "
+             f"{header['date']}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         cells = [_fmt(row[k], k) if (k != "time_to_target_s" or row["kind"] == "trained") else "-" for k in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     if header.get("skipped"):
         lines += ["", "Not run (not available in this installation): " + ", ".join(header["skipped"])]
+    lines += ["", "`env_steps_per_s`: environment steps (one feeder-wide step of one day, all agents acting) simulated "
+              f"per second of training; times {header['agents']} for agent-steps per second."]
     lines += ["", "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time_to_target_s`, on the "
               f"{header['curve_days']} periodic evaluation days). Figures: learning_curves.png, "
               "voltage_envelopes.png, device_power.png, feeder_map.png."]
@@ -311,8 +314,38 @@ def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_compare(preset_name: str, out: Path, minutes: float | None = None, methods: list[str] | None = None) -> dict:
-    """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``."""
+def _set_torch_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _train_all(trained: list[str], preset: Preset, out: Path, jobs: int, announce) -> dict[str, dict]:
+    """Train every method; with ``jobs > 1``, that many at a time in worker processes, each with an equal share
+    of the CPU cores as torch threads (every method still gets the same wall-clock budget and resources)."""
+    if jobs == 1:
+        summaries = {}
+        for m in trained:
+            announce(f"{m}: training for {preset.minutes:g} min", preset.minutes * 60)
+            summaries[m] = _train(m, preset, preset.minutes, out)
+        return summaries
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    announce(f"training {', '.join(trained)}: {jobs} at a time, {threads} torch thread(s) each, "
+             f"{preset.minutes:g} min per method", preset.minutes * 60)
+    # spawn, not fork: a forked child would inherit this process's torch thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_torch_threads, initargs=(threads,)) as pool:
+        futures = {m: pool.submit(_train, m, preset, preset.minutes, out) for m in trained}
+        return {m: futures[m].result() for m in trained}
+
+
+def run_compare(preset_name: str, out: Path, minutes: float | None = None, methods: list[str] | None = None,
+                jobs: int = 1) -> dict:
+    """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``.
+
+    ``jobs``: trained methods run this many at a time (each with ``cpu_count // jobs`` torch threads)."""
     from gradmap_agent.evaluate import select_days
     from gridedge_env import make_sim
 
@@ -323,6 +356,8 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         if not (minutes > 0 and math.isfinite(minutes)):
             raise ValueError(f"--minutes must be a positive number, got {minutes}")
         preset = dataclasses.replace(preset, minutes=float(minutes))
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
     wanted = list(methods) if methods else list(TRAINED_METHODS + REFERENCE_METHODS)
     unknown = [m for m in wanted if m not in TRAINED_METHODS + REFERENCE_METHODS]
     if unknown:
@@ -335,7 +370,7 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
     references = [m for m in REFERENCE_METHODS if m in wanted and m not in skipped]
 
     out = Path(out)
-    options = {"preset": preset_name, **dataclasses.asdict(preset), "methods": wanted}
+    options = {"preset": preset_name, **dataclasses.asdict(preset), "methods": wanted, "jobs": jobs}
     for sub in ("runs", "eval", "traces"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     saved_path = out / "compare.json"
@@ -347,20 +382,17 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         _atomic_write_text(saved_path, json.dumps(options, indent=2))
 
     started = time.monotonic()
-    n_stages = len(trained) + len(wanted) - len(skipped)
+    n_stages = (len(trained) if jobs == 1 else min(len(trained), 1)) + len(wanted) - len(skipped)
     stage = 0
 
     def announce(text: str, budget_s: float) -> None:
         nonlocal stage
         stage += 1
-        left = (len(trained) - min(stage - 1, len(trained))) * preset.minutes * 60
+        left = max(math.ceil(len(trained) / jobs) - (stage - 1), 0) * preset.minutes * 60
         _say(f"{stage}/{n_stages} {text} | elapsed {_fmt_minutes(time.monotonic() - started)} | "
              f"training time left about {_fmt_minutes(left)}")
 
-    summaries = {}
-    for m in trained:
-        announce(f"{m}: training for {preset.minutes:g} min", preset.minutes * 60)
-        summaries[m] = _train(m, preset, preset.minutes, out)
+    summaries = _train_all(trained, preset, out, jobs, announce)
 
     results = {}
     optimum_curve_cost = None
@@ -388,7 +420,7 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
     header = {"preset": preset_name, "feeder": preset.feeder, "agents": preset.agents,
               "minutes_per_method": preset.minutes, "test_days": results[next(iter(results))]["days"] if results else 0,
               "curve_days": preset.curve_days, "optimum_cost_curve_days": optimum_curve_cost,
-              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "skipped": skipped,
+              "machine": _machine(), "jobs": jobs, "date": time.strftime("%Y-%m-%d"), "skipped": skipped,
               "wall_s": time.monotonic() - started}
     _write_results(out, rows, header)
     refs = {m: {"cost": results[m]["cost"], "violation_share": results[m]["violation_share"]} for m in references}

@@ -8,18 +8,16 @@ trust region on the actions. ``docs/gradmap.md`` describes the algorithm.
   -> (make_policy, params, metrics)`; `gradma_config(...)` for the K = 1 variant;
 - `make_policy(params)` -> decentralised ``policy(obs [B, N, d]) -> actions [B, N]``;
 - `load_policies(run_dir_or_file)` -> ``(policy, info)`` from an exported ``policies.pt``;
-- `evaluate_policy(sim, policy_fn, split="test")` -> the standard metrics of any method;
-- `RULES`: the rule baselines ("noop", "price-seeking").
+- `evaluate_policy(sim, policy_fn, split="test")` -> the standard metrics of any method (the rule
+  baselines are in `baselines.rules`).
 """
 
 from gradmap_agent.evaluate import EVAL_KEYS, evaluate_policy, obs_policy, select_days
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
-from gradmap_agent.rules import RULES, noop_actions
 from gradmap_agent.train import DivergenceError, GradMAPConfig, gradma_config, load_policies, train
 
 __all__ = [
     "EVAL_KEYS",
-    "RULES",
     "DivergenceError",
     "GradMAPConfig",
     "ObsNormalizer",
@@ -28,7 +26,6 @@ __all__ = [
     "gradma_config",
     "load_policies",
     "make_policy",
-    "noop_actions",
     "obs_policy",
     "select_days",
     "train",

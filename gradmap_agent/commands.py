@@ -3,8 +3,9 @@
 - `run_train(args)`: builds the simulator and `GradMAPConfig` from the flags (or from ``DIR/config.json``
   with ``--resume``), refuses a non-empty run directory unless resuming, shows progress on stderr, trains,
   and returns a summary dict.
-- `run_evaluate(args)`: evaluates exported policies (``DIR``) or a rule baseline (``--method``) on the
-  test days with `gradmap_agent.evaluate.evaluate_policy`.
+- `run_evaluate(args)`: evaluates exported policies (``DIR``) or a reference method (``--method``: a rule
+  or the perfect-foresight optimum, `REFERENCE_POLICIES`) on the test days with
+  `gradmap_agent.evaluate.evaluate_policy`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,44 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TRAIN_METHODS", "parse_assignments", "run_evaluate", "run_train"]
+__all__ = ["TRAIN_METHODS", "TrainMethod", "parse_assignments", "run_evaluate", "run_train"]
 
-#: method name -> config factory (both use the same training code path)
+@dataclass(frozen=True)
+class TrainMethod:
+    """How ``gridedge train NAME`` builds its config and trains (imports happen on first call)."""
+
+    make_config: Callable
+    """``make_config(**fields) -> config``; raises ValueError naming unknown or invalid fields."""
+    train: Callable
+    """``train(sim, config, progress_fn, *, out_dir, resume, method) -> (make_policy, params, metrics)``
+    writing the run-directory files of `gradmap_agent.train.train`."""
+
+
+def _lazy(module: str, name: str) -> Callable:
+    """``module.name(...)``, imported when first called (the CLI parser starts without torch)."""
+
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
+
+
+#: method name -> how to configure and train it
 TRAIN_METHODS = {
-    "gradmap": lambda **kw: _train_module().GradMAPConfig(**_check_fields(kw)),
-    "gradma": lambda **kw: _train_module().gradma_config(**_check_fields(kw)),
+    "gradmap": TrainMethod(lambda **kw: _train_module().GradMAPConfig(**_check_fields(kw)),
+                           _lazy("gradmap_agent.train", "train")),
+    "gradma": TrainMethod(lambda **kw: _train_module().gradma_config(**_check_fields(kw)),
+                          _lazy("gradmap_agent.train", "train")),
+    "ippo": TrainMethod(_lazy("baselines.ppo", "ippo_config"), _lazy("baselines.ppo", "train")),
+    "mappo": TrainMethod(_lazy("baselines.ppo", "mappo_config"), _lazy("baselines.ppo", "train")),
+    "ssl": TrainMethod(_lazy("baselines.ssl", "ssl_config"), _lazy("baselines.ssl", "train")),
+    "ssl-penalty": TrainMethod(_lazy("baselines.ssl", "ssl_penalty_config"), _lazy("baselines.ssl", "train")),
 }
 
 
@@ -63,6 +94,15 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+#: (metrics column, format) shown by `ProgressLine` when the method reports the column
+_PROGRESS_FIELDS = (
+    ("lagrangian", "L {:.4g}"), ("cost", "cost {:.4g}"), ("violation_share", "viol {:.2%}"),
+    ("worst_violation_pu", "worst {:.4f}"), ("device_violation", "dev {:.3g}"),
+    ("voltage_multiplier_max", "mu max {:.3g}"), ("approx_kl", "kl {:.3g}"), ("env_steps_per_s", "{:.0f} steps/s"),
+    ("pf_failures", "pf fail {}"),
+)
+
+
 class ProgressLine:
     """One-line progress on stderr: redrawn in place on a terminal, a plain line every ``every`` iterations
     (or ``min_interval_s`` seconds) otherwise."""
@@ -77,10 +117,10 @@ class ProgressLine:
     def __call__(self, row: dict) -> None:
         it = row["iteration"]
         total = f"/{self.total}" if self.total else ""
-        text = (f"{self.label} it {it}{total} | {_fmt_time(row['wall_s'])} | L {row['lagrangian']:.4g} | "
-                f"cost {row['cost']:.4g} | viol {row['violation_share']:.2%} worst {row['worst_violation_pu']:.4f} | "
-                f"dev {row['device_violation']:.3g} | mu max {row['voltage_multiplier_max']:.3g} | "
-                f"pf fail {row['pf_failures']} | left {_fmt_time(row.get('time_left_s', 0.0))}")
+        parts = [f"{self.label} it {it}{total}", _fmt_time(row["wall_s"])]
+        parts += [fmt.format(row[key]) for key, fmt in _PROGRESS_FIELDS if row.get(key, "") != ""]
+        parts.append(f"left {_fmt_time(row.get('time_left_s', 0.0))}")
+        text = " | ".join(parts)
         if row.get("eval_cost", "") != "":
             text += f" | test cost {row['eval_cost']:.4g} viol {row['eval_violation_share']:.2%}"
         if self.tty:
@@ -101,7 +141,7 @@ def run_train(args) -> dict:
     """``gridedge train gradmap|gradma ...``; returns the summary printed by the CLI."""
     import torch
 
-    from gradmap_agent.train import CONFIG_NAME, DivergenceError, make_sim_from_dict, sim_config_dict, train
+    from gradmap_agent.train import CONFIG_NAME, DivergenceError, make_sim_from_dict, sim_config_dict
 
     out = Path(args.out)
     budget = {}
@@ -127,7 +167,7 @@ def run_train(args) -> dict:
         fields = dict(saved["config"])
         fields.update(overrides)
         fields.update(budget)
-        config = _train_module().GradMAPConfig(**_check_fields(fields))
+        config = TRAIN_METHODS[args.method].make_config(**fields)
         sim = make_sim_from_dict(saved["sim_config"])
     else:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -144,11 +184,12 @@ def run_train(args) -> dict:
         fields = {"seed": args.seed if args.seed is not None else 0, **overrides, **budget}
         if args.eval_every is not None:
             fields["eval_every"] = args.eval_every
-        config = TRAIN_METHODS[args.method](**fields)
+        config = TRAIN_METHODS[args.method].make_config(**fields)
 
     progress = ProgressLine(args.method, config.iterations)
     try:
-        _, _, metrics = train(sim, config, progress_fn=progress, out_dir=out, resume=args.resume, method=args.method)
+        _, _, metrics = TRAIN_METHODS[args.method].train(sim, config, progress_fn=progress, out_dir=out,
+                                                         resume=args.resume, method=args.method)
     except DivergenceError as exc:
         progress.close()
         print(f"gridedge train: training stopped: {exc}. The last good state is in {out}/checkpoint.pt "
@@ -163,6 +204,12 @@ def run_train(args) -> dict:
     summary = {"method": args.method, "out": str(out), "iterations": metrics["iterations"],
                "wall_s": metrics["wall_s"], "n_agents": sim.n_agents,
                "feeder": sim_config_dict(sim)["feeder"]}
+    # one-day episodes simulated for training (PPO calls its parallel days num_envs, the gradient methods batch_days)
+    days_per_iteration = config.num_envs if hasattr(config, "num_envs") else config.batch_days
+    summary["env_steps"] = metrics["iterations"] * days_per_iteration * sim.n_steps
+    summary["env_steps_per_s"] = summary["env_steps"] / metrics["wall_s"] if metrics["wall_s"] > 0 else None
+    summary["agent_steps_per_s"] = (summary["env_steps_per_s"] * sim.n_agents
+                                    if summary["env_steps_per_s"] is not None else None)
     for key in ("lagrangian", "cost", "violation_share", "worst_violation_pu", "device_violation", "pf_failures",
                 "voltage_multiplier_max", "device_multiplier_mean"):
         if key in final:
@@ -171,17 +218,51 @@ def run_train(args) -> dict:
     return summary
 
 
+def _rule(name: str) -> Callable:
+    """Factory of a rule of `baselines.rules` (imported when first called)."""
+
+    def make(progress: Callable[[int, int], None] | None = None) -> Callable:
+        import importlib
+
+        return importlib.import_module("baselines.rules").RULES[name]
+
+    return make
+
+
+def _oracle(progress: Callable[[int, int], None] | None = None) -> Callable:
+    from baselines.oracle import PerfectForesightPolicy
+
+    return PerfectForesightPolicy(progress=progress)
+
+
+#: ``gridedge evaluate --method NAME``: name -> ``make(progress=None) -> policy(sim, state)``; ``progress``
+#: is a ``callback(done, total)`` for methods that compute for a long time before acting (the optimum)
+REFERENCE_POLICIES: dict[str, Callable] = {
+    "noop": _rule("noop"),
+    "price-seeking": _rule("price-seeking"),
+    "droop": _rule("droop"),
+    "oracle": _oracle,
+}
+
+
+def _stderr_progress(label: str, every: int) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def run_evaluate(args) -> dict:
-    """``gridedge evaluate DIR | --method RULE ...``; returns the metrics printed by the CLI."""
+    """``gridedge evaluate DIR | --method NAME ...``; returns the metrics printed by the CLI."""
     import torch
 
     from gradmap_agent.evaluate import evaluate_policy, obs_policy
-    from gradmap_agent.rules import RULES
     from gradmap_agent.train import load_policies, make_sim_from_dict
 
     if (args.run_dir is None) == (args.method is None):
         raise ValueError("give either a run directory (exported policies) or --method "
-                         f"{'|'.join(RULES)}, not both")
+                         f"{'|'.join(REFERENCE_POLICIES)}, not both")
     if args.run_dir is not None:
         policy, info = load_policies(args.run_dir)
         sim = make_sim_from_dict(info["sim_config"])
@@ -192,8 +273,9 @@ def run_evaluate(args) -> dict:
         policy_fn, method = obs_policy(policy), info.get("method", "gradmap")
         source = {"run_dir": str(args.run_dir), "iteration": info.get("iteration")}
     else:
-        if args.method not in RULES:
-            raise ValueError(f"unknown method {args.method!r}; rules: {sorted(RULES)}")
+        if args.method not in REFERENCE_POLICIES:
+            raise ValueError(f"unknown method {args.method!r}; known: {list(REFERENCE_POLICIES)} (trained "
+                             "methods are evaluated from their run directory: gridedge evaluate DIR)")
         sim_options = parse_assignments(args.sim_set, "--sim-set")
         sim_options.setdefault("feeder", args.feeder or "ieee123")
         sim_options.setdefault("n_agents", args.agents if args.agents is not None else 1000)
@@ -203,7 +285,10 @@ def run_evaluate(args) -> dict:
         from gridedge_env import make_sim
 
         sim = make_sim(**sim_options)
-        policy_fn, method = RULES[args.method], args.method
+        # per Adam step of each batch's plan for the optimum (minutes on IEEE-123); silent for the rules
+        policy_fn = REFERENCE_POLICIES[args.method](progress=_stderr_progress(f"{args.method} plan step", 25))
+        method = args.method
         source = {}
-    result = evaluate_policy(sim, policy_fn, split=args.split, days=args.days, batch=args.batch, seed=args.seed)
+    result = evaluate_policy(sim, policy_fn, split=args.split, days=args.days, batch=args.batch, seed=args.seed,
+                             progress=_stderr_progress("evaluate days", 1))
     return {"method": method, **result, **source}

@@ -47,6 +47,7 @@ __all__ = [
     "POLICIES_NAME",
     "DivergenceError",
     "GradMAPConfig",
+    "GradMAPTrainer",
     "gradma_config",
     "load_policies",
     "sim_config_dict",
@@ -64,6 +65,9 @@ POLICIES_FORMAT = "gridedge-gradmap-policies/1"
 RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", "eval_days")
 
 _LR_SCHEDULES = ("constant", "linear", "cosine")
+
+#: Rules the policies may be warm-started from (`GradMAPConfig.warm_start`).
+WARM_START_RULES = (None, "noop", "price-seeking")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,14 @@ class GradMAPConfig:
     """Initial log standard deviation of the Gaussian (before tanh)."""
     policy_dtype: str = "float32"
     """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
+    # --- warm start ---------------------------------------------------------------------------------------
+    warm_start: str | None = None
+    """Before the first rollout, fit every agent's mean action to this rule's ("noop" or "price-seeking")
+    on `warm_start_days` training days (None: start from the random initialisation)."""
+    warm_start_days: int = 4
+    """Training days of the warm start's rule rollout."""
+    warm_start_steps: int = 100
+    """Adam steps of the warm start's regression (full batch, learning rate `lr`)."""
     # --- GradMAP: reuse and trust region -------------------------------------------------------------------
     reuse: int = 8
     """K: policy updates per environment gradient (1 with no trust region = GradMA)."""
@@ -155,7 +167,10 @@ class GradMAPConfig:
             problems.append(f"iterations must be >= 0, got {self.iterations}")
         if self.minutes is not None and not (self.minutes >= 0):
             problems.append(f"minutes must be >= 0, got {self.minutes}")
-        for name in ("batch_days", "hidden", "layers", "reuse", "minibatches", "checkpoint_every", "eval_days"):
+        if self.warm_start not in WARM_START_RULES:
+            problems.append(f"warm_start must be one of {WARM_START_RULES}, got {self.warm_start!r}")
+        for name in ("batch_days", "hidden", "layers", "reuse", "minibatches", "checkpoint_every", "eval_days",
+                     "warm_start_days", "warm_start_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
@@ -302,7 +317,14 @@ def _agent_type_index(sim) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class _Trainer:
+class GradMAPTrainer:
+    """Everything one run holds (policies, optimiser, normaliser, multipliers, RNG, history) and one
+    iteration of GradMAP; `train` drives it. Subclasses change how actions enter the rollout (`act`,
+    `action_gradient`), the policy update (`update_policy`) or the dual step (`dual_step`)."""
+
+    metric_fields: tuple[str, ...] = METRIC_FIELDS
+    """Columns of metrics.csv (a trainer with other metrics names its own)."""
+
     def __init__(self, sim, config: GradMAPConfig):
         from gridedge_env import OBS_DIM
 
@@ -361,6 +383,48 @@ class _Trainer:
 
     # --- one iteration ---------------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Work before the first iteration of a new run: the warm start, when `config.warm_start` names a rule."""
+        if self.config.warm_start is not None:
+            self.warm_start()
+
+    def warm_start(self) -> dict:
+        """Fit every agent's mean action to the rule `config.warm_start` on `warm_start_days` training days.
+
+        The rule is rolled out (no gradient), the normaliser folds in its observations, and each agent's
+        network takes `warm_start_steps` full-batch Adam steps on its own mean squared error between
+        ``tanh(mean)`` and the rule's action (a sum of per-agent losses: agents stay decoupled). The log
+        standard deviation is not fitted, and the main optimiser's state is untouched."""
+        from gridedge_env import price_seeking_actions
+
+        sim, cfg = self.sim, self.config
+        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        raw, targets = [], []
+        with torch.no_grad():
+            state = sim.reset(cfg.warm_start_days, seed=reset_seed, split="train")
+            for _ in range(sim.n_steps):
+                a = price_seeking_actions(sim, state)
+                if cfg.warm_start == "noop":  # batteries idle, generators off, heat pumps on the thermostat
+                    a = a.clone()
+                    a[:, sim.agent_slices["battery"]] = 0.0
+                    a[:, sim.agent_slices["generator"]] = 1.0
+                raw.append(state.obs.detach())
+                targets.append(a.detach())
+                state = sim.step(state, a).state
+        raw_obs = torch.stack(raw)  # [T, B, N, d]
+        self.normalizer.update(raw_obs)
+        x = self.normalizer.normalize(raw_obs).to(self.pdtype).reshape(-1, sim.n_agents, raw_obs.shape[-1])
+        target = torch.stack(targets).to(self.pdtype).reshape(-1, sim.n_agents)
+        opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        loss = torch.zeros(())
+        for _ in range(cfg.warm_start_steps):
+            opt.zero_grad(set_to_none=True)
+            loss = (self.policy.act(x) - target).pow(2).mean(dim=0).sum()
+            loss.backward()
+            opt.step()
+        self.policy.zero_grad(set_to_none=True)
+        return {"warm_start_mse": float(loss.detach()) / sim.n_agents}
+
     def rollout(self) -> dict:
         """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them."""
         sim, cfg = self.sim, self.config
@@ -376,18 +440,14 @@ class _Trainer:
         cost_sum, outside, node_steps, viol_sum, worst, failures = 0.0, 0, 0, 0.0, 0.0, 0
         dev_true_sum = 0.0
         for t in range(n_steps):
-            obs = state.obs.detach()
-            raw_obs.append(obs)
-            x = self.normalizer.normalize(obs).to(self.pdtype)
-            with torch.no_grad():
-                a = self.policy.act(x, noise[t])
-            leaf = a.to(sim.dtype).requires_grad_(True)
+            raw_obs.append(state.obs.detach())
+            x, a, leaf = self.act(state.obs, noise[t])
             r = sim.step(state, leaf)
             term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, cfg.voltage_margin_pu)
             total = total + term
             state = r.state
-            xs.append(x)
-            acts.append(a)
+            xs.append(x.detach())
+            acts.append(a.detach())
             leaves.append(leaf)
             dev_viol.append(dev)
             volt_viol.append(w)
@@ -408,13 +468,7 @@ class _Trainer:
         if not bool(torch.isfinite(lagrangian.detach())):
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
         lagrangian.backward()
-        grads = []
-        for leaf in leaves:
-            g = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-            grads.append(g.detach())
-        grad = torch.stack(grads)  # [T, B, N]
-        if not bool(torch.isfinite(grad).all()):
-            raise DivergenceError(f"non-finite environment gradient dL/da at iteration {self.iteration}")
+        grad = self.action_gradient(leaves)
         if failures > cfg.max_pf_failure_share * batch * n_steps:
             raise DivergenceError(f"{failures} of {batch * n_steps} power flows failed at iteration "
                                   f"{self.iteration} (more than max_pf_failure_share={cfg.max_pf_failure_share})")
@@ -433,6 +487,26 @@ class _Trainer:
             },
         }
 
+    def act(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions of one step: ``(x, a, sim_action)`` = normalised observations, policy actions [B, N] and
+        what enters ``sim.step``. GradMAP: observations are inputs (detached) and the actions are leaves of
+        the environment graph, so the backward stops at them (`action_gradient`)."""
+        x = self.normalizer.normalize(obs.detach()).to(self.pdtype)
+        with torch.no_grad():
+            a = self.policy.act(x, noise)
+        return x, a, a.to(self.sim.dtype).requires_grad_(True)
+
+    def action_gradient(self, leaves: list[torch.Tensor]) -> torch.Tensor:
+        """``dL/da`` [T, B, N] of the rollout's leaf actions after the backward."""
+        grads = []
+        for leaf in leaves:
+            g = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+            grads.append(g.detach())
+        grad = torch.stack(grads)  # [T, B, N]
+        if not bool(torch.isfinite(grad).all()):
+            raise DivergenceError(f"non-finite environment gradient dL/da at iteration {self.iteration}")
+        return grad
+
     def update_policy(self, roll: dict, lr: float) -> dict:
         """K Adam steps on the proximal surrogate (K = 1, no trust region: GradMA's chain-rule step)."""
         cfg = self.config
@@ -441,9 +515,7 @@ class _Trainer:
         noise = roll["noise"].reshape(n_steps * batch, n)
         a_old = roll["a_old"].reshape(n_steps * batch, n)
         grad = roll["grad"].to(self.pdtype).reshape(n_steps * batch, n)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        params = list(self.policy.parameters())
+        self.set_lr(lr)
         n_rows = n_steps * batch
         stats = {}
         norms = None
@@ -462,21 +534,43 @@ class _Trainer:
             surrogate, s = proximal_surrogate(a_new, a_old[rows], grad[rows], cfg.clip_radius, cfg.prox_eta,
                                               prox_weight=1.0 / batch)
             (surrogate * scale).backward()
-            norms = clip_grad_norm_per_agent_(params, cfg.max_grad_norm)
-            if not bool(torch.isfinite(norms).all()):
-                raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
-            self.optimizer.step()
+            norms = self.clipped_step()
             stats = {"surrogate": float(surrogate.detach()) * scale, **s}
-        for p in params:
+        return {**stats, **self.update_stats(norms, x[: batch])}
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def clipped_step(self) -> torch.Tensor:
+        """Per-agent clipping of the policy gradient in ``.grad``, then one Adam step; [N] norms before clipping."""
+        norms = clip_grad_norm_per_agent_(list(self.policy.parameters()), self.config.max_grad_norm)
+        if not bool(torch.isfinite(norms).all()):
+            raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
+        self.optimizer.step()
+        return norms
+
+    def update_stats(self, norms: torch.Tensor, x: torch.Tensor) -> dict:
+        """Checks the parameters after an update; metrics of the last step's ``norms`` and the policy's
+        spread on normalised observations ``x`` [B, N, d]."""
+        cfg = self.config
+        for p in self.policy.parameters():
             if not bool(torch.isfinite(p.detach()).all()):
                 raise DivergenceError(f"non-finite policy parameters after the update of iteration {self.iteration}")
-        stats["grad_norm_mean"] = float(norms.mean())
-        stats["grad_clipped_share"] = (float((norms > cfg.max_grad_norm).to(torch.float64).mean())
-                                       if cfg.max_grad_norm is not None else 0.0)
+        stats = {"grad_norm_mean": float(norms.mean()),
+                 "grad_clipped_share": (float((norms > cfg.max_grad_norm).to(torch.float64).mean())
+                                        if cfg.max_grad_norm is not None else 0.0)}
         with torch.no_grad():
-            _, log_std = self.policy(x[: batch])
+            _, log_std = self.policy(x)
             stats["policy_std"] = float(log_std.exp().mean())
         return stats
+
+    def dual_step(self, roll: dict) -> None:
+        """Projected dual ascent on the multipliers with the rollout's violations."""
+        cfg = self.config
+        dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"], roll["n_ok"],
+                    cfg.device_dual_lr, cfg.voltage_dual_lr, cfg.max_multiplier,
+                    device_budget=cfg.device_violation_budget, voltage_budget=cfg.voltage_violation_budget)
 
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""
@@ -486,9 +580,7 @@ class _Trainer:
         roll = self.rollout()
         t1 = time.perf_counter()
         upd = self.update_policy(roll, lr)
-        dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"], roll["n_ok"],
-                    cfg.device_dual_lr, cfg.voltage_dual_lr, cfg.max_multiplier,
-                    device_budget=cfg.device_violation_budget, voltage_budget=cfg.voltage_violation_budget)
+        self.dual_step(roll)
         self.normalizer.update(roll["raw_obs"])
         t2 = time.perf_counter()
         row = {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
@@ -513,20 +605,19 @@ def _clone(obj):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
+def _write_metrics_csv(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+            writer.writerow({k: row.get(k, "") for k in fields})
     os.replace(tmp, path)
 
 
-def _append_metrics_csv(path: Path, row: dict) -> None:
+def _append_metrics_csv(path: Path, row: dict, fields: tuple[str, ...]) -> None:
     with open(path, "a", newline="") as fh:
-        csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore").writerow(
-            {k: row.get(k, "") for k in METRIC_FIELDS})
+        csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore").writerow({k: row.get(k, "") for k in fields})
 
 
 def export_policies(path: Path, params: dict, sim, method: str, iteration: int) -> None:
@@ -581,6 +672,7 @@ def train(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     method: str | None = None,
+    trainer_cls: type[GradMAPTrainer] | None = None,
 ):
     """Train N independent policies with GradMAP (or GradMA when ``config.reuse == 1`` without trust region).
 
@@ -595,6 +687,9 @@ def train(
         resume: Continue from ``out_dir/checkpoint.pt`` (bit-for-bit the same continuation as an
             uninterrupted run). Only the budget fields (`RESUMABLE_CHANGES`) may differ from the saved config.
         method: Name recorded in the files ("gradmap" / "gradma"; default from the config).
+        trainer_cls: The trainer (default GradMAP's); a subclass that overrides the rollout's `act`,
+            `action_gradient`, `update_policy` or `dual_step` reuses this loop, its checkpoints, metrics,
+            progress and divergence handling (the self-supervised baseline, `baselines.ssl`).
 
     Returns:
         ``(make_policy, params, metrics)``: `gradmap_agent.networks.make_policy`, the trained ``params``
@@ -608,7 +703,7 @@ def train(
     config = GradMAPConfig() if config is None else config
     sim = _as_sim(env_or_config)
     method = method or ("gradma" if config.is_gradma else "gradmap")
-    trainer = _Trainer(sim, config)
+    trainer = (trainer_cls or GradMAPTrainer)(sim, config)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -626,7 +721,7 @@ def train(
                     "n_agents": sim.n_agents, "agents_per_type": dict(sim.n_per_type),
                     "resumed_at_iteration": trainer.iteration if resume else None}
         _atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
-        _write_metrics_csv(out / METRICS_NAME, trainer.history)
+        _write_metrics_csv(out / METRICS_NAME, trainer.history, trainer.metric_fields)
     elif resume:
         raise ValueError("resume=True needs out_dir")
 
@@ -652,6 +747,10 @@ def train(
             return evaluate_policy(sim, obs_policy(policy), split="test", days=config.eval_days)
 
     wall0 = time.perf_counter()
+    if trainer.iteration == 0:
+        t0 = time.perf_counter()
+        trainer.prepare()  # e.g. GradMAP's warm start; counted as training time
+        trainer.elapsed_s += time.perf_counter() - t0
     snapshot = None
     try:
         while budget_left():
@@ -669,7 +768,7 @@ def train(
             trainer.history.append(row)
             snapshot = None  # the trainer is consistent again
             if out is not None:
-                _append_metrics_csv(out / METRICS_NAME, row)
+                _append_metrics_csv(out / METRICS_NAME, row, trainer.metric_fields)
                 if trainer.iteration % config.checkpoint_every == 0:
                     save()
             if progress_fn is not None:
@@ -684,7 +783,7 @@ def train(
         if out is not None:
             save(snapshot)  # the state before the failing/interrupted iteration, or the current one
             if snapshot is not None:
-                _write_metrics_csv(out / METRICS_NAME, snapshot["history"])
+                _write_metrics_csv(out / METRICS_NAME, snapshot["history"], trainer.metric_fields)
         raise
     save()
     final = trainer.history[-1] if trainer.history else {}

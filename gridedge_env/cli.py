@@ -46,6 +46,10 @@ def _cmd_validate(args) -> dict:
 
 
 def _cmd_bench(args) -> dict:
+    if args.what == "env":
+        from gridedge_env.adapters.pettingzoo_env import bench_parallel_env
+
+        return bench_parallel_env(steps=args.steps, seed=args.seed, feeder=args.feeder, n_agents=args.agents)
     if args.what == "sim":
         from gridedge_env.simbench import bench_sim
 
@@ -81,7 +85,7 @@ def _cmd_compare(args) -> dict:
 
     from baselines.compare import run_compare
 
-    result = run_compare(args.preset, Path(args.out), minutes=args.minutes, methods=args.methods)
+    result = run_compare(args.preset, Path(args.out), minutes=args.minutes, methods=args.methods, jobs=args.jobs)
     if not args.json:  # the table, then the scalar fields below it
         print((Path(args.out) / "results.md").read_text())
     return result
@@ -100,19 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that report ratios against a reference measured in the same run")
-    p.add_argument("what", choices=["powerflow", "gradient", "sim"],
-                   help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward")
+    p.add_argument("what", choices=["powerflow", "gradient", "sim", "env"],
+                   help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward; "
+                        "env: steps per second of the PettingZoo parallel env")
     p.add_argument("--feeder", default="ieee123")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1024; 32 for sim)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow and sim)")
-    p.add_argument("--agents", type=int, default=1000, help="(sim only) number of agents")
+    p.add_argument("--agents", type=int, default=1000, help="(sim and env) number of agents")
+    p.add_argument("--steps", type=int, default=144, help="(env only) timed env.step calls (48 per episode)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_bench)
 
-    p = sub.add_parser("train", help="train independent per-agent policies with GradMAP or GradMA")
-    p.add_argument("method", choices=["gradmap", "gradma"], help="gradma: GradMAP with K=1 and no trust region")
+    from gradmap_agent.commands import TRAIN_METHODS
+
+    p = sub.add_parser("train", help="train independent per-agent policies (GradMAP, GradMA or a baseline)")
+    p.add_argument("method", choices=list(TRAIN_METHODS),
+                   help="gradma: GradMAP with K=1 and no trust region; ippo/mappo: baselines.ppo")
     p.add_argument("--feeder", default=None, help="shipped feeder name (default ieee123)")
     p.add_argument("--agents", type=int, default=None, help="number of agents (default 1000)")
     p.add_argument("--sim-seed", type=int, default=None, help="seed of agent placement and parameters (default 0)")
@@ -123,14 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (must be new or empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate on test days every N iterations")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a GradMAPConfig field")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the method's config")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="run trained policies or a rule decentralised on held-out days")
     p.add_argument("run_dir", nargs="?", default=None, help="run directory with exported policies (policies.pt)")
-    p.add_argument("--method", default=None, help="a rule baseline instead of a run: noop or price-seeking")
+    p.add_argument("--method", default=None,
+                   help="a reference instead of a run: noop, price-seeking, droop (rules) or oracle (optimum)")
     p.add_argument("--feeder", default=None, help="(with --method) shipped feeder name (default ieee123)")
     p.add_argument("--agents", type=int, default=None, help="(with --method) number of agents (default 1000)")
     p.add_argument("--sim-seed", type=int, default=None, help="(with --method) simulator seed (default 0)")
@@ -148,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="training budget per method (default: the preset's)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="a subset of the methods (default: all)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many methods at a time, each with an equal share of the CPU cores (default 1)")
     p.add_argument("--out", required=True, help="comparison directory; rerun with the same --out to continue it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_compare)

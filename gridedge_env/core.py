@@ -43,6 +43,8 @@ __all__ = [
     "State",
     "StepResult",
     "make_sim",
+    "feasible_action_bounds",
+    "heatpump_target_actions",
     "price_seeking_actions",
 ]
 
@@ -698,32 +700,61 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     now = price[:, t:t + 1]
     cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
     dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
-    parts = []
+    low, high = feasible_action_bounds(sim, state)
     # battery: full power in the wanted direction, cut to what its state of charge allows this step
-    p = sim.params["battery"]
+    sl = sim.agent_slices["battery"]
     want = torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype)
-    room_kw = torch.clamp(p.soc_max_kwh - state.soc_kwh, min=0.0) / (p.eta_charge * sim.dt_h)
-    avail_kw = torch.clamp(state.soc_kwh - p.soc_min_kwh, min=0.0) * p.eta_discharge / sim.dt_h
-    parts.append(torch.clamp(want, -avail_kw / p.p_max_kw, room_kw / p.p_max_kw))
+    battery = torch.clamp(want, low[:, sl], high[:, sl])
 
     p = sim.params["heatpump"]
-    t_out = state.t_outdoor_c[:, t:t + 1]
-    centre = 0.5 * (p.t_min_c + p.t_max_c)
-    heating = t_out < centre
+    heating = state.t_outdoor_c[:, t:t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
     top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
     target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
+    heatpump = heatpump_target_actions(sim, state, target)
+
+    # generator: full output (-1) in expensive hours, off (+1) otherwise, as fast as its ramp limit allows
+    sl = sim.agent_slices["generator"]
+    want = torch.where(dear, -1.0, 1.0).to(sim.dtype)
+    generator = torch.clamp(want, low[:, sl], high[:, sl])
+    return torch.cat([battery, heatpump, generator], dim=1).detach()
+
+
+def feasible_action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actions each device can carry out in full at ``state``: ``(low, high)``, each [B, N] in [-1, 1].
+
+    Battery: charging limited by the room left below ``soc_max_kwh``, discharging by the energy above
+    ``soc_min_kwh`` (after efficiencies). Generator: the ramp limit around the previous output (and the
+    output range). Heat pump: the whole range (its comfort band is a consequence of the schedule, not a
+    bound on one action). An action inside the bounds has no projected (kW) device violation.
+    """
+    batch = state.batch_size
+    low = torch.full((batch, sim.n_agents), -1.0, dtype=sim.dtype, device=sim.device)
+    high = torch.ones_like(low)
+    sl = sim.agent_slices["battery"]
+    p = sim.params["battery"]
+    room_kw = torch.clamp(p.soc_max_kwh - state.soc_kwh, min=0.0) / (p.eta_charge * sim.dt_h)
+    avail_kw = torch.clamp(state.soc_kwh - p.soc_min_kwh, min=0.0) * p.eta_discharge / sim.dt_h
+    low[:, sl] = torch.clamp(-avail_kw / p.p_max_kw, min=-1.0)
+    high[:, sl] = torch.clamp(room_kw / p.p_max_kw, max=1.0)
+    # generator: action -1 = p_max_kw, +1 = p_min_kw (affine), so more output is a lower action
+    sl = sim.agent_slices["generator"]
+    p = sim.params["generator"]
+    ramp_kw = p.ramp_kw_per_h * sim.dt_h
+    to_action = lambda out_kw: 1.0 - 2.0 * (out_kw - p.p_min_kw) / (p.p_max_kw - p.p_min_kw)  # noqa: E731
+    low[:, sl] = torch.clamp(to_action(state.p_prev_kw + ramp_kw), min=-1.0)
+    high[:, sl] = torch.clamp(to_action(state.p_prev_kw - ramp_kw), max=1.0)
+    return low, high
+
+
+def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> torch.Tensor:
+    """Heat-pump actions [B, N_h] that bring each building to ``target_c`` ([B, N_h], C) at the end of the
+    step in the 1R1C model, clipped to [-1, 1] (a thermostat with perfect knowledge of its own building)."""
+    t = min(state.t, sim.n_steps - 1)
+    p = sim.params["heatpump"]
+    t_out = state.t_outdoor_c[:, t:t + 1]
     decay = torch.exp(-sim.dt_h / (p.r_k_per_kw * p.c_kwh_per_k))
-    t_steady = (target - state.t_indoor_c * decay) / (1.0 - decay)
+    t_steady = (target_c - state.t_indoor_c * decay) / (1.0 - decay)
     q_kw = (t_steady - t_out) / p.r_k_per_kw
     cop_heat, cop_cool = heatpump_cop(p, t_out)
     cop = torch.where(q_kw >= 0, cop_heat, cop_cool)
-    parts.append(torch.clamp(q_kw / (p.p_max_kw * cop), -1.0, 1.0))
-
-    # generator: full output in expensive hours, off otherwise, moving as fast as its ramp limit allows
-    p = sim.params["generator"]
-    target_kw = torch.where(dear, p.p_max_kw, p.p_min_kw)
-    ramp_kw = p.ramp_kw_per_h * sim.dt_h
-    out_kw = torch.minimum(torch.maximum(target_kw, state.p_prev_kw - ramp_kw), state.p_prev_kw + ramp_kw)
-    out_kw = torch.minimum(torch.maximum(out_kw, p.p_min_kw), p.p_max_kw)
-    parts.append(1.0 - 2.0 * (out_kw - p.p_min_kw) / (p.p_max_kw - p.p_min_kw))
-    return torch.cat(parts, dim=1).detach()
+    return torch.clamp(q_kw / (p.p_max_kw * cop), -1.0, 1.0)

@@ -23,15 +23,29 @@ from collections.abc import Callable
 
 import torch
 
-from gridedge_env.core import Sim, State, make_sim, price_seeking_actions
+from gridedge_env.core import Sim, State, StepResult, make_sim, price_seeking_actions
 from gridedge_env.scenarios import split_days
 
-__all__ = ["bench_sim", "calibration_report", "optimise_actions", "rollout_metrics"]
+__all__ = ["bench_sim", "calibration_report", "fixed_penalty", "optimise_actions", "rollout_metrics"]
 
 Policy = Callable[[Sim, State], torch.Tensor]
 
 
-def _lagrangian_terms(sim: Sim, state: State, actions: torch.Tensor, w_voltage: float, w_device: float):
+#: ``penalty(k, result, ok) -> scalar``: the constraint terms of step ``k`` of a rollout (``result`` its
+#: StepResult with graph, ``ok`` [B, 1] the converged rows as 0/1), added to the rows' summed cost.
+StepPenalty = Callable[[int, StepResult, torch.Tensor], torch.Tensor]
+
+
+def fixed_penalty(w_voltage: float, w_device: float) -> StepPenalty:
+    """Fixed weights: ``w_device * sum(device_violation) + w_voltage * sum(voltage_violation)`` of a step."""
+
+    def penalty(k: int, r: StepResult, ok: torch.Tensor) -> torch.Tensor:
+        return w_device * (ok * r.device_violation).sum() + w_voltage * (ok * r.voltage_violation).sum()
+
+    return penalty
+
+
+def _lagrangian_terms(sim: Sim, state: State, actions: torch.Tensor, penalty: StepPenalty):
     """Roll out ``actions`` [T, B, N]; return (objective, list of StepResult)."""
     total = actions.new_zeros(())
     results = []
@@ -39,8 +53,7 @@ def _lagrangian_terms(sim: Sim, state: State, actions: torch.Tensor, w_voltage: 
         r = sim.step(state, actions[k])
         state = r.state
         ok = r.converged.to(actions.dtype)[:, None]
-        total = total + (ok * (r.cost + w_device * r.device_violation)).sum()
-        total = total + w_voltage * (ok * r.voltage_violation).sum()
+        total = total + (ok * r.cost).sum() + penalty(k, r, ok)
         results.append(r)
     return total, results
 
@@ -96,13 +109,16 @@ def optimise_actions(
     w_device: float = 10.0,
     init: Policy | None = None,
     progress: Callable[[int, int], None] | None = None,
+    penalty: StepPenalty | None = None,
+    after_iteration: Callable[[int, list[StepResult]], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Centralised, perfect-foresight optimisation of every action of the episodes in ``state``.
 
-    Minimises ``sum(cost) + w_device * sum(device_violation) + w_voltage * sum(voltage_violation)`` over
-    the actions [T, B, N] by Adam through the differentiable core (learning rate decayed from ``lr`` to
-    ``lr / 10`` on a cosine schedule), projecting the actions onto [-1, 1] after every update. Starts from
-    the actions ``init`` would take along its own rollout (default: all zeros).
+    Minimises ``sum(cost) + w_device * sum(device_violation) + w_voltage * sum(voltage_violation)`` (or
+    ``sum(cost)`` plus ``penalty``'s terms) over the actions [T, B, N] by Adam through the differentiable
+    core (learning rate decayed from ``lr`` to ``lr / 10`` on a cosine schedule), projecting the actions
+    onto [-1, 1] after every update. Starts from the actions ``init`` would take along its own rollout
+    (default: all zeros). Only converged power flows count (the same mask as the trainers').
 
     Args:
         sim: The simulator.
@@ -113,6 +129,10 @@ def optimise_actions(
         w_device: Penalty per unit of device violation (kW or K) per step, $.
         init: Optional policy whose rollout actions are the starting point.
         progress: Optional ``callback(done, total)``.
+        penalty: Optional constraint terms of every step (`StepPenalty`), replacing the fixed weights
+            (e.g. an augmented Lagrangian, ``baselines.oracle``).
+        after_iteration: Optional ``callback(iteration, results)`` after every Adam step, with that
+            iteration's StepResults (from before the step): e.g. a multiplier update that ``penalty`` reads.
 
     Returns:
         ``(actions [T, B, N], metrics)`` with `rollout_metrics`-style metrics of the final actions plus the
@@ -133,20 +153,23 @@ def optimise_actions(
     actions = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([actions], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iterations, 1), eta_min=0.1 * lr)
+    penalty = fixed_penalty(w_voltage, w_device) if penalty is None else penalty
     history = []
     for it in range(iterations):
         opt.zero_grad()
-        objective, _ = _lagrangian_terms(sim, state, actions, w_voltage, w_device)
+        objective, results = _lagrangian_terms(sim, state, actions, penalty)
         objective.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
             actions.clamp_(-1.0, 1.0)
         history.append(float(objective.detach()))
+        if after_iteration is not None:
+            after_iteration(it, results)
         if progress is not None:
             progress(it + 1, iterations)
     with torch.no_grad():
-        _, results = _lagrangian_terms(sim, state, actions, w_voltage, w_device)
+        _, results = _lagrangian_terms(sim, state, actions, penalty)
     metrics = _summarise(sim, results)
     metrics.update(objective_first=history[0] if history else None, objective_last=history[-1] if history else None,
                    seconds=time.perf_counter() - t0)
@@ -213,7 +236,7 @@ def bench_sim(
         sync()
         t0 = time.perf_counter()
         a = actions.clone().requires_grad_(True)
-        objective, _ = _lagrangian_terms(sim, state0, a, w_voltage=1e4, w_device=10.0)
+        objective, _ = _lagrangian_terms(sim, state0, a, fixed_penalty(w_voltage=1e4, w_device=10.0))
         objective.backward()
         sync()
         if not bool(torch.isfinite(a.grad).all()):

@@ -70,6 +70,21 @@ def test_bad_arguments(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["compare", "--minutes", "-1", "--out", str(tmp_path / "y")]) == 2
     assert "--minutes" in capsys.readouterr().err
+    assert main(["compare", "--jobs", "0", "--out", str(tmp_path / "z")]) == 2
+    assert "--jobs" in capsys.readouterr().err
+
+
+def test_parallel_training_jobs(tmp_path):
+    """--jobs 2: two methods trained at once in worker processes, with the same files and table as one by one."""
+    out = tmp_path / "jobs"
+    assert main(["compare", "--preset", "smoke", "--minutes", "0.05", "--methods", "gradmap", "gradma", "noop",
+                 "--jobs", "2", "--out", str(out), "--json"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["jobs"] == 2 and [r["method"] for r in results["results"]] == ["gradmap", "gradma", "noop"]
+    for row in results["results"][:2]:
+        assert row["iterations"] >= 1 and row["env_steps_per_s"] > 0
+        assert (out / "runs" / row["method"] / "policies.pt").is_file()
+    assert "(2 at a time)" in (out / "results.md").read_text()
 
 
 def test_time_to_target():

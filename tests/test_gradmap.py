@@ -14,9 +14,9 @@ import json
 import pytest
 import torch
 
+from baselines.rules import RULES
 from gradmap_agent import (
     EVAL_KEYS,
-    RULES,
     DivergenceError,
     GradMAPConfig,
     ObsNormalizer,
@@ -177,10 +177,10 @@ def test_gradma_is_gradmap_with_k1(sim13):
 
 def test_gradma_update_direction_is_the_chain_rule(sim13):
     """The surrogate's parameter gradient equals dL/dtheta of a rollout with the policy in the graph."""
-    from gradmap_agent.train import _Trainer
+    from gradmap_agent.train import GradMAPTrainer
 
     config = gradma_config(iterations=1, batch_days=2, hidden=8, policy_dtype="float64")
-    trainer = _Trainer(sim13, config)
+    trainer = GradMAPTrainer(sim13, config)
     rng = trainer.gen.get_state()
     roll = trainer.rollout()
     params = list(trainer.policy.parameters())

@@ -657,11 +657,11 @@ def test_readme_set_up_commands_and_ci_agree() -> None:
     commands = re.findall(r"^pip install .*$", quick, flags=re.M)
     assert commands == [
         "pip install torch==2.13.0 && pip install -e . && gridedge validate --feeder ieee123",
-        'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q',
+        'pip install torch==2.13.0 && pip install -e ".[test,render,sb3,torchrl,rllib]" && python -m pytest -q',
     ]
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert "set -euo pipefail" in ci
-    assert "pip install torch==2.13.0" in ci and 'pip install -e ".[test]"' in ci
+    assert "pip install torch==2.13.0" in ci and 'pip install -e ".[test,render,sb3,torchrl,rllib]"' in ci
     assert "python -m pytest -q" in ci
     assert os.access(REPO / ".ci" / "run", os.X_OK)
     regenerate = "python -m gridedge_env.network.build_shipped --data ../shared/data"

@@ -261,25 +261,31 @@ class GridEdgeParallelEnv(ParallelEnv):
             raise ValueError(f"actions missing for {len(missing)} agent(s): {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''} (every live agent must act each step)")
         values = [actions[a] for a in self.possible_agents]
-        try:
+        try:  # fast path: one conversion for all agents
             arr = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError):
             arr = None
         if arr is None or arr.shape not in ((len(values),), (len(values), 1)):
-            for a, x in zip(self.possible_agents, values, strict=True):
-                try:
-                    xa = np.asarray(x, dtype=np.float64)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"action of agent {a!r} is not numeric: {x!r}") from exc
-                if xa.shape not in ((), (1,)):
-                    raise ValueError(f"action of agent {a!r} has shape {xa.shape}, expected (1,)")
-            raise ValueError("actions could not be stacked into one array")  # not reached
+            arr = self._parse_one_by_one(values)
         arr = arr.reshape(-1)
         bad = ~np.isfinite(arr)
         if bad.any():
             i = int(bad.argmax())
             raise ValueError(f"action of agent {self.possible_agents[i]!r} is {arr[i]} (NaN or infinite)")
         return torch.from_numpy(arr)[None]
+
+    def _parse_one_by_one(self, values: list) -> np.ndarray:
+        """Slow path of `_parse_actions` (mixed ``()`` and ``(1,)`` values, or a bad one): names the bad agent."""
+        out = np.empty(len(values), np.float64)
+        for i, (a, x) in enumerate(zip(self.possible_agents, values, strict=True)):
+            try:
+                xa = np.asarray(x, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"action of agent {a!r} is not numeric: {x!r}") from exc
+            if xa.shape not in ((), (1,)):
+                raise ValueError(f"action of agent {a!r} has shape {xa.shape}, expected (1,)")
+            out[i] = xa.reshape(())
+        return out
 
     def step(self, actions: dict):
         a = self._parse_actions(actions)  # raises before anything changes
@@ -398,18 +404,20 @@ def env(**cfg):
     return OrderEnforcingWrapper(raw_env(**cfg))
 
 
-
-def bench_parallel_env(episodes: int = 3, seed: int = 0, **cfg) -> dict:
+def bench_parallel_env(steps: int = 144, seed: int = 0, **cfg) -> dict:
     """Steps per second of the PettingZoo parallel adapter (for ``gridedge bench env``).
 
-    Builds ``parallel_env(**cfg)`` (default: the full task), pre-draws uniform random actions (not timed),
-    runs ``episodes`` full episodes of ``env.step`` and reports the best episode's steps per second (each step
-    covers all agents: dict parsing, one core step, dict building).
+    Builds ``parallel_env(**cfg)`` (default: the full task) and runs ``steps`` calls of ``env.step`` with
+    pre-drawn uniform random actions, resetting (seeds ``seed``, ``seed + 1``, ...) whenever an episode ends.
+    Each step covers all agents: parsing the action dict, one core step, building the five output dicts.
+    Drawing the actions and the resets are not timed (``reset_s`` reports the mean reset).
 
     Returns:
-        ``{"feeder", "n_agents", "steps_per_episode", "episodes", "build_s", "steps_per_s",
-        "agent_steps_per_s", "torch_threads"}``.
+        ``{"feeder", "n_agents", "steps", "steps_per_episode", "build_s", "reset_s", "steps_per_s",
+        "agent_steps_per_s", "torch_threads"}``; ``steps_per_s`` is ``steps`` over the total stepping time.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     t0 = time.perf_counter()
     e = parallel_env(**cfg)
     build_s = time.perf_counter() - t0
@@ -417,21 +425,27 @@ def bench_parallel_env(episodes: int = 3, seed: int = 0, **cfg) -> dict:
     n_steps = e.sim.n_steps
     acts = rng.uniform(-1.0, 1.0, size=(n_steps, len(e.possible_agents), 1)).astype(np.float32)
     plans = [dict(zip(e.possible_agents, acts[k], strict=True)) for k in range(n_steps)]
-    best = 0.0
-    for ep in range(episodes):
-        e.reset(seed=seed + ep)
-        start = time.perf_counter()
-        for k in range(n_steps):
+    step_s, reset_s, resets, done = 0.0, 0.0, 0, 0
+    while done < steps:
+        t0 = time.perf_counter()
+        e.reset(seed=seed + resets)
+        reset_s += time.perf_counter() - t0
+        resets += 1
+        chunk = min(n_steps, steps - done)
+        t0 = time.perf_counter()
+        for k in range(chunk):
             e.step(plans[k])
-        best = max(best, n_steps / (time.perf_counter() - start))
+        step_s += time.perf_counter() - t0
+        done += chunk
     cfg_feeder = e.sim.config.feeder
     return {
         "feeder": cfg_feeder if isinstance(cfg_feeder, str) else cfg_feeder.name,
         "n_agents": e.sim.n_agents,
+        "steps": steps,
         "steps_per_episode": n_steps,
-        "episodes": episodes,
         "build_s": build_s,
-        "steps_per_s": best,
-        "agent_steps_per_s": best * e.sim.n_agents,
+        "reset_s": reset_s / resets,
+        "steps_per_s": steps / step_s,
+        "agent_steps_per_s": steps * e.sim.n_agents / step_s,
         "torch_threads": torch.get_num_threads(),
     }

@@ -1,0 +1,606 @@
+"""IPPO and MAPPO: proximal policy optimisation with one actor per agent, on the batched environment.
+
+Both train N independent decentralised actors (each agent's own MLP on its own local observation, stored as
+stacked weights: `gradmap_agent.networks.StackedMLPPolicy`) from the per-agent rewards of
+`gridedge_env.adapters.batched.BatchedEnv` (B one-day episodes at once, torch tensors; the same
+observations and rewards as the PettingZoo adapter). They differ in the critic only:
+
+- **IPPO** (``centralized_critic=False``): agent i's critic ``V_i(o_i)`` is its own MLP on its own
+  observation (stacked like the actors);
+- **MAPPO** (``centralized_critic=True``): one critic on the global state ``s`` (`BatchedEnv.global_state`:
+  the shared features, every agent's local features and every load node's voltage) whose last layer has N
+  outputs, one value ``V_i(s)`` per agent (per-agent rewards need per-agent values; the trunk is shared).
+
+One iteration: roll out B training days with the stochastic actors (no gradient through the simulator);
+per-agent GAE(gamma, lambda) advantages; ``epochs`` passes of ``minibatches`` Adam steps on the clipped
+surrogate + value loss - entropy bonus, summed over agents (each agent's own terms drive its own weights);
+then the observation statistics fold in the rollout. Nothing loops over agents in Python. ``docs/ppo.md`` has
+the equations, the defaults and measured numbers.
+
+The checkpoints, metrics.csv, progress, divergence handling and run-directory files are GradMAP's
+(`gradmap_agent.train.train` drives `PPOTrainer`); the exported policies are GradMAP's format, so
+`gradmap_agent.make_policy`, `gradmap_agent.evaluate_policy` and ``gridedge evaluate DIR`` take them as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradmap_agent.losses import clip_grad_norm_per_agent_
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
+from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
+from gradmap_agent.train import DivergenceError, _clone, _lr_at, _progress, sim_config_dict
+from gradmap_agent.train import train as _train_loop
+from gridedge_env.adapters.batched import NET_SCOPES, BatchedEnv, RewardConfig, global_state_bounds
+
+__all__ = [
+    "METRIC_FIELDS",
+    "PPOConfig",
+    "PPOTrainer",
+    "gae",
+    "ippo_config",
+    "make_policy",
+    "mappo_config",
+    "train",
+]
+
+CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/1"
+
+#: Columns of a PPO run's metrics.csv: GradMAP's rollout and evaluation columns, then PPO's own.
+METRIC_FIELDS = (
+    "iteration", "wall_s", "lr", "cost", "violation_share", "violation_sum_pu", "worst_violation_pu",
+    "device_violation", "pf_failures", "reward", "policy_loss", "value_loss", "entropy", "approx_kl",
+    "clip_fraction", "explained_variance", "policy_std", "grad_norm_mean", "env_steps_per_s", "agent_steps_per_s",
+    "rollout_s", "update_s",
+) + tuple(f for f in GRADMAP_METRIC_FIELDS if f.startswith("eval_"))
+
+_LR_SCHEDULES = ("constant", "linear", "cosine")
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """IPPO / MAPPO hyperparameters. Defaults suit IEEE-123 with 1,000 agents on a 2-core CPU."""
+
+    # --- budget -------------------------------------------------------------------------------------------
+    iterations: int | None = 300
+    """Number of rollouts (each B days, then the PPO epochs); None: no limit (then `minutes` must be set)."""
+    minutes: float | None = None
+    """Training-time budget in minutes (rollouts and updates; checkpoints and evaluations not counted)."""
+    seed: int = 0
+    """Seed of the network initialisation, the rollout days, the exploration noise and the minibatches."""
+    # --- algorithm ----------------------------------------------------------------------------------------
+    centralized_critic: bool = False
+    """False: IPPO (per-agent critics on local observations); True: MAPPO (a critic on the global state)."""
+    share_params: bool = False
+    """True: agents of the same device type share one actor (and, for IPPO, one critic); False: every
+    agent has its own. Sharing is per type because the action means different things for each type and the
+    observation does not say the type."""
+    # --- rollout and reward -------------------------------------------------------------------------------
+    num_envs: int = 16
+    """B: training days simulated together per rollout (B x 48 environment steps per iteration)."""
+    w_dev: float = RewardConfig.w_dev
+    """Reward weight of the agent's own device violation ($ per kW or K), as in `BatchedEnv`."""
+    w_net: float = RewardConfig.w_net
+    """Reward weight of the network term ($ per pu of voltage violation), as in `BatchedEnv`."""
+    net_scope: str = RewardConfig.net_scope
+    """Network term of each agent's reward: "node" (its own node's violation) or "feeder" (the total)."""
+    gamma: float = 0.99
+    """Discount per 30-minute step. The day is the episode: no bootstrap after its last step."""
+    gae_lambda: float = 0.95
+    """GAE's lambda."""
+    scale_rewards: bool = True
+    """Divide each agent's rewards by the running standard deviation of its discounted return."""
+    # --- networks -----------------------------------------------------------------------------------------
+    hidden: int = 32
+    """Hidden width of every actor (and of every IPPO critic)."""
+    layers: int = 2
+    """Hidden layers of every actor and critic (tanh)."""
+    critic_hidden: int = 64
+    """Hidden width of MAPPO's centralised critic."""
+    init_log_std: float = -0.5
+    """Initial log standard deviation of the Gaussian (before tanh)."""
+    policy_dtype: str = "float32"
+    """dtype of the networks ("float32" or "float64"; the simulator keeps its own)."""
+    # --- PPO update ---------------------------------------------------------------------------------------
+    epochs: int = 4
+    """Passes over each rollout."""
+    minibatches: int = 4
+    """Minibatches per pass (random (step, day) rows; every agent's sample of a row is in the same one)."""
+    clip_coef: float = 0.2
+    """PPO's clip on the probability ratio, 1 +- clip_coef."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    ent_coef: float = 1e-3
+    """Weight of the entropy bonus (entropy of the Gaussian before the tanh)."""
+    normalize_advantages: bool = True
+    """Standardise each agent's advantages over the rollout."""
+    lr: float = 1e-3
+    """Adam learning rate (actors and critics) at the start of the schedule."""
+    lr_schedule: str = "linear"
+    """"constant", "linear" or "cosine" decay over the budget (iterations, or minutes if that ends first)."""
+    lr_final_fraction: float = 0.1
+    """Learning rate at the end of the schedule, as a fraction of `lr`."""
+    max_grad_norm: float | None = 0.5
+    """Gradient-norm clip per agent (per shared network with `share_params`; the whole MAPPO critic as one)."""
+    # --- observation normalisation ------------------------------------------------------------------------
+    normalize_obs: bool = True
+    """Normalise observations (and MAPPO's global state) with running statistics."""
+    obs_std_min: float = 0.05
+    """Lower bound of the normaliser's standard deviation."""
+    obs_clip: float = 5.0
+    """Normalised observations are clipped to [-obs_clip, obs_clip]."""
+    # --- safety, checkpoints, monitoring ------------------------------------------------------------------
+    max_pf_failure_share: float = 0.5
+    """Stop (divergence) when more than this share of a rollout's power flows fail."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many iterations (and at the end)."""
+    eval_every: int = 0
+    """Evaluate the deterministic policy on `eval_days` test days every this many iterations (0: off)."""
+    eval_days: int = 8
+    """Test days of the periodic evaluation (evenly spaced over the test split)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.iterations is None and self.minutes is None:
+            problems.append("set iterations or minutes (the training budget)")
+        if self.iterations is not None and self.iterations < 0:
+            problems.append(f"iterations must be >= 0, got {self.iterations}")
+        if self.minutes is not None and not self.minutes >= 0:
+            problems.append(f"minutes must be >= 0, got {self.minutes}")
+        for name in ("num_envs", "hidden", "layers", "critic_hidden", "epochs", "minibatches", "checkpoint_every",
+                     "eval_days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if self.eval_every < 0:
+            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.net_scope not in NET_SCOPES:
+            problems.append(f"net_scope must be one of {NET_SCOPES}, got {self.net_scope!r}")
+        if self.lr_schedule not in _LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {_LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.policy_dtype not in ("float32", "float64"):
+            problems.append(f"policy_dtype must be 'float32' or 'float64', got {self.policy_dtype!r}")
+        for name in ("gamma", "gae_lambda", "lr_final_fraction", "max_pf_failure_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("clip_coef", "lr", "obs_std_min", "obs_clip"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("vf_coef", "ent_coef", "w_dev", "w_net"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.minibatches > self.num_envs * 24:
+            problems.append(f"minibatches must be at most the rollout's rows (num_envs x steps), got "
+                            f"{self.minibatches}")
+        if problems:
+            raise ValueError("invalid PPOConfig: " + "; ".join(problems))
+
+    @property
+    def method(self) -> str:
+        return "mappo" if self.centralized_critic else "ippo"
+
+
+def _make_config(fields: dict, centralized_critic: bool) -> PPOConfig:
+    known = {f.name for f in dataclasses.fields(PPOConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown PPOConfig field(s) {unknown}; known: {sorted(known)}")
+    if fields.get("centralized_critic", centralized_critic) != centralized_critic:
+        raise ValueError(f"centralized_critic={fields['centralized_critic']!r} contradicts the method "
+                         f"({'mappo' if centralized_critic else 'ippo'}); train the other method instead")
+    return PPOConfig(**{**fields, "centralized_critic": centralized_critic})
+
+
+def ippo_config(**fields) -> PPOConfig:
+    """IPPO: `PPOConfig` with per-agent critics on local observations."""
+    return _make_config(fields, centralized_critic=False)
+
+
+def mappo_config(**fields) -> PPOConfig:
+    """MAPPO: `PPOConfig` with a critic on the global state."""
+    return _make_config(fields, centralized_critic=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over one finite-horizon episode (the value after the last step is 0).
+
+    ``delta_t = r_t + gamma V_{t+1} - V_t``, ``A_t = delta_t + gamma lam A_{t+1}``, ``A_T = V_T = 0``.
+
+    Args:
+        rewards: [T, ...] rewards of steps 0..T-1 (any trailing shape, e.g. [T, B, N]).
+        values: [T, ...] value estimates of the states before each step.
+        gamma: Discount.
+        lam: GAE's lambda.
+
+    Returns:
+        (advantages, returns = advantages + values), each [T, ...].
+    """
+    if rewards.shape != values.shape:
+        raise ValueError(f"rewards and values must have the same shape, got {tuple(rewards.shape)} and "
+                         f"{tuple(values.shape)}")
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[0])
+    next_advantage = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_value - values[t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[t] = next_advantage
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+def _gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(u; mean, exp(log_std)^2) of the pre-squash sample ``u``. The tanh's log-Jacobian is the same
+    for the old and new policy at the same ``u``, so it cancels in the ratio and is left out."""
+    return -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - _HALF_LOG_2PI
+
+
+def _masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``x`` [M, N] with row weights [M] (0 = a failed power flow): [N]."""
+    return (x * weight[:, None]).sum(dim=0) / weight.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _AgentNets(nn.Module):
+    """A `StackedMLPPolicy` with one parameter slice per agent, or per group of agents that share it.
+
+    ``group`` [N] maps every agent to its slice (None: slice i is agent i). Shared slices are gathered into a
+    per-agent stack for each call and evaluated by a parameterless copy of the per-agent network
+    (`torch.func.functional_call`), so gradients of agents of a group add up in their one slice.
+    """
+
+    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, init_log_std: float,
+                 group: torch.Tensor | None, generator: torch.Generator, dtype: torch.dtype):
+        super().__init__()
+        n_slices = n_agents if group is None else int(group.max()) + 1
+        self.net = StackedMLPPolicy(n_slices, obs_dim, hidden=hidden, layers=layers, init_log_std=init_log_std,
+                                    generator=generator, dtype=dtype)
+        self.group = group
+        # same shapes per agent; only its structure is used (its weights are never read)
+        self._per_agent = None if group is None else StackedMLPPolicy(n_agents, obs_dim, hidden, layers,
+                                                                      dtype=dtype).requires_grad_(False)
+
+    def per_agent_state(self) -> dict[str, torch.Tensor]:
+        """Weights with one slice per agent (shared slices repeated): what `make_policy` takes."""
+        state = self.net.state_dict()
+        if self.group is not None:
+            state = {k: v[self.group] for k, v in state.items()}
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's two outputs [B, N] each, for normalised observations [B, N, d]."""
+        if self.group is None:
+            return self.net(x)
+        params = {k: v[self.group] for k, v in self.net.named_parameters()}
+        return torch.func.functional_call(self._per_agent, params, (x,))
+
+
+def _device_type_group(sim) -> torch.Tensor:
+    """[N] index of every agent's device type among the types present (the slices of `share_params`)."""
+    present = [name for name, sl in sim.agent_slices.items() if sl.stop > sl.start]
+    return torch.tensor([present.index(t) for t in sim.agent_type], dtype=torch.int64)
+
+
+class _CentralCritic(nn.Module):
+    """MAPPO's critic: an MLP on the normalised global state [B, G] with one value output per agent [B, N]."""
+
+    def __init__(self, state_dim: int, n_agents: int, hidden: int, layers: int, dtype: torch.dtype):
+        super().__init__()
+        sizes = [state_dim] + [hidden] * layers
+        body = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            body += [nn.Linear(fan_in, fan_out, dtype=dtype), nn.Tanh()]
+        self.mlp = nn.Sequential(*body, nn.Linear(hidden, n_agents, dtype=dtype))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.mlp(state)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer (driven by gradmap_agent.train.train)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class PPOTrainer:
+    """Everything one IPPO/MAPPO run holds and one iteration of it; `gradmap_agent.train.train` drives it
+    (budget, checkpoints, metrics.csv, progress, divergence handling, export).
+
+    Args:
+        sim: The simulator (`gridedge_env.make_sim`); the training environment is a `BatchedEnv` of the
+            same configuration on the "train" days.
+        config: `PPOConfig`.
+    """
+
+    metric_fields = METRIC_FIELDS
+
+    def __init__(self, sim, config: PPOConfig):
+        if not isinstance(config, PPOConfig):
+            raise ValueError(f"PPOTrainer needs a PPOConfig, got {type(config).__name__}")
+        from gridedge_env import OBS_DIM
+
+        self.sim, self.config = sim, config
+        sim_fields = {f.name: getattr(sim.config, f.name) for f in dataclasses.fields(sim.config)}
+        self.env = BatchedEnv(config.num_envs, split="train", w_dev=config.w_dev, w_net=config.w_net,
+                              net_scope=config.net_scope, **sim_fields)
+        n = sim.n_agents
+        self.pdtype = getattr(torch, config.policy_dtype)
+        self.gen = torch.Generator().manual_seed(int(config.seed))  # then: rollout seeds, noise, minibatches
+        group = _device_type_group(sim) if config.share_params else None
+        self.actor = _AgentNets(n, OBS_DIM, config.hidden, config.layers, config.init_log_std, group, self.gen,
+                                self.pdtype)
+        self.normalizer = ObsNormalizer(n, OBS_DIM, std_min=config.obs_std_min, clip=config.obs_clip,
+                                        enabled=config.normalize_obs)
+        if config.centralized_critic:
+            state_dim = len(global_state_bounds(sim)[0])
+            with torch.random.fork_rng():  # nn.Linear initialises from the global RNG: seed it, then restore it
+                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen)))
+                self.critic = _CentralCritic(state_dim, n, config.critic_hidden, config.layers, self.pdtype)
+            self.state_normalizer = ObsNormalizer(1, state_dim, std_min=config.obs_std_min, clip=config.obs_clip,
+                                                  enabled=config.normalize_obs)
+        else:
+            # the value is the network's first output (its second, a log std, is unused)
+            self.critic = _AgentNets(n, OBS_DIM, config.hidden, config.layers, 0.0, group, self.gen, self.pdtype)
+            self.state_normalizer = None
+        # running statistics of each agent's discounted return (reward scaling); 1e-3 keeps near-constant
+        # returns from being blown up
+        self.return_stats = ObsNormalizer(n, 1, std_min=1e-3)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=config.lr)
+        self.iteration = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict] = []
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Nothing to do before the first iteration (the training loop's hook)."""
+
+    def state_dict(self) -> dict:
+        clone = lambda d: {k: v.detach().clone() for k, v in d.items()}  # noqa: E731
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": self.iteration,
+            "elapsed_s": self.elapsed_s,
+            "config": dataclasses.asdict(self.config),
+            "sim_config": sim_config_dict(self.sim),
+            "policy": self.actor.per_agent_state(),  # exported as policies.pt by the train loop
+            "normalizer": self.normalizer.state_dict(),
+            "actor": clone(self.actor.state_dict()),
+            "critic": clone(self.critic.state_dict()),
+            "optimizer": _clone(self.optimizer.state_dict()),
+            "state_normalizer": None if self.state_normalizer is None else self.state_normalizer.state_dict(),
+            "return_stats": self.return_stats.state_dict(),
+            "rng": self.gen.get_state().clone(),
+            "history": list(self.history),  # rows are never changed after they are appended
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a PPO checkpoint (format {state.get('format')!r})")
+        self.iteration = int(state["iteration"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        if self.state_normalizer is not None:
+            self.state_normalizer.load_state_dict(state["state_normalizer"])
+        self.return_stats.load_state_dict(state["return_stats"])
+        self.gen.set_state(state["rng"])
+        self.history = [dict(row) for row in state["history"]]
+
+    def params(self) -> dict:
+        """The trained actors, one slice per agent, and the normaliser (what `make_policy` takes)."""
+        return {"policy": self.actor.per_agent_state(), "normalizer": self.normalizer.state_dict()}
+
+    # --- networks -------------------------------------------------------------------------------------------
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised observations [..., N, d] in the networks' dtype."""
+        return self.normalizer.normalize(obs.to(torch.float64)).to(self.pdtype)
+
+    def value(self, x: torch.Tensor, global_state: torch.Tensor | None) -> torch.Tensor:
+        """Per-agent values [M, N]: IPPO from the normalised observations ``x`` [M, N, d] only, MAPPO from the
+        raw global state [M, G] only."""
+        if self.state_normalizer is None:
+            return self.critic(x)[0]
+        s = self.state_normalizer.normalize(global_state.to(torch.float64)[:, None, :])[:, 0]
+        return self.critic(s.to(self.pdtype))
+
+    # --- one iteration ---------------------------------------------------------------------------------------
+
+    def rollout(self) -> dict:
+        """B training days with the stochastic actors (no gradient), per-agent rewards and rollout metrics."""
+        env, sim, cfg = self.env, self.sim, self.config
+        batch, n_steps, n = cfg.num_envs, sim.n_steps, sim.n_agents
+        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        noise = torch.randn((n_steps, batch, n), generator=self.gen, dtype=torch.float64).to(self.pdtype)
+        obs = env.reset(seed=reset_seed)
+        raw_obs, xs, us, logps, states, rewards, oks, volt_viol = [], [], [], [], [], [], [], []
+        cost_sum = dev_sum = 0.0
+        with torch.no_grad():
+            for t in range(n_steps):
+                if self.state_normalizer is not None:
+                    states.append(env.global_state())
+                x = self.normalize(obs)
+                mean, log_std = self.actor(x)
+                u = mean + log_std.exp() * noise[t]
+                raw_obs.append(obs)
+                xs.append(x)
+                us.append(u)
+                logps.append(_gaussian_log_prob(u, mean, log_std))
+                obs, reward, _, _, info = env.step(torch.tanh(u))
+                ok = info["pf_converged"]
+                rewards.append(torch.nan_to_num(reward, nan=0.0) * ok[:, None])  # failed rows: masked, no reward
+                oks.append(ok)
+                volt_viol.append(info["result"].voltage_violation[ok])
+                cost_sum += float(info["cost"].sum())
+                dev_sum += float(info["device_violation"].sum())
+        excess = torch.cat(volt_viol)  # [converged (step, day) rows, n]
+        failures = int((~torch.stack(oks)).sum())
+        if failures > cfg.max_pf_failure_share * batch * n_steps:
+            raise DivergenceError(f"{failures} of {batch * n_steps} power flows failed at iteration "
+                                  f"{self.iteration} (more than max_pf_failure_share={cfg.max_pf_failure_share})")
+        reward = torch.stack(rewards).to(self.pdtype)  # [T, B, N]
+        return {
+            "raw_obs": torch.stack(raw_obs), "x": torch.stack(xs), "u": torch.stack(us), "logp": torch.stack(logps),
+            "state": torch.stack(states) if states else None, "reward": reward,
+            "ok": torch.stack(oks).to(self.pdtype),
+            "stats": {
+                "cost": cost_sum / batch,
+                "violation_share": float((excess > 0).to(torch.float64).mean()) if excess.numel() else 0.0,
+                "violation_sum_pu": float(excess.sum()) / batch,
+                "worst_violation_pu": float(excess.max()) if excess.numel() else 0.0,
+                "device_violation": dev_sum / (batch * n_steps * n),
+                "pf_failures": failures,
+                "reward": float(reward.mean()),
+            },
+        }
+
+    def scaled_rewards(self, reward: torch.Tensor) -> torch.Tensor:
+        """Rewards [T, B, N] divided by each agent's running std of the discounted return (this rollout's
+        returns folded in first), when `scale_rewards`."""
+        if not self.config.scale_rewards:
+            return reward
+        returns = torch.zeros_like(reward)
+        running = torch.zeros_like(reward[0])
+        for t in range(reward.shape[0]):
+            running = self.config.gamma * running + reward[t]
+            returns[t] = running
+        self.return_stats.update(returns[..., None])
+        return reward / self.return_stats.std[:, 0].to(reward.dtype)
+
+    def update(self, roll: dict, lr: float) -> dict:
+        """GAE, then `epochs` x `minibatches` Adam steps on the PPO loss summed over agents."""
+        cfg = self.config
+        n_steps, batch, n = roll["u"].shape
+        rows = n_steps * batch
+        x = roll["x"].reshape(rows, n, -1)
+        state = None if roll["state"] is None else roll["state"].reshape(rows, -1)
+        u, logp_old = roll["u"].reshape(rows, n), roll["logp"].reshape(rows, n)
+        weight = roll["ok"].reshape(rows)
+        with torch.no_grad():
+            values = self.value(x, state).reshape(n_steps, batch, n)
+        advantages, returns = gae(self.scaled_rewards(roll["reward"]), values, cfg.gamma, cfg.gae_lambda)
+        advantages, returns = advantages.reshape(rows, n), returns.reshape(rows, n)
+        if cfg.normalize_advantages:
+            mean = _masked_mean(advantages, weight)
+            std = _masked_mean((advantages - mean) ** 2, weight).sqrt()
+            advantages = (advantages - mean) / (std + 1e-8)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0,
+                "grad_norm_mean": 0.0}
+        n_updates = 0
+        for _ in range(cfg.epochs):
+            order = torch.randperm(rows, generator=self.gen)
+            for part in range(cfg.minibatches):
+                mb = order[part * rows // cfg.minibatches:(part + 1) * rows // cfg.minibatches]
+                w = weight[mb]
+                mean, log_std = self.actor(x[mb])
+                log_ratio = _gaussian_log_prob(u[mb], mean, log_std) - logp_old[mb]
+                ratio = log_ratio.exp()
+                adv = advantages[mb]
+                clipped = ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
+                policy_loss = _masked_mean(-torch.minimum(adv * ratio, adv * clipped), w)  # [N]
+                value_loss = _masked_mean(0.5 * (self.value(x[mb], None if state is None else state[mb])
+                                                 - returns[mb]) ** 2, w)
+                entropy = _masked_mean(log_std + 0.5 + _HALF_LOG_2PI, w)
+                loss = (policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy).sum()
+                if not bool(torch.isfinite(loss.detach())):
+                    raise DivergenceError(f"non-finite PPO loss at iteration {self.iteration}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norms = self.clip_gradients()
+                self.optimizer.step()
+                with torch.no_grad():
+                    sums["policy_loss"] += float(policy_loss.mean())
+                    sums["value_loss"] += float(value_loss.mean())
+                    sums["entropy"] += float(entropy.mean())
+                    sums["approx_kl"] += float(_masked_mean(ratio - 1.0 - log_ratio, w).mean())
+                    sums["clip_fraction"] += float(_masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).to(w.dtype),
+                                                                w).mean())
+                    sums["grad_norm_mean"] += float(norms.mean())
+                n_updates += 1
+        for p in [*self.actor.parameters(), *self.critic.parameters()]:
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise DivergenceError(f"non-finite network parameters after the update of iteration {self.iteration}")
+        stats = {k: v / n_updates for k, v in sums.items()}
+        with torch.no_grad():
+            ok = weight > 0
+            residual = (returns - values.reshape(rows, n))[ok]
+            stats["explained_variance"] = float(1.0 - residual.var() / returns[ok].var().clamp_min(1e-12))
+            stats["policy_std"] = float(self.actor(x[:batch])[1].exp().mean())
+        return stats
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip each agent's (or shared slice's) actor and IPPO-critic gradient separately, MAPPO's critic as
+        one network; returns the [N or groups] actor gradient norms before clipping."""
+        norms = clip_grad_norm_per_agent_(list(self.actor.net.parameters()), self.config.max_grad_norm)
+        if isinstance(self.critic, _AgentNets):
+            clip_grad_norm_per_agent_(list(self.critic.net.parameters()), self.config.max_grad_norm)
+        elif self.config.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.max_grad_norm)
+        if not bool(torch.isfinite(norms).all()):
+            raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
+        return norms
+
+    def iterate(self) -> dict:
+        """One full iteration; returns its metrics row (without wall_s and eval columns)."""
+        cfg = self.config
+        lr = _lr_at(cfg, _progress(cfg, self.iteration, self.elapsed_s))
+        t0 = time.perf_counter()
+        roll = self.rollout()
+        t1 = time.perf_counter()
+        stats = self.update(roll, lr)
+        self.normalizer.update(roll["raw_obs"])
+        if self.state_normalizer is not None:
+            self.state_normalizer.update(roll["state"][..., None, :])
+        t2 = time.perf_counter()
+        env_steps_per_s = cfg.num_envs * self.sim.n_steps / (t2 - t0)  # rollout and update together
+        return {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **stats,
+                "env_steps_per_s": env_steps_per_s, "agent_steps_per_s": env_steps_per_s * self.sim.n_agents,
+                "rollout_s": t1 - t0, "update_s": t2 - t1}
+
+
+def train(
+    env_or_config,
+    config: PPOConfig | None = None,
+    progress_fn: Callable[[dict], None] | None = None,
+    *,
+    out_dir=None,
+    resume: bool = False,
+    method: str | None = None,
+):
+    """Train N independent actors with IPPO (default) or MAPPO (``config.centralized_critic``).
+
+    `gradmap_agent.train.train`'s loop, files and return value: ``(make_policy, params, metrics)``, where
+    ``make_policy(params)`` is the deterministic decentralised policy ``obs [B, N, d] -> tanh(mean)``.
+
+    Args:
+        env_or_config, progress_fn, out_dir, resume: As for `gradmap_agent.train.train`.
+        config: `PPOConfig` (default: IPPO with the defaults).
+        method: Name recorded in the files (default "ippo" or "mappo" from the config).
+    """
+    config = PPOConfig() if config is None else config
+    return _train_loop(env_or_config, config, progress_fn, out_dir=out_dir, resume=resume,
+                       method=method or config.method, trainer_cls=PPOTrainer)

@@ -1,0 +1,136 @@
+"""Self-supervised learning through the simulator (``ssl``, ``ssl-penalty``): backpropagation through time
+of the rollout objective, through the per-agent policies and the differentiable core.
+
+The policies, Lagrangian, rollout, checkpoints, metrics, progress and divergence handling are GradMAP's
+(`gradmap_agent.train`); only three things differ, in `SSLTrainer`:
+
+1. **The graph runs through the policies.** At every step the policy's action (reparameterised, with
+   the stored noise) enters ``sim.step`` with its graph, and the observation the policy reads comes from the
+   simulator with its graph (not detached, unlike GradMAP's environment gradient). One ``backward()`` of the
+   rollout's Lagrangian therefore gives ``dL/dtheta`` including how each action changes later observations
+   and through them later actions: BPTT over T steps through devices, power flow and policies.
+2. **One policy update per rollout**: per-agent gradient clipping and one Adam step on that gradient; no
+   stored-rollout reuse, no trust region.
+3. **Constraint weights.** ``ssl``: GradMAP's primal-dual ascent on the same multipliers
+   (`gradmap_agent.losses.dual_update`). ``ssl-penalty``: fixed penalty weights (`SSLConfig.device_penalty`,
+   `SSLConfig.voltage_penalty`), no dual ascent.
+
+``docs/baselines.md`` has the equations and results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gradmap_agent.train import GradMAPConfig, GradMAPTrainer
+from gradmap_agent.train import train as _train_loop
+
+__all__ = ["SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config", "train"]
+
+
+@dataclass(frozen=True)
+class SSLConfig(GradMAPConfig):
+    """GradMAP's configuration with one update per rollout and no trust region, plus the penalty variant.
+
+    The budget, rollout, policy, optimiser, multiplier, normalisation and checkpoint fields mean what they
+    mean in `GradMAPConfig`; ``reuse``, ``minibatches``, ``clip_radius`` and ``prox_eta`` are fixed to
+    1, 1, None, None.
+    """
+
+    reuse: int = 1
+    minibatches: int = 1
+    clip_radius: float | None = None
+    prox_eta: float | None = None
+    fixed_penalties: bool = False
+    """True: ``ssl-penalty`` (the multipliers stay at the two penalties below; no dual ascent)."""
+    device_penalty: float = 10.0
+    """(ssl-penalty) $ per unit of device violation (kW or K) per agent-step."""
+    voltage_penalty: float = 1e4
+    """(ssl-penalty) $ per pu of voltage violation per node-step (outside the margin-tightened band)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if not (self.reuse == 1 and self.minibatches == 1 and self.clip_radius is None and self.prox_eta is None):
+            problems.append("self-supervised learning takes one update per rollout without trust region: reuse=1, "
+                            f"minibatches=1, clip_radius=None, prox_eta=None; got {self.reuse}, {self.minibatches}, "
+                            f"{self.clip_radius}, {self.prox_eta}")
+        for name in ("device_penalty", "voltage_penalty"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid SSLConfig: " + "; ".join(problems))
+
+
+def ssl_config(**fields) -> SSLConfig:
+    """``ssl``: primal-dual self-supervised learning. Raises ValueError naming unknown or invalid fields."""
+    known = {f.name for f in dataclasses.fields(SSLConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown SSLConfig field(s) {unknown}; known: {sorted(known)}")
+    return SSLConfig(**fields)
+
+
+def ssl_penalty_config(**fields) -> SSLConfig:
+    """``ssl-penalty``: self-supervised learning with fixed penalty weights."""
+    return ssl_config(**{"fixed_penalties": True, **fields})
+
+
+class SSLTrainer(GradMAPTrainer):
+    """GradMAP's trainer with the graph through the policies and one update per rollout (module docstring)."""
+
+    def __init__(self, sim, config: SSLConfig):
+        if not isinstance(config, SSLConfig):
+            raise ValueError(f"SSLTrainer needs an SSLConfig, got {type(config).__name__}")
+        super().__init__(sim, config)
+        if config.fixed_penalties:
+            self.multipliers.device_raw.fill_(config.device_penalty)
+            self.multipliers.voltage.fill_(config.voltage_penalty)
+
+    def act(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The action with its graph through the policy and the (not detached) observation."""
+        x = self.normalizer.normalize(obs).to(self.pdtype)
+        a = self.policy.act(x, noise)
+        return x, a, a.to(self.sim.dtype)
+
+    def action_gradient(self, leaves: list[torch.Tensor]) -> None:
+        """Nothing to collect: the backward has put ``dL/dtheta`` into the policy's ``.grad``."""
+        return None
+
+    def update_policy(self, roll: dict, lr: float) -> dict:
+        """One clipped Adam step on the BPTT gradient of the rollout's Lagrangian."""
+        self.set_lr(lr)
+        norms = self.clipped_step()
+        self.optimizer.zero_grad(set_to_none=True)  # the next rollout's backward accumulates from zero
+        return self.update_stats(norms, roll["x"][0])
+
+    def dual_step(self, roll: dict) -> None:
+        if not self.config.fixed_penalties:
+            super().dual_step(roll)
+
+
+def train(
+    env_or_config,
+    config: SSLConfig | None = None,
+    progress_fn: Callable[[dict], None] | None = None,
+    *,
+    out_dir=None,
+    resume: bool = False,
+    method: str | None = None,
+):
+    """Train N independent policies by self-supervised learning; `gradmap_agent.train.train`'s loop, files
+    and return value ``(make_policy, params, metrics)``.
+
+    Args:
+        env_or_config, progress_fn, out_dir, resume: As for `gradmap_agent.train`.
+        config: `SSLConfig` (default: ``ssl``, primal-dual).
+        method: Name recorded in the files (default "ssl" or "ssl-penalty" from the config).
+    """
+    config = SSLConfig() if config is None else config
+    method = method or ("ssl-penalty" if config.fixed_penalties else "ssl")
+    return _train_loop(env_or_config, config, progress_fn, out_dir=out_dir, resume=resume, method=method,
+                       trainer_cls=SSLTrainer)
