@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["PRESETS", "Preset", "REFERENCE_METHODS", "TRAINED_METHODS", "run_compare"]
+__all__ = ["PRESETS", "Preset", "REFERENCE_METHODS", "TRAINED_METHODS", "run_compare", "speedup_to_level",
+           "time_to_target"]
 
 #: Methods trained under the budget, in table order.
 TRAINED_METHODS = ("gradmap", "gradma", "ssl", "ssl-penalty", "ippo", "mappo")
@@ -67,9 +68,10 @@ PRESETS = {
     # a few minutes on 2 cores: small feeder, seconds of training per method; checks that everything runs
     "smoke": Preset(feeder="ieee13", agents=20, minutes=0.1, test_days=4, curve_days=4,
                     eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2}),
-    # the issue's benchmark: IEEE-123, 1,000 agents, 15 minutes per method, all test days
-    "paper": Preset(feeder="ieee123", agents=1000, minutes=15.0, test_days=None,
-                    eval_every={"gradmap": 25, "gradma": 50, "ssl": 25, "ssl-penalty": 25, "ippo": 10, "mappo": 10}),
+    # the issue's benchmark: IEEE-123, 1,000 agents, 15 minutes per method. Eight evenly spaced test days, the
+    # same as the learning curves', because the optimum costs about 1.5 s per Adam step and 8 days on 2 cores
+    "paper": Preset(feeder="ieee123", agents=1000, minutes=15.0, test_days=8, curve_days=8,
+                    eval_every={"gradmap": 10, "gradma": 10, "ssl": 10, "ssl-penalty": 10, "ippo": 10, "mappo": 10}),
 }
 
 
@@ -198,14 +200,44 @@ def _learning_curve(run_dir: Path) -> dict[str, list[float]]:
     return curve
 
 
+def _first_time(curve: dict[str, list[float]], cost: float, share: float) -> float | None:
+    """First training wall time (s) at which the curve's cost and violation share are both at or below."""
+    for wall, c, v in zip(curve["wall_s"], curve["cost"], curve["violation_share"], strict=True):
+        if c <= cost and v <= share:
+            return wall
+    return None
+
+
 def time_to_target(curve: dict[str, list[float]], optimum_cost: float) -> float | None:
     """First training wall time (s) at which the periodic test evaluation has violation share <= 0.5 % and
     cost within 5 % of the optimum on the same days; None if never."""
-    limit = optimum_cost + TARGET_COST_GAP * abs(optimum_cost)
-    for wall, cost, share in zip(curve["wall_s"], curve["cost"], curve["violation_share"], strict=True):
-        if share <= TARGET_VIOLATION_SHARE and cost <= limit:
-            return wall
-    return None
+    return _first_time(curve, optimum_cost + TARGET_COST_GAP * abs(optimum_cost), TARGET_VIOLATION_SHARE)
+
+
+def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]]) -> dict | None:
+    """How much sooner ``fast`` reaches a level of (cost, violation share) than ``slow`` (the GradMAP issue's
+    speed-up: GradMA's wall time to a level over GradMAP's), at two levels read off the periodic evaluations:
+
+    - ``at_slow_final``: ``slow``'s last evaluation. Both curves reach it (``slow`` at its end, or sooner);
+      ``speedup = slow_s / fast_s``; ``fast_s`` is None if ``fast`` never reaches it.
+    - ``at_fast_final``: ``fast``'s last evaluation; when ``slow`` never reaches it, ``slow_s`` and ``speedup``
+      are None and ``speedup_at_least`` is ``slow``'s budget (last evaluation time) over ``fast_s``.
+
+    Each entry: ``{"level_cost", "level_violation_share", "fast_s", "slow_s", "speedup"}``. None when either
+    curve has no evaluation.
+    """
+    if not fast["wall_s"] or not slow["wall_s"]:
+        return None
+    result = {}
+    for key, curve in (("at_slow_final", slow), ("at_fast_final", fast)):
+        cost, share = curve["cost"][-1], curve["violation_share"][-1]
+        fast_s, slow_s = _first_time(fast, cost, share), _first_time(slow, cost, share)
+        entry = {"level_cost": cost, "level_violation_share": share, "fast_s": fast_s, "slow_s": slow_s,
+                 "speedup": slow_s / fast_s if fast_s and slow_s is not None else None}
+        if slow_s is None and fast_s:
+            entry["speedup_at_least"] = slow["wall_s"][-1] / fast_s
+        result[key] = entry
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,6 +296,20 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
     for row in rows:
         cells = [_fmt(row[k], k) if (k != "time_to_target_s" or row["kind"] == "trained") else "-" for k in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    speed = header.get("gradmap_speedup_over_gradma")
+    if speed:
+        lines += ["", "Speed-up of GradMAP over GradMA (GradMA's training time to a level of test cost and violation "
+                  "share over GradMAP's, from the periodic evaluations):"]
+        for key, whose in (("at_slow_final", "GradMA's final"), ("at_fast_final", "GradMAP's final")):
+            e = speed[key]
+            level = (f"- at {whose} level ({e['level_cost']:.4g} $/day, {100 * e['level_violation_share']:.2f} %): "
+                     "GradMAP " + (f"{e['fast_s'] / 60:.1f} min" if e["fast_s"] else "never") + ", GradMA "
+                     + (f"{e['slow_s'] / 60:.1f} min" if e["slow_s"] is not None else "never"))
+            if e["speedup"] is not None:
+                level += f": {e['speedup']:.2f}x"
+            elif "speedup_at_least" in e:
+                level += f": at least {e['speedup_at_least']:.2f}x"
+            lines.append(level)
     if header.get("skipped"):
         lines += ["", "Not run (not available in this installation): " + ", ".join(header["skipped"])]
     lines += ["", "`env_steps_per_s`: environment steps (one feeder-wide step of one day, all agents acting) simulated "
@@ -274,11 +320,13 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
     _atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
-def _machine() -> str:
+def _machine(jobs: int) -> str:
     import os
     import platform
 
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch thread(s) "
+            "per trained method")
 
 
 def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_name: str) -> list[Path]:
@@ -403,7 +451,9 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         _say(f"{m}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
              f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}")
     if "oracle" in references:
-        optimum_curve_cost = _evaluate("oracle", preset, out, preset.curve_days, name="oracle_curve_days")["cost"]
+        # the same days when the counts agree (both are evenly spaced over the test split): no second plan
+        optimum_curve_cost = results["oracle"]["cost"] if preset.curve_days == preset.test_days else \
+            _evaluate("oracle", preset, out, preset.curve_days, name="oracle_curve_days")["cost"]
 
     curves = {m: _learning_curve(out / "runs" / m) for m in trained}
     optimum_cost = results["oracle"]["cost"] if "oracle" in results else None
@@ -420,7 +470,9 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
     header = {"preset": preset_name, "feeder": preset.feeder, "agents": preset.agents,
               "minutes_per_method": preset.minutes, "test_days": results[next(iter(results))]["days"] if results else 0,
               "curve_days": preset.curve_days, "optimum_cost_curve_days": optimum_curve_cost,
-              "machine": _machine(), "jobs": jobs, "date": time.strftime("%Y-%m-%d"), "skipped": skipped,
+              "gradmap_speedup_over_gradma": speedup_to_level(curves["gradmap"], curves["gradma"])
+              if {"gradmap", "gradma"} <= set(curves) else None,
+              "machine": _machine(jobs), "jobs": jobs, "date": time.strftime("%Y-%m-%d"), "skipped": skipped,
               "wall_s": time.monotonic() - started}
     _write_results(out, rows, header)
     refs = {m: {"cost": results[m]["cost"], "violation_share": results[m]["violation_share"]} for m in references}

@@ -179,9 +179,6 @@ class PPOConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        if self.minibatches > self.num_envs * 24:
-            problems.append(f"minibatches must be at most the rollout's rows (num_envs x steps), got "
-                            f"{self.minibatches}")
         if problems:
             raise ValueError("invalid PPOConfig: " + "; ".join(problems))
 
@@ -335,6 +332,9 @@ class PPOTrainer:
     def __init__(self, sim, config: PPOConfig):
         if not isinstance(config, PPOConfig):
             raise ValueError(f"PPOTrainer needs a PPOConfig, got {type(config).__name__}")
+        if config.minibatches > config.num_envs * sim.n_steps:
+            raise ValueError(f"invalid PPOConfig: minibatches must be at most the rollout's rows (num_envs x steps "
+                             f"= {config.num_envs} x {sim.n_steps}), got {config.minibatches}")
         from gridedge_env import OBS_DIM
 
         self.sim, self.config = sim, config

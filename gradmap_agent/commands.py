@@ -138,7 +138,7 @@ class ProgressLine:
 
 
 def run_train(args) -> dict:
-    """``gridedge train gradmap|gradma ...``; returns the summary printed by the CLI."""
+    """``gridedge train METHOD ...`` (every method of `TRAIN_METHODS`); returns the summary printed by the CLI."""
     import torch
 
     from gradmap_agent.train import CONFIG_NAME, DivergenceError, make_sim_from_dict, sim_config_dict

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from baselines.compare import PRESETS, REFERENCE_METHODS, TRAINED_METHODS, time_to_target
+from baselines.compare import PRESETS, REFERENCE_METHODS, TRAINED_METHODS, speedup_to_level, time_to_target
 from gridedge_env.cli import main
 
 
@@ -91,3 +91,17 @@ def test_time_to_target():
     curve = {"wall_s": [10.0, 20.0, 30.0], "cost": [120.0, 104.0, 103.0], "violation_share": [0.001, 0.01, 0.004]}
     assert time_to_target(curve, optimum_cost=100.0) == 30.0  # 20 s: cost ok but violations too high
     assert time_to_target(curve, optimum_cost=90.0) is None
+
+
+def test_speedup_to_level():
+    fast = {"wall_s": [10.0, 20.0, 30.0], "cost": [150.0, 110.0, 100.0], "violation_share": [0.02, 0.005, 0.004]}
+    slow = {"wall_s": [10.0, 40.0, 90.0], "cost": [140.0, 100.0, 105.0], "violation_share": [0.03, 0.006, 0.005]}
+    result = speedup_to_level(fast, slow)
+    # slow's final level (105 $, 0.5 %): slow at 90 s (at 40 s the share is still 0.6 %), fast at 30 s (at 20 s
+    # the cost is 110 $)
+    assert result["at_slow_final"]["fast_s"] == 30.0 and result["at_slow_final"]["slow_s"] == 90.0
+    assert result["at_slow_final"]["speedup"] == 3.0
+    # fast's final level (100 $, 0.4 %): slow never gets there, so only a bound: 90 s / 30 s
+    never = result["at_fast_final"]
+    assert never["slow_s"] is None and never["speedup"] is None and never["speedup_at_least"] == 3.0
+    assert speedup_to_level({"wall_s": [], "cost": [], "violation_share": []}, slow) is None

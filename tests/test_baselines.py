@@ -1,0 +1,252 @@
+"""Baselines (`baselines.rules`, `baselines.oracle`, `baselines.ssl`): smoke runs through the CLI, the
+optimum against the rules, droop against price-seeking on the default task, bad inputs.
+
+IPPO / MAPPO are smoke-tested in tests/test_ppo.py and price-seeking through ``gridedge evaluate --method``
+in tests/test_gradmap.py; `tests/test_compare.py` runs every method only inside ``gridedge compare``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from baselines.oracle import OracleConfig, PerfectForesightPolicy, plan_days
+from baselines.rules import RULES, DroopCurves
+from baselines.ssl import SSLConfig, ssl_config, ssl_penalty_config
+from gradmap_agent import EVAL_KEYS, evaluate_policy
+from gradmap_agent.commands import REFERENCE_POLICIES
+from gradmap_agent.evaluate import reset_days
+from gridedge_env import make_sim
+from gridedge_env.cli import main
+
+#: the evaluation keys every method must report, finite
+METRIC_KEYS = ("cost", "violation_share", "violation_sum_pu", "worst_violation_pu", "device_violation",
+               "pf_failures", "n_agents", "days")
+RULE_NAMES = ("noop", "price-seeking", "droop")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op torch thread in these tests (restored afterwards); the numbers are the same. The tensors are
+    small, and on a busy 2-core machine two threads were several times slower: 200 s instead of 27 s for the
+    optimum test, 13 s instead of 2.5 s per rule over the default task's test days."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(argv: list[str]) -> tuple[int, dict | None, str]:
+    """``gridedge ARGV`` in process: (exit code, the --json output or None, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    text = out.getvalue()
+    return code, (json.loads(text) if code == 0 and text.strip() else None), err.getvalue()
+
+
+def check_metrics(result: dict, n_agents: int, days: int) -> None:
+    assert set(EVAL_KEYS) <= set(result), sorted(set(EVAL_KEYS) - set(result))
+    for key in METRIC_KEYS:
+        assert key in result, key
+        assert math.isfinite(result[key]), (key, result[key])
+    assert result["n_agents"] == n_agents and result["days"] == days
+    assert 0.0 <= result["violation_share"] <= 1.0 and result["pf_failures"] == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. smoke runs on IEEE-13 with few agents, through the CLI
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ssl", "ssl-penalty"])
+def test_cli_trains_and_evaluates_ssl(tmp_path, method):
+    out = tmp_path / method
+    code, summary, err = run_cli(["train", method, "--feeder", "ieee13", "--agents", "12", "--iterations", "2",
+                                  "--seed", "1", "--out", str(out), "--set", "batch_days=2", "--set", "hidden=8",
+                                  "--json"])
+    assert code == 0, err
+    assert summary["method"] == method and summary["iterations"] == 2 and summary["n_agents"] == 12
+    for key in ("final_cost", "final_violation_share", "final_worst_violation_pu", "final_device_violation"):
+        assert math.isfinite(summary[key]), key
+    info = json.loads((out / "config.json").read_text())
+    assert info["method"] == method and info["config"]["fixed_penalties"] is (method == "ssl-penalty")
+    assert info["config"]["reuse"] == 1 and info["config"]["clip_radius"] is None
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    voltage_mu = [float(r["voltage_multiplier_max"]) for r in rows]
+    if method == "ssl-penalty":  # fixed weights: the multipliers stay at the penalties, no dual ascent
+        assert voltage_mu == [SSLConfig.voltage_penalty] * 2
+        assert [float(r["device_multiplier_mean"]) for r in rows] == [SSLConfig.device_penalty] * 2
+    else:  # primal-dual: IEEE-13 violates its band, so dual ascent raises the voltage multipliers from 0
+        assert 0.0 < voltage_mu[0] < voltage_mu[1]
+
+    code, result, err = run_cli(["evaluate", str(out), "--split", "test", "--days", "2", "--json"])
+    assert code == 0, err
+    assert result["method"] == method and result["iteration"] == 2
+    check_metrics(result, n_agents=12, days=2)
+
+
+@pytest.mark.parametrize("method", ["noop", "droop"])
+def test_cli_evaluates_rules(method):
+    code, result, err = run_cli(["evaluate", "--method", method, "--feeder", "ieee13", "--agents", "20",
+                                 "--days", "3", "--json"])
+    assert code == 0, err
+    assert result["method"] == method
+    check_metrics(result, n_agents=20, days=3)
+    # the CLI reports exactly what the rule gives through evaluate_policy on the same days
+    direct = evaluate_policy(make_sim(feeder="ieee13", n_agents=20), RULES[method], split="test", days=3)
+    assert result["cost"] == pytest.approx(direct["cost"], rel=1e-12)
+    assert result["violation_share"] == direct["violation_share"]
+
+
+def test_cli_evaluates_oracle(monkeypatch):
+    """``--method oracle`` plans every day and replays it; the default 300 Adam steps take minutes here, so
+    the policy the CLI builds gets 3 (the wiring is what is tested; the optimum is tested below)."""
+    import baselines.oracle
+
+    class FewSteps(PerfectForesightPolicy):
+        instances: list = []
+
+        def __init__(self, config=None, progress=None):
+            super().__init__(OracleConfig(iterations=3), progress)
+            FewSteps.instances.append(self)
+
+    monkeypatch.setattr(baselines.oracle, "PerfectForesightPolicy", FewSteps)
+    code, result, err = run_cli(["evaluate", "--method", "oracle", "--feeder", "ieee13", "--agents", "12",
+                                 "--sim-set", "step_minutes=60", "--days", "2", "--json"])
+    assert code == 0, err
+    assert result["method"] == "oracle"
+    check_metrics(result, n_agents=12, days=2)
+    (policy,) = FewSteps.instances
+    assert len(policy.plans) == 1 and len(policy.plans[0]["days"]) == 2  # one plan of both days (--batch 16)
+    assert "oracle plan step: 3/3" in err  # the plan's progress on stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. the optimum beats every rule on cost at equal or lower violation
+# ----------------------------------------------------------------------------------------------------------
+
+#: A small case where the agents move the voltages: IEEE-13 with 1,000 agents and light feeder load (half the
+#: default load scale, 1 kWp PV per kW, 1.0 pu at the substation), hourly steps. Test day 144 is inside the
+#: band under noop and droop, but price-seeking pushes it out (1.2 % of node-steps); on test day 39 every rule
+#: violates (noop 1.4 %, price-seeking 2.1 %, droop 0.7 %). Measured over the two days:
+#:   noop           cost 1120.3 $/day, violation share 0.711 %
+#:   price-seeking  cost  211.5 $/day, violation share 1.677 %
+#:   droop          cost  847.9 $/day, violation share 0.356 %
+#:   oracle         cost   95.2 $/day, violation share 0.051 %   (40 Adam steps from price-seeking, ~30 s)
+SMALL_CASE = dict(feeder="ieee13", n_agents=1000, load_scale=0.5, pv_kwp_per_kw=1.0, source_v_pu=1.0,
+                  step_minutes=60)
+SMALL_DAYS = [39, 144]
+
+
+def test_oracle_beats_every_rule_on_cost_at_no_more_violation():
+    sim = make_sim(**SMALL_CASE)
+    rules = {name: evaluate_policy(sim, REFERENCE_POLICIES[name](), split="test", days=SMALL_DAYS)
+             for name in RULE_NAMES}
+    # the case is a real test: the rules violate the band, and the cheapest rule the most
+    assert all(r["violation_share"] > 0 for r in rules.values())
+    assert rules["price-seeking"]["violation_share"] > max(rules[n]["violation_share"] for n in ("noop", "droop"))
+    # 40 Adam steps instead of the default 300 (time), started from the cheapest rule instead of droop so
+    # that the few steps go into removing its violations rather than its cost. A less converged plan than the
+    # default's: with 3 steps it fails this test (cost 213.8 > 211.5, violation share 1.6 % > 0.36 %)
+    oracle = PerfectForesightPolicy(OracleConfig(iterations=40, init="price-seeking"))
+    best = evaluate_policy(sim, oracle, split="test", days=SMALL_DAYS)
+    check_metrics(best, n_agents=1000, days=2)
+    numbers = {n: (round(r["cost"], 1), r["violation_share"]) for n, r in {**rules, "oracle": best}.items()}
+    for name, r in rules.items():
+        # no tolerance: the measured margins are wide (95 vs 211 $/day, 0.05 % vs 0.36 % of node-steps)
+        assert best["cost"] < r["cost"], (name, numbers)
+        assert best["violation_share"] <= r["violation_share"], (name, numbers)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. droop has fewer violations than price-seeking on the default task's test days
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_droop_violates_less_than_price_seeking_on_the_default_task():
+    """IEEE-123, 1,000 agents, all 73 test days (about 2 s per rule). Measured: price-seeking 6.10 % of
+    node-steps outside the band (cost 208.7 $/day), droop 1.90 % (cost 1079.3 $/day)."""
+    sim = make_sim()
+    assert sim.n_agents == 1000
+    ps = evaluate_policy(sim, RULES["price-seeking"], split="test")
+    droop = evaluate_policy(sim, RULES["droop"], split="test")
+    assert ps["days"] == droop["days"] == 73
+    assert ps["pf_failures"] == droop["pf_failures"] == 0
+    message = f"droop {droop['violation_share']:.4%} vs price-seeking {ps['violation_share']:.4%}"
+    assert droop["violation_share"] < ps["violation_share"], message
+    # not by a hair: the issue's point is that local volt-watt control removes most of the violations
+    assert droop["violation_share"] < 0.5 * ps["violation_share"], message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. bad input
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_unknown_method_is_a_clear_error():
+    code, _, err = run_cli(["evaluate", "--method", "dro0p", "--feeder", "ieee13", "--agents", "5"])
+    assert code == 2
+    assert "gridedge evaluate: error: unknown method 'dro0p'" in err
+    for name in REFERENCE_POLICIES:
+        assert name in err  # the known methods are listed
+    code, _, err = run_cli(["evaluate", "--feeder", "ieee13"])  # neither a run directory nor --method
+    assert code == 2 and "--method" in err
+
+
+def test_train_ssl_bad_settings_are_clear_errors(tmp_path):
+    base = ["train", "ssl", "--feeder", "ieee13", "--agents", "5", "--iterations", "1"]
+    code, _, err = run_cli(base + ["--out", str(tmp_path / "a"), "--set", "reuse=2"])
+    assert code == 2 and "reuse=1" in err
+    code, _, err = run_cli(base + ["--out", str(tmp_path / "b"), "--set", "batch_size=2"])
+    assert code == 2 and "unknown SSLConfig field" in err and "batch_size" in err
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("breakpoints", [
+    (0.96, 0.95, 1.01, 1.07),   # v_low_full above v_low_zero
+    (0.925, 1.01, 1.01, 1.07),  # empty dead band
+    (0.925, 1.02, 1.01, 1.07),  # v_low_zero above v_high_zero
+    (0.925, 0.995, 1.08, 1.07),  # v_high_zero above v_high_full
+])
+def test_droop_curves_reject_unordered_breakpoints(breakpoints):
+    with pytest.raises(ValueError, match="droop breakpoints must satisfy"):
+        DroopCurves(*breakpoints)
+
+
+def test_droop_curves_accept_ordered_breakpoints():
+    DroopCurves(0.95, 0.95, 1.05, 1.05)  # vertical curves are allowed (<=), only the dead band must be open
+    low, high = DroopCurves().shares(torch.tensor([0.9, 0.96, 1.0, 1.04, 1.1]))
+    assert low.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0])
+    assert high.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0])
+
+
+def test_oracle_and_ssl_configs_reject_bad_values():
+    for bad, words in [({"iterations": 0}, "iterations"), ({"lr": 0.0}, "lr must be > 0"),
+                       ({"margin_pu": -0.01}, "margin_pu"), ({"rho_growth": 0.5}, "rho_growth"),
+                       ({"init": "greedy"}, "init must be one of")]:
+        with pytest.raises(ValueError, match=words):
+            OracleConfig(**bad)
+    with pytest.raises(ValueError, match="voltage_penalty must be >= 0"):
+        ssl_penalty_config(voltage_penalty=-1.0)
+    with pytest.raises(ValueError, match="no trust region|clip_radius=None"):
+        ssl_config(clip_radius=0.1)
+    assert ssl_penalty_config().fixed_penalties and not ssl_config().fixed_penalties
+
+
+def test_oracle_needs_whole_days():
+    sim = make_sim(feeder="ieee13", n_agents=6, step_minutes=60)
+    state = reset_days(sim, "test", [39])
+    later = sim.step(state, RULES["noop"](sim, state)).state
+    with pytest.raises(ValueError, match="from their first step"):
+        plan_days(sim, later, OracleConfig(iterations=1))
+    with pytest.raises(ValueError, match="first step"):
+        PerfectForesightPolicy(OracleConfig(iterations=1))(sim, later)  # no plan yet
