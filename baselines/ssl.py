@@ -43,8 +43,16 @@ class SSLConfig(GradMAPConfig):
 
     reuse: int = 1
     minibatches: int = 1
+    lr: float = 3e-3
+    """Adam learning rate at the start of the schedule: lower than GradMAP's 1e-2, because the BPTT gradient's
+    closed-loop terms grow fast once the policies react strongly to their inputs (docs/baselines.md)."""
     clip_radius: float | None = None
     prox_eta: float | None = None
+    bptt_window: int | None = 4
+    """Truncated BPTT: the observations' graph is cut every this many steps (4: two hours), so a gradient
+    passes through at most this many policies in a row (the devices' and network's own dynamics stay
+    differentiated over the whole day). None: full BPTT over the day, whose gradient explodes on IEEE-123 with
+    1,000 agents (per-agent norms from 1e2 to 1e10 within 150 iterations; docs/baselines.md)."""
     fixed_penalties: bool = False
     """True: ``ssl-penalty`` (the multipliers stay at the two penalties below; no dual ascent)."""
     device_penalty: float = 10.0
@@ -59,6 +67,8 @@ class SSLConfig(GradMAPConfig):
             problems.append("self-supervised learning takes one update per rollout without trust region: reuse=1, "
                             f"minibatches=1, clip_radius=None, prox_eta=None; got {self.reuse}, {self.minibatches}, "
                             f"{self.clip_radius}, {self.prox_eta}")
+        if self.bptt_window is not None and not (isinstance(self.bptt_window, int) and self.bptt_window >= 1):
+            problems.append(f"bptt_window must be a positive integer or None, got {self.bptt_window!r}")
         for name in ("device_penalty", "voltage_penalty"):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -91,8 +101,12 @@ class SSLTrainer(GradMAPTrainer):
             self.multipliers.device_raw.fill_(config.device_penalty)
             self.multipliers.voltage.fill_(config.voltage_penalty)
 
-    def act(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The action with its graph through the policy and the (not detached) observation."""
+    def act(self, obs: torch.Tensor, noise: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The action with its graph through the policy and the observation; the observation is detached at
+        the start of every `SSLConfig.bptt_window` steps (truncated BPTT)."""
+        window = self.config.bptt_window
+        if window is not None and t % window == 0:
+            obs = obs.detach()
         x = self.normalizer.normalize(obs).to(self.pdtype)
         a = self.policy.act(x, noise)
         return x, a, a.to(self.sim.dtype)

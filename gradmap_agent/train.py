@@ -444,7 +444,7 @@ class GradMAPTrainer:
         dev_true_sum = 0.0
         for t in range(n_steps):
             raw_obs.append(state.obs.detach())
-            x, a, leaf = self.act(state.obs, noise[t])
+            x, a, leaf = self.act(state.obs, noise[t], t)
             r = sim.step(state, leaf)
             term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, cfg.voltage_margin_pu)
             total = total + term
@@ -490,8 +490,8 @@ class GradMAPTrainer:
             },
         }
 
-    def act(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Actions of one step: ``(x, a, sim_action)`` = normalised observations, policy actions [B, N] and
+    def act(self, obs: torch.Tensor, noise: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions of step ``t``: ``(x, a, sim_action)`` = normalised observations, policy actions [B, N] and
         what enters ``sim.step``. GradMAP: observations are inputs (detached) and the actions are leaves of
         the environment graph, so the backward stops at them (`action_gradient`)."""
         x = self.normalizer.normalize(obs.detach()).to(self.pdtype)
