@@ -62,12 +62,17 @@ class Preset:
     """Seed of agent placement and device parameters."""
     seed: int = 0
     """Trainer seed, the same for every method."""
+    oracle_set: tuple[str, ...] = ()
+    """``KEY=VALUE`` overrides of the optimum's `baselines.oracle.OracleConfig` (``gridedge evaluate --set``)."""
 
 
 PRESETS = {
     # a few minutes on 2 cores: small feeder, seconds of training per method; checks that everything runs
     "smoke": Preset(feeder="ieee13", agents=20, minutes=0.1, test_days=4, curve_days=4,
-                    eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2}),
+                    eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2},
+                    # 300 Adam steps of the optimum (planned twice: test days and the plot day) took 7 of the
+                    # 9 minutes of this preset on 2 cores; 60 keep it a check that everything runs
+                    oracle_set=("iterations=60",)),
     # the issue's benchmark: IEEE-123, 1,000 agents, 15 minutes per method. Eight evenly spaced test days, the
     # same as the learning curves', because the optimum costs about 1.5 s per Adam step and 8 days on 2 cores
     "paper": Preset(feeder="ieee123", agents=1000, minutes=15.0, test_days=8, curve_days=8,
@@ -98,17 +103,18 @@ def _run_cli(argv: list[str]) -> dict:
     return args.run(args)
 
 
-def _reference_registry() -> dict:
-    """name -> policy_fn(sim, state) of the methods `gridedge evaluate --method` runs."""
-    from gradmap_agent.commands import REFERENCE_POLICIES
+def _reference_policy(method: str, preset: Preset):
+    """policy_fn(sim, state) of a method that `gridedge evaluate --method` runs, with the preset's settings."""
+    from gradmap_agent.commands import REFERENCE_POLICIES, parse_assignments
 
-    return {name: make() for name, make in REFERENCE_POLICIES.items()}
+    config = parse_assignments(list(preset.oracle_set), "oracle_set") if method == "oracle" else {}
+    return REFERENCE_POLICIES[method](**config)
 
 
 def _available_methods() -> tuple[set[str], set[str]]:
-    from gradmap_agent.commands import TRAIN_METHODS
+    from gradmap_agent.commands import REFERENCE_POLICIES, TRAIN_METHODS
 
-    return set(TRAIN_METHODS), set(_reference_registry())
+    return set(TRAIN_METHODS), set(REFERENCE_POLICIES)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,22 +153,24 @@ def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: st
     else:
         argv += ["--method", method, "--feeder", preset.feeder, "--agents", str(preset.agents),
                  "--sim-seed", str(preset.sim_seed)]
+        if method == "oracle":
+            argv += [arg for item in preset.oracle_set for arg in ("--set", item)]
     result = _run_cli(argv)
     _atomic_write_text(path, json.dumps(result, indent=2, default=str))
     return result
 
 
-def _policy_fn(method: str, out: Path):
+def _policy_fn(method: str, preset: Preset, out: Path):
     from gradmap_agent.evaluate import obs_policy
     from gradmap_agent.train import load_policies
 
     if method in TRAINED_METHODS:
         policy, _ = load_policies(out / "runs" / method)
         return obs_policy(policy)
-    return _reference_registry()[method]
+    return _reference_policy(method, preset)
 
 
-def _trace(method: str, sim, day: int, out: Path) -> dict:
+def _trace(method: str, preset: Preset, sim, day: int, out: Path) -> dict:
     """Voltages [T, n] and device power [T, N] of `method` over test day `day` (the evaluation's episode)."""
     from gradmap_agent.evaluate import reset_days
 
@@ -170,7 +178,7 @@ def _trace(method: str, sim, day: int, out: Path) -> dict:
     if path.is_file():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
-    policy = _policy_fn(method, out)
+    policy = _policy_fn(method, preset, out)
     state = reset_days(sim, "test", [day], 0)
     v, p = [], []
     with torch.no_grad():
@@ -466,7 +474,7 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
     sim = make_sim(feeder=preset.feeder, n_agents=preset.agents, seed=preset.sim_seed)
     plot_day = int(select_days("test", preset.test_days)[0])
     _say(f"traces of test day {plot_day} and figures")
-    traces = {m: _trace(m, sim, plot_day, out) for m in trained + references}
+    traces = {m: _trace(m, preset, sim, plot_day, out) for m in trained + references}
     header = {"preset": preset_name, "feeder": preset.feeder, "agents": preset.agents,
               "minutes_per_method": preset.minutes, "test_days": results[next(iter(results))]["days"] if results else 0,
               "curve_days": preset.curve_days, "optimum_cost_curve_days": optimum_curve_cost,

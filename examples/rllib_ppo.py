@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--feeder", default="ieee123", help="shipped feeder name or an OpenDSS .dss model")
     parser.add_argument("--agents", type=int, default=1000, help="number of agents")
     parser.add_argument("--iterations", type=int, default=1,
-                        help="PPO iterations, one day (48 steps) each (IEEE-123 with 1,000 agents: about 8.5 min each)")
+                        help="PPO iterations, one day (48 steps) each (minutes each with 1,000 agents)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)")

@@ -229,14 +229,22 @@ def _rule(name: str) -> Callable:
     return make
 
 
-def _oracle(progress: Callable[[int, int], None] | None = None) -> Callable:
-    from baselines.oracle import PerfectForesightPolicy
+def _oracle(progress: Callable[[int, int], None] | None = None, **config) -> Callable:
+    """The perfect-foresight optimum; ``config``: `baselines.oracle.OracleConfig` fields."""
+    import dataclasses
 
-    return PerfectForesightPolicy(progress=progress)
+    from baselines.oracle import OracleConfig, PerfectForesightPolicy
+
+    known = {f.name for f in dataclasses.fields(OracleConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown OracleConfig field(s) {unknown}; known: {sorted(known)}")
+    return PerfectForesightPolicy(OracleConfig(**config), progress=progress)
 
 
-#: ``gridedge evaluate --method NAME``: name -> ``make(progress=None) -> policy(sim, state)``; ``progress``
-#: is a ``callback(done, total)`` for methods that compute for a long time before acting (the optimum)
+#: ``gridedge evaluate --method NAME``: name -> ``make(progress=None, **config) -> policy(sim, state)``;
+#: ``progress`` is a ``callback(done, total)`` for methods that compute for a long time before acting (the
+#: optimum), ``config`` the method's settings (``--set``; only the optimum has any)
 REFERENCE_POLICIES: dict[str, Callable] = {
     "noop": _rule("noop"),
     "price-seeking": _rule("price-seeking"),
@@ -260,6 +268,8 @@ def run_evaluate(args) -> dict:
     from gradmap_agent.evaluate import evaluate_policy, obs_policy
     from gradmap_agent.train import load_policies, make_sim_from_dict
 
+    if args.run_dir is not None and getattr(args, "set", None):
+        raise ValueError("--set configures --method oracle only, not a run directory's policies")
     if (args.run_dir is None) == (args.method is None):
         raise ValueError("give either a run directory (exported policies) or --method "
                          f"{'|'.join(REFERENCE_POLICIES)}, not both")
@@ -286,7 +296,11 @@ def run_evaluate(args) -> dict:
 
         sim = make_sim(**sim_options)
         # per Adam step of each batch's plan for the optimum (minutes on IEEE-123); silent for the rules
-        policy_fn = REFERENCE_POLICIES[args.method](progress=_stderr_progress(f"{args.method} plan step", 25))
+        overrides = parse_assignments(getattr(args, "set", None), "--set")
+        if overrides and args.method != "oracle":
+            raise ValueError(f"--set configures --method oracle only; {args.method!r} has no settings")
+        policy_fn = REFERENCE_POLICIES[args.method](progress=_stderr_progress(f"{args.method} plan step", 25),
+                                                    **overrides)
         method = args.method
         source = {}
     result = evaluate_policy(sim, policy_fn, split=args.split, days=args.days, batch=args.batch, seed=args.seed,

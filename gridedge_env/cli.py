@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=int, default=None, help="(with --method) number of agents (default 1000)")
     p.add_argument("--sim-seed", type=int, default=None, help="(with --method) simulator seed (default 0)")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="(with --method) SimConfig field")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="(with --method oracle) override an OracleConfig field, e.g. iterations=100")
     p.add_argument("--split", default="test", choices=["test", "train", "all"])
     p.add_argument("--days", type=int, default=None, help="number of days, evenly spaced (default: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="days simulated together (does not change the numbers)")

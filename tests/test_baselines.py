@@ -107,27 +107,25 @@ def test_cli_evaluates_rules(method):
     assert result["violation_share"] == direct["violation_share"]
 
 
-def test_cli_evaluates_oracle(monkeypatch):
-    """``--method oracle`` plans every day and replays it; the default 300 Adam steps take minutes here, so
-    the policy the CLI builds gets 3 (the wiring is what is tested; the optimum is tested below)."""
-    import baselines.oracle
-
-    class FewSteps(PerfectForesightPolicy):
-        instances: list = []
-
-        def __init__(self, config=None, progress=None):
-            super().__init__(OracleConfig(iterations=3), progress)
-            FewSteps.instances.append(self)
-
-    monkeypatch.setattr(baselines.oracle, "PerfectForesightPolicy", FewSteps)
+def test_cli_evaluates_oracle():
+    """``--method oracle`` plans every day and replays it; ``--set iterations=3`` instead of the default 300 Adam
+    steps, which take minutes here (the wiring is what is tested; the optimum is tested below)."""
     code, result, err = run_cli(["evaluate", "--method", "oracle", "--feeder", "ieee13", "--agents", "12",
-                                 "--sim-set", "step_minutes=60", "--days", "2", "--json"])
+                                 "--sim-set", "step_minutes=60", "--days", "2", "--set", "iterations=3", "--json"])
     assert code == 0, err
     assert result["method"] == "oracle"
     check_metrics(result, n_agents=12, days=2)
-    (policy,) = FewSteps.instances
-    assert len(policy.plans) == 1 and len(policy.plans[0]["days"]) == 2  # one plan of both days (--batch 16)
-    assert "oracle plan step: 3/3" in err  # the plan's progress on stderr
+    assert "oracle plan step: 3/3" in err and "oracle plan step: 4" not in err  # one plan of both days, 3 steps
+
+
+def test_cli_oracle_settings_are_checked():
+    base = ["evaluate", "--feeder", "ieee13", "--agents", "5", "--days", "1"]
+    code, _, err = run_cli(base + ["--method", "oracle", "--set", "steps=3"])
+    assert code == 2 and "unknown OracleConfig field(s) ['steps']" in err
+    code, _, err = run_cli(base + ["--method", "oracle", "--set", "iterations=0"])
+    assert code == 2 and "iterations and update_every must be >= 1" in err
+    code, _, err = run_cli(base + ["--method", "droop", "--set", "iterations=3"])
+    assert code == 2 and "--set configures --method oracle only" in err
 
 
 # ----------------------------------------------------------------------------------------------------------
