@@ -15,7 +15,7 @@ One iteration: roll out B training days with the stochastic actors (no gradient 
 per-agent GAE(gamma, lambda) advantages; ``epochs`` passes of ``minibatches`` Adam steps on the clipped
 surrogate + value loss - entropy bonus, summed over agents (each agent's own terms drive its own weights);
 then the observation statistics fold in the rollout. Nothing loops over agents in Python. ``docs/ppo.md`` has
-the equations, the defaults and measured numbers.
+the equations and the defaults; docs/results.md the measured numbers.
 
 The checkpoints, metrics.csv, progress, divergence handling and run-directory files are GradMAP's
 (`gradmap_agent.train.train` drives `PPOTrainer`); the exported policies are GradMAP's format, so
