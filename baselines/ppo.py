@@ -36,7 +36,7 @@ from torch import nn
 from gradmap_agent.losses import clip_grad_norm_per_agent_
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
-from gradmap_agent.train import DivergenceError, _clone, _lr_at, _progress, sim_config_dict
+from gradmap_agent.train import DivergenceError, _clone, _lr_at, _progress, check_fields, sim_config_dict
 from gradmap_agent.train import train as _train_loop
 from gridedge_env.adapters.batched import NET_SCOPES, BatchedEnv, RewardConfig, global_state_bounds
 
@@ -188,10 +188,7 @@ class PPOConfig:
 
 
 def _make_config(fields: dict, centralized_critic: bool) -> PPOConfig:
-    known = {f.name for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown PPOConfig field(s) {unknown}; known: {sorted(known)}")
+    check_fields(PPOConfig, fields)
     if fields.get("centralized_critic", centralized_critic) != centralized_critic:
         raise ValueError(f"centralized_critic={fields['centralized_critic']!r} contradicts the method "
                          f"({'mappo' if centralized_critic else 'ippo'}); train the other method instead")

@@ -20,13 +20,12 @@ The policies, Lagrangian, rollout, checkpoints, metrics, progress and divergence
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from gradmap_agent.train import GradMAPConfig, GradMAPTrainer
+from gradmap_agent.train import GradMAPConfig, GradMAPTrainer, check_fields
 from gradmap_agent.train import train as _train_loop
 
 __all__ = ["SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config", "train"]
@@ -78,11 +77,7 @@ class SSLConfig(GradMAPConfig):
 
 def ssl_config(**fields) -> SSLConfig:
     """``ssl``: primal-dual self-supervised learning. Raises ValueError naming unknown or invalid fields."""
-    known = {f.name for f in dataclasses.fields(SSLConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown SSLConfig field(s) {unknown}; known: {sorted(known)}")
-    return SSLConfig(**fields)
+    return SSLConfig(**check_fields(SSLConfig, fields))
 
 
 def ssl_penalty_config(**fields) -> SSLConfig:

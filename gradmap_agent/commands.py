@@ -57,11 +57,8 @@ TRAIN_METHODS = {
 
 
 def _check_fields(fields: dict) -> dict:
-    known = {f.name for f in dataclasses.fields(_train_module().GradMAPConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown GradMAPConfig field(s) {unknown}; known: {sorted(known)}")
-    return fields
+    train = _train_module()
+    return train.check_fields(train.GradMAPConfig, fields)
 
 
 def _train_module():
@@ -231,15 +228,10 @@ def _rule(name: str) -> Callable:
 
 def _oracle(progress: Callable[[int, int], None] | None = None, **config) -> Callable:
     """The perfect-foresight optimum; ``config``: `baselines.oracle.OracleConfig` fields."""
-    import dataclasses
-
     from baselines.oracle import OracleConfig, PerfectForesightPolicy
 
-    known = {f.name for f in dataclasses.fields(OracleConfig)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"unknown OracleConfig field(s) {unknown}; known: {sorted(known)}")
-    return PerfectForesightPolicy(OracleConfig(**config), progress=progress)
+    return PerfectForesightPolicy(OracleConfig(**_train_module().check_fields(OracleConfig, config)),
+                                  progress=progress)
 
 
 #: ``gridedge evaluate --method NAME``: name -> ``make(progress=None, **config) -> policy(sim, state)``;
@@ -268,8 +260,10 @@ def run_evaluate(args) -> dict:
     from gradmap_agent.evaluate import evaluate_policy, obs_policy
     from gradmap_agent.train import load_policies, make_sim_from_dict
 
-    if args.run_dir is not None and getattr(args, "set", None):
-        raise ValueError("--set configures --method oracle only, not a run directory's policies")
+    overrides = parse_assignments(args.set, "--set")
+    if overrides and args.method != "oracle":
+        raise ValueError("--set configures --method oracle only, not "
+                         + (f"{args.method!r}" if args.method else "a run directory's policies"))
     if (args.run_dir is None) == (args.method is None):
         raise ValueError("give either a run directory (exported policies) or --method "
                          f"{'|'.join(REFERENCE_POLICIES)}, not both")
@@ -296,9 +290,6 @@ def run_evaluate(args) -> dict:
 
         sim = make_sim(**sim_options)
         # per Adam step of each batch's plan for the optimum (minutes on IEEE-123); silent for the rules
-        overrides = parse_assignments(getattr(args, "set", None), "--set")
-        if overrides and args.method != "oracle":
-            raise ValueError(f"--set configures --method oracle only; {args.method!r} has no settings")
         policy_fn = REFERENCE_POLICIES[args.method](progress=_stderr_progress(f"{args.method} plan step", 25),
                                                     **overrides)
         method = args.method

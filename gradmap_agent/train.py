@@ -48,6 +48,7 @@ __all__ = [
     "DivergenceError",
     "GradMAPConfig",
     "GradMAPTrainer",
+    "check_fields",
     "gradma_config",
     "load_policies",
     "sim_config_dict",
@@ -199,6 +200,16 @@ class GradMAPConfig:
     def is_gradma(self) -> bool:
         """True for the no-reuse variant (K = 1, no trust region)."""
         return self.reuse == 1 and self.minibatches == 1 and self.clip_radius is None and self.prox_eta is None
+
+
+def check_fields(config_cls: type, fields: dict) -> dict:
+    """``fields``, if every key names a field of the dataclass ``config_cls`` (``--set`` overrides); otherwise a
+    ValueError that names the unknown keys and lists the known ones."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+    return fields
 
 
 def gradma_config(**overrides) -> GradMAPConfig:
