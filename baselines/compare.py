@@ -328,13 +328,19 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
     _atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
+def _threads_per_method(jobs: int) -> int:
+    """Torch threads of each trained method: this process's with one job, else an equal share of the cores."""
+    import os
+
+    return torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _machine(jobs: int) -> str:
     import os
     import platform
 
-    threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch thread(s) "
-            "per trained method")
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {_threads_per_method(jobs)} "
+            "torch thread(s) per trained method")
 
 
 def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_name: str) -> list[Path]:
@@ -384,10 +390,9 @@ def _train_all(trained: list[str], preset: Preset, out: Path, jobs: int, announc
             summaries[m] = _train(m, preset, preset.minutes, out)
         return summaries
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = _threads_per_method(jobs)
     announce(f"training {', '.join(trained)}: {jobs} at a time, {threads} torch thread(s) each, "
              f"{preset.minutes:g} min per method", preset.minutes * 60)
     # spawn, not fork: a forked child would inherit this process's torch thread pools
