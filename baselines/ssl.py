@@ -42,9 +42,6 @@ class SSLConfig(GradMAPConfig):
 
     reuse: int = 1
     minibatches: int = 1
-    lr: float = 3e-3
-    """Adam learning rate at the start of the schedule: lower than GradMAP's 1e-2, because the BPTT gradient's
-    closed-loop terms grow fast once the policies react strongly to their inputs (docs/baselines.md)."""
     clip_radius: float | None = None
     prox_eta: float | None = None
     bptt_window: int | None = 4

@@ -6,7 +6,7 @@ Notation (``docs/gradmap.md``): B days, T steps, N agents, n feeder nodes; ``c[b
 ``b`` converged at step ``t``. With device multipliers ``lam`` ([N]) and network multipliers ``mu``
 ([T, n], per node and time of day)
 
-    L = (1/B) sum_{b,t} ok[b,t] * ( sum_i (c[b,t,i] + lam[i] d[b,t,i]) + sum_n mu[t,n] w[b,t,n] ),
+    L = (1/B) sum_{b,t} ok[b,t] * ( sum_i (c[b,t,i] + lam[i] d[b,t,i]) + sum_n (mu[t,n] w + rho/2 w^2)[b,t,n] ),
     w[b,t,n] = relu(v - (v_max - margin)) + relu((v_min + margin) - v).
 """
 
@@ -80,7 +80,8 @@ def voltage_violation(v_mag_pu: torch.Tensor, v_min_pu: float, v_max_pu: float, 
 
 
 def step_lagrangian(result, t: int, multipliers: Multipliers, v_min_pu: float, v_max_pu: float,
-                    margin_pu: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    margin_pu: float = 0.0, voltage_quadratic: float = 0.0,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Contribution of one step to ``B * L`` (summed over rows, not yet divided by B).
 
     Args:
@@ -89,6 +90,8 @@ def step_lagrangian(result, t: int, multipliers: Multipliers, v_min_pu: float, v
         multipliers: Current multipliers (constants here).
         v_min_pu, v_max_pu: Voltage band.
         margin_pu: Tightening of the band for the training constraint.
+        voltage_quadratic: ``rho`` of the augmented Lagrangian's ``(rho / 2) w^2`` per node-step ($ per pu^2):
+            it grows with the excursion, so the largest ones weigh most (0: the plain Lagrangian).
 
     Returns:
         ``(total, device_violation_masked [B, N], voltage_violation_masked [B, n])``: the scalar sum over
@@ -100,6 +103,8 @@ def step_lagrangian(result, t: int, multipliers: Multipliers, v_min_pu: float, v
     w = torch.where(ok, voltage_violation(result.v_mag_pu, v_min_pu, v_max_pu, margin_pu), 0.0)
     cost = torch.where(ok, result.cost, 0.0)
     total = cost.sum() + (multipliers.device * dev).sum() + (multipliers.voltage[t] * w).sum()
+    if voltage_quadratic:
+        total = total + 0.5 * voltage_quadratic * (w * w).sum()
     return total, dev.detach(), w.detach()
 
 

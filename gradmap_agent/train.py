@@ -97,9 +97,10 @@ class GradMAPConfig:
     policy_dtype: str = "float32"
     """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
     # --- warm start ---------------------------------------------------------------------------------------
-    warm_start: str | None = None
+    warm_start: str | None = "noop"
     """Before the first rollout, fit every agent's mean action to this rule's ("noop" or "price-seeking")
-    on `warm_start_days` training days (None: start from the random initialisation)."""
+    on `warm_start_days` training days (None: start from the random initialisation). "noop" starts the heat
+    pumps on the core's thermostat instead of at a random power."""
     warm_start_days: int = 4
     """Training days of the warm start's rule rollout."""
     warm_start_steps: int = 100
@@ -114,7 +115,7 @@ class GradMAPConfig:
     minibatches: int = 2
     """The K updates cycle through this many random minibatches of the rollout's (step, day) rows."""
     # --- optimiser ----------------------------------------------------------------------------------------
-    lr: float = 1e-2
+    lr: float = 3e-3
     """Adam learning rate at the start of the schedule."""
     lr_schedule: str = "cosine"
     """"constant", "linear" or "cosine" decay over the budget (iterations, or minutes if that ends first)."""
@@ -129,13 +130,14 @@ class GradMAPConfig:
     # --- Lagrangian and dual ascent ------------------------------------------------------------------------
     device_multiplier: str = "agent"
     """Granularity of the device multipliers: "agent" (one per agent) or "type" (one per device type)."""
-    device_multiplier_init: float = 1.0
-    """Initial device multiplier, $ per unit of device violation (kW or K) per step."""
+    device_multiplier_init: float = 10.0
+    """Initial device multiplier, $ per unit of device violation (kW or K) per step (the scale of ssl-penalty's
+    fixed weight: dual ascent then starts where a penalty already works, instead of at 0)."""
     device_dual_lr: float = 0.1
     """Dual step of the device multipliers per unit of an agent's daily violation (unit-steps)."""
-    voltage_multiplier_init: float = 0.0
-    """Initial network multiplier, $ per pu of voltage violation per node and step."""
-    voltage_dual_lr: float = 2e4
+    voltage_multiplier_init: float = 1e4
+    """Initial network multiplier, $ per pu of voltage violation per node and step (ssl-penalty's weight)."""
+    voltage_dual_lr: float = 2e3
     """Dual step of the network multipliers per pu of violation (node, time of day; mean over days)."""
     device_violation_budget: float = 0.1
     """Allowed device violation per agent and day (unit-steps): device multipliers fall when below it."""
@@ -144,6 +146,9 @@ class GradMAPConfig:
     voltage_margin_pu: float = 0.01
     """Training constraint uses [v_min + margin, v_max - margin] (metrics always use the true band); the margin
     absorbs the deterministic policy's and the test days' difference from the training rollouts."""
+    voltage_quadratic: float = 1e8
+    """rho of the augmented Lagrangian's (rho / 2) w^2 per node-step, $ per pu^2 of margin-tightened voltage
+    violation w: a gradient that grows with the excursion, so the worst nodes weigh most (0: off)."""
     max_multiplier: float = 1e6
     """Upper bound of every multiplier."""
     # --- observation normalisation ------------------------------------------------------------------------
@@ -191,6 +196,14 @@ class GradMAPConfig:
                 problems.append(f"{name} must be > 0 or None, got {value}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        for name in ("device_multiplier_init", "voltage_multiplier_init", "device_dual_lr", "voltage_dual_lr",
+                     "device_violation_budget", "voltage_violation_budget", "voltage_margin_pu", "voltage_quadratic"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                problems.append(f"{name} must be finite and >= 0, got {getattr(self, name)}")
+        for name in ("device_multiplier_init", "voltage_multiplier_init"):
+            if getattr(self, name) > self.max_multiplier:
+                problems.append(f"{name} ({getattr(self, name)}) must be at most max_multiplier "
+                                f"({self.max_multiplier})")
         if self.minibatches > self.batch_days * 24:
             problems.append(f"minibatches must be at most the number of rollout rows, got {self.minibatches}")
         if problems:
@@ -457,7 +470,8 @@ class GradMAPTrainer:
             raw_obs.append(state.obs.detach())
             x, a, leaf = self.act(state.obs, noise[t], t)
             r = sim.step(state, leaf)
-            term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, cfg.voltage_margin_pu)
+            term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, cfg.voltage_margin_pu,
+                                           cfg.voltage_quadratic)
             total = total + term
             state = r.state
             xs.append(x.detach())
@@ -667,7 +681,9 @@ def load_policies(path: str | os.PathLike, deterministic: bool = True):
 
 def _check_resume_config(saved: dict, config: GradMAPConfig) -> None:
     current = dataclasses.asdict(config)
-    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    # a field added after the checkpoint was written counts as its default, so older runs still resume
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]]
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
         raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details})")
