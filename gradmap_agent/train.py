@@ -97,10 +97,9 @@ class GradMAPConfig:
     policy_dtype: str = "float32"
     """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
     # --- warm start ---------------------------------------------------------------------------------------
-    warm_start: str | None = "noop"
+    warm_start: str | None = None
     """Before the first rollout, fit every agent's mean action to this rule's ("noop" or "price-seeking")
-    on `warm_start_days` training days (None: start from the random initialisation). "noop" starts the heat
-    pumps on the core's thermostat instead of at a random power."""
+    on `warm_start_days` training days (None: start from the random initialisation)."""
     warm_start_days: int = 4
     """Training days of the warm start's rule rollout."""
     warm_start_steps: int = 100
