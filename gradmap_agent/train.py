@@ -65,6 +65,11 @@ POLICIES_FORMAT = "gridedge-gradmap-policies/1"
 #: Fields of the config that may change when a run is resumed (the budget); all others must match.
 RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", "eval_days")
 
+#: Fields added to the config after runs were written, with the value that reproduces those older runs: a
+#: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
+#: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
+LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0}
+
 _LR_SCHEDULES = ("constant", "linear", "cosine")
 
 #: Rules the policies may be warm-started from (`GradMAPConfig.warm_start`).
@@ -680,12 +685,12 @@ def load_policies(path: str | os.PathLike, deterministic: bool = True):
 
 def _check_resume_config(saved: dict, config: GradMAPConfig) -> None:
     current = dataclasses.asdict(config)
-    # a field added after the checkpoint was written counts as its default, so older runs still resume
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]]
+    saved = {**LEGACY_FIELD_VALUES, **saved}
+    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details})")
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
+                         "checkpoint's values with --set KEY=VALUE to continue it")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -98,6 +98,20 @@ def test_resume_refuses_a_changed_config(sim13, tmp_path):
         train(sim13, tiny(iterations=2, lr=0.5), out_dir=tmp_path, resume=True)
 
 
+def test_resume_of_a_run_older_than_a_field(sim13, tmp_path):
+    """A checkpoint written before `voltage_quadratic` existed trained without it: resuming it with the new
+    default is refused naming the field, and resuming it with the old value continues."""
+    train(sim13, tiny(iterations=1, voltage_quadratic=0.0), out_dir=tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["voltage_quadratic"]
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=r"voltage_quadratic: checkpoint 0\.0 vs now 100000000\.0"):
+        train(sim13, tiny(iterations=2), out_dir=tmp_path, resume=True)
+    _, _, metrics = train(sim13, tiny(iterations=2, voltage_quadratic=0.0), out_dir=tmp_path, resume=True)
+    assert metrics["iterations"] == 2
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(sim13, tmp_path, monkeypatch):
     train_module = importlib.import_module("gradmap_agent.train")  # the package's `train` is the function
     calls = {"n": 0}
