@@ -23,12 +23,6 @@ def sb3_log_dir(tmp_path_factory):
     """Stable-Baselines3 makes a folder in the system temp dir (SB3-<date>) for every `learn` unless
     `SB3_LOGDIR` names one; point it at pytest's temp dir so the suite leaves nothing behind (examples run as
     subprocesses inherit it)."""
-    import os
-
-    previous = os.environ.get("SB3_LOGDIR")
-    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
-    yield
-    if previous is None:
-        os.environ.pop("SB3_LOGDIR", None)
-    else:
-        os.environ["SB3_LOGDIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:  # restores the variable (or its absence) at the end
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
+        yield
