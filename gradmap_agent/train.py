@@ -40,6 +40,7 @@ from gradmap_agent.losses import (
     step_lagrangian,
 )
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
+from gridedge_env.scenarios import split_days
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -68,7 +69,7 @@ RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", 
 #: Fields added to the config after runs were written, with the value that reproduces those older runs: a
 #: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
 #: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
-LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0}
+LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0}
 
 _LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -90,6 +91,10 @@ class GradMAPConfig:
     # --- rollout ------------------------------------------------------------------------------------------
     batch_days: int = 8
     """B: training days per rollout (one environment gradient covers B x T x N actions)."""
+    hard_day_share: float = 0.0
+    """Share of each rollout's B days drawn in proportion to every training day's largest margin-tightened
+    voltage violation (pu) when it was last rolled out, instead of uniformly: the days with the worst
+    excursions come back more often (the rest are uniform, so every day keeps being seen; 0: uniform)."""
     # --- policy -------------------------------------------------------------------------------------------
     hidden: int = 16
     """Hidden width of every agent's MLP."""
@@ -186,6 +191,8 @@ class GradMAPConfig:
                      "warm_start_days", "warm_start_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.hard_day_share <= 1:
+            problems.append(f"hard_day_share must be in [0, 1], got {self.hard_day_share}")
         if self.eval_every < 0:
             problems.append(f"eval_every must be >= 0, got {self.eval_every}")
         if self.lr_schedule not in _LR_SCHEDULES:
@@ -374,6 +381,10 @@ class GradMAPTrainer:
                                        device_init=config.device_multiplier_init,
                                        voltage_init=config.voltage_multiplier_init, device=sim.device)
         self.gen = gen  # continues after the initialisation: rollout seeds and exploration noise
+        self.train_days = torch.as_tensor(split_days("train"), dtype=torch.int64)
+        self.day_score = torch.zeros(len(self.train_days), dtype=torch.float64)
+        """Largest margin-tightened voltage violation (pu) of every training day when it was last rolled out
+        (0 until then): `hard_day_share` draws days in proportion to it."""
         self.iteration = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -392,6 +403,7 @@ class GradMAPTrainer:
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
             "rng": self.gen.get_state().clone(),
+            "day_score": self.day_score.clone(),
             "history": list(self.history),  # rows are never changed after they are appended
         }
 
@@ -405,6 +417,8 @@ class GradMAPTrainer:
         self.normalizer.load_state_dict(state["normalizer"])
         self.multipliers.load_state_dict(state["multipliers"])
         self.gen.set_state(state["rng"])
+        # checkpoints from before hard-day sampling have no scores; they trained with uniform days
+        self.day_score = state.get("day_score", torch.zeros_like(self.day_score)).clone()
         self.history = [dict(row) for row in state["history"]]
 
     def params(self) -> dict:
@@ -463,7 +477,7 @@ class GradMAPTrainer:
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
         noise = noise.to(dtype=self.pdtype, device=sim.device)
-        state = sim.reset(batch, seed=reset_seed, split="train")
+        state = sim.reset(batch, seed=reset_seed, split="train", days=self.draw_days(batch))
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         xs, raw_obs, acts, leaves = [], [], [], []
         dev_viol, volt_viol, n_ok = [], [], []
@@ -496,6 +510,7 @@ class GradMAPTrainer:
                     node_steps += v.numel()
                     viol_sum += float(excess.sum())
                     worst = max(worst, float(excess.max()))
+        self.score_days(state.day_idx, torch.stack(volt_viol))
         lagrangian = total / batch
         if not bool(torch.isfinite(lagrangian.detach())):
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
@@ -518,6 +533,28 @@ class GradMAPTrainer:
                 "pf_failures": failures,
             },
         }
+
+    def draw_days(self, batch: int) -> torch.Tensor | None:
+        """Training days of the next rollout: None (the simulator draws them uniformly) when
+        `hard_day_share` is 0, else ``round(share * B)`` days drawn in proportion to `day_score` (uniformly
+        while no day has a violation) after ``B - round(share * B)`` uniform ones."""
+        n_hard = round(self.config.hard_day_share * batch)
+        if n_hard == 0:
+            return None
+        n_days = len(self.train_days)
+        picks = [torch.randint(0, n_days, (batch - n_hard,), generator=self.gen)]
+        if float(self.day_score.sum()) > 0:
+            picks.append(torch.multinomial(self.day_score, n_hard, replacement=True, generator=self.gen))
+        else:
+            picks.append(torch.randint(0, n_days, (n_hard,), generator=self.gen))
+        return self.train_days[torch.cat(picks)]
+
+    def score_days(self, day_idx: torch.Tensor, voltage_violation: torch.Tensor) -> None:
+        """Record every rolled-out day's largest margin-tightened violation (``voltage_violation`` [T, B, n],
+        pu, 0 where the power flow failed) as its `day_score`."""
+        worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()
+        position = torch.searchsorted(self.train_days, day_idx.cpu())
+        self.day_score[position] = worst
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions of step ``t``: ``(x, a, sim_action)`` = normalised observations, policy actions [B, N] and

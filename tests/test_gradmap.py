@@ -73,8 +73,9 @@ def test_smoke_train_ieee13(sim13):
     assert torch.equal(a, policy(state.obs))  # deterministic mean
 
 
-def test_resume_gives_identical_continuation(sim13, tmp_path):
-    config = tiny(iterations=4, reuse=2, minibatches=2)
+@pytest.mark.parametrize("hard_day_share", [0.0, 0.5])
+def test_resume_gives_identical_continuation(sim13, tmp_path, hard_day_share):
+    config = tiny(iterations=4, reuse=2, minibatches=2, hard_day_share=hard_day_share)
     _, params_a, metrics_a = train(sim13, config, out_dir=tmp_path / "a")
 
     def stop_after_two(row):
@@ -230,10 +231,32 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     ({"voltage_dual_lr": float("nan")}, "voltage_dual_lr must be finite and >= 0"),
     ({"voltage_multiplier_init": 1e4, "max_multiplier": 100.0}, "voltage_multiplier_init (10000.0) must be at most"),
     ({"lr": 0.0}, "lr must be > 0"),
+    ({"hard_day_share": 1.5}, "hard_day_share must be in [0, 1]"),
 ])
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         GradMAPConfig(**fields)
+
+
+def test_hard_days_are_drawn_by_their_last_violation(sim13):
+    """With `hard_day_share`, a rollout scores its days by their largest margin-tightened violation, and
+    that share of the next rollout's days is drawn in proportion to the scores (the rest uniformly)."""
+    from gradmap_agent.train import GradMAPTrainer
+
+    uniform = GradMAPTrainer(sim13, tiny(batch_days=4))
+    assert uniform.draw_days(4) is None  # share 0: the simulator draws the days, as before the option
+    trainer = GradMAPTrainer(sim13, tiny(batch_days=4, hard_day_share=0.5))
+    assert len(trainer.draw_days(4)) == 4  # no scores yet: all uniform
+    roll = trainer.rollout()
+    scored = trainer.day_score > 0
+    assert 1 <= int(scored.sum()) <= 4  # IEEE-13 violates its band on every day
+    assert float(trainer.day_score.max()) == pytest.approx(float(roll["voltage_violation"].amax()))
+    trainer.day_score.zero_()
+    hard_day = int(trainer.train_days[7])
+    trainer.day_score[7] = 0.01
+    for _ in range(5):
+        days = trainer.draw_days(4)
+        assert days[2:].tolist() == [hard_day, hard_day] and bool(torch.isin(days, trainer.train_days).all())
 
 
 def test_warm_start_fits_the_noop_rule(sim13):
