@@ -155,7 +155,7 @@ class GradMAPConfig:
     voltage_margin_pu: float = 0.01
     """Training constraint uses [v_min + margin, v_max - margin] (metrics always use the true band); the margin
     absorbs the deterministic policy's and the test days' difference from the training rollouts."""
-    voltage_quadratic: float = 1e8
+    voltage_quadratic: float = 1e9
     """rho of the augmented Lagrangian's (rho / 2) w^2 per node-step, $ per pu^2 of margin-tightened voltage
     violation w: a gradient that grows with the excursion, so the worst nodes weigh most (0: off)."""
     max_multiplier: float = 1e6

@@ -107,7 +107,7 @@ def test_resume_of_a_run_older_than_a_field(sim13, tmp_path):
     state = torch.load(ckpt, weights_only=False)
     del state["config"]["voltage_quadratic"]
     torch.save(state, ckpt)
-    with pytest.raises(ValueError, match=r"voltage_quadratic: checkpoint 0\.0 vs now 100000000\.0"):
+    with pytest.raises(ValueError, match=r"voltage_quadratic: checkpoint 0\.0 vs now 1000000000\.0"):
         train(sim13, tiny(iterations=2), out_dir=tmp_path, resume=True)
     _, _, metrics = train(sim13, tiny(iterations=2, voltage_quadratic=0.0), out_dir=tmp_path, resume=True)
     assert metrics["iterations"] == 2
