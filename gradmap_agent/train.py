@@ -510,7 +510,8 @@ class GradMAPTrainer:
                     node_steps += v.numel()
                     viol_sum += float(excess.sum())
                     worst = max(worst, float(excess.max()))
-        self.score_days(state.day_idx, torch.stack(volt_viol))
+        voltage_violation = torch.stack(volt_viol)  # [T, B, n]
+        self.score_days(state.day_idx, voltage_violation)
         lagrangian = total / batch
         if not bool(torch.isfinite(lagrangian.detach())):
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
@@ -522,7 +523,7 @@ class GradMAPTrainer:
         return {
             "x": torch.stack(xs), "noise": noise, "a_old": torch.stack(acts), "grad": grad,
             "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
-            "voltage_violation": torch.stack(volt_viol), "n_ok": torch.stack(n_ok),
+            "voltage_violation": voltage_violation, "n_ok": torch.stack(n_ok),
             "stats": {
                 "lagrangian": float(lagrangian.detach()),
                 "cost": cost_sum / batch,
