@@ -208,10 +208,11 @@ def _learning_curve(run_dir: Path) -> dict[str, list[float]]:
     return curve
 
 
-def _first_time(curve: dict[str, list[float]], cost: float, share: float) -> float | None:
-    """First training wall time (s) at which the curve's cost and violation share are both at or below."""
+def _first_time(curve: dict[str, list[float]], cost: float | None, share: float) -> float | None:
+    """First training wall time (s) at which the curve's cost and violation share are both at or below
+    (``cost=None``: the share alone)."""
     for wall, c, v in zip(curve["wall_s"], curve["cost"], curve["violation_share"], strict=True):
-        if c <= cost and v <= share:
+        if (cost is None or c <= cost) and v <= share:
             return wall
     return None
 
@@ -224,12 +225,15 @@ def time_to_target(curve: dict[str, list[float]], optimum_cost: float) -> float 
 
 def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]]) -> dict | None:
     """How much sooner ``fast`` reaches a level of (cost, violation share) than ``slow`` (the GradMAP issue's
-    speed-up: GradMA's wall time to a level over GradMAP's), at two levels read off the periodic evaluations:
+    speed-up: GradMA's wall time to a level over GradMAP's), at three levels read off the periodic evaluations:
 
     - ``at_slow_final``: ``slow``'s last evaluation. Both curves reach it (``slow`` at its end, or sooner);
       ``speedup = slow_s / fast_s``; ``fast_s`` is None if ``fast`` never reaches it.
     - ``at_fast_final``: ``fast``'s last evaluation; when ``slow`` never reaches it, ``slow_s`` and ``speedup``
       are None and ``speedup_at_least`` is ``slow``'s budget (last evaluation time) over ``fast_s``.
+    - ``at_slow_final_share``: ``slow``'s last violation share, whatever the cost (``level_cost`` is None): the
+      constraint alone, for runs that end at different points of the cost-violation trade-off, where
+      neither of the two levels above may give a ratio.
 
     Each entry: ``{"level_cost", "level_violation_share", "fast_s", "slow_s", "speedup"}``. None when either
     curve has no evaluation.
@@ -237,8 +241,10 @@ def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]])
     if not fast["wall_s"] or not slow["wall_s"]:
         return None
     result = {}
-    for key, curve in (("at_slow_final", slow), ("at_fast_final", fast)):
-        cost, share = curve["cost"][-1], curve["violation_share"][-1]
+    levels = (("at_slow_final", slow["cost"][-1], slow["violation_share"][-1]),
+              ("at_fast_final", fast["cost"][-1], fast["violation_share"][-1]),
+              ("at_slow_final_share", None, slow["violation_share"][-1]))
+    for key, cost, share in levels:
         fast_s, slow_s = _first_time(fast, cost, share), _first_time(slow, cost, share)
         entry = {"level_cost": cost, "level_violation_share": share, "fast_s": fast_s, "slow_s": slow_s,
                  "speedup": slow_s / fast_s if fast_s and slow_s is not None else None}
@@ -308,9 +314,13 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
     if speed:
         lines += ["", "Speed-up of GradMAP over GradMA (GradMA's training time to a level of test cost and violation "
                   "share over GradMAP's, from the periodic evaluations):"]
-        for key, whose in (("at_slow_final", "GradMA's final"), ("at_fast_final", "GradMAP's final")):
-            e = speed[key]
-            level = (f"- at {whose} level ({e['level_cost']:.4g} $/day, {100 * e['level_violation_share']:.2f} %): "
+        for key, whose in (("at_slow_final", "GradMA's final"), ("at_fast_final", "GradMAP's final"),
+                           ("at_slow_final_share", "GradMA's final violation share, any cost,")):
+            e = speed.get(key)
+            if e is None:  # results.json of a compare from before the share-only level
+                continue
+            cost = f"{e['level_cost']:.4g} $/day, " if e["level_cost"] is not None else ""
+            level = (f"- at {whose} level ({cost}{100 * e['level_violation_share']:.2f} %): "
                      "GradMAP " + (f"{e['fast_s'] / 60:.1f} min" if e["fast_s"] else "never") + ", GradMA "
                      + (f"{e['slow_s'] / 60:.1f} min" if e["slow_s"] is not None else "never"))
             if e["speedup"] is not None:

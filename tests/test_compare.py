@@ -104,4 +104,7 @@ def test_speedup_to_level():
     # fast's final level (100 $, 0.4 %): slow never gets there, so only a bound: 90 s / 30 s
     never = result["at_fast_final"]
     assert never["slow_s"] is None and never["speedup"] is None and never["speedup_at_least"] == 3.0
+    # slow's final share (0.5 %) at any cost: fast already at 20 s (0.5 %), slow at 90 s
+    share_only = result["at_slow_final_share"]
+    assert share_only["fast_s"] == 20.0 and share_only["slow_s"] == 90.0 and share_only["speedup"] == 4.5
     assert speedup_to_level({"wall_s": [], "cost": [], "violation_share": []}, slow) is None
