@@ -316,9 +316,7 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
                   "share over GradMAP's, from the periodic evaluations):"]
         for key, whose in (("at_slow_final", "GradMA's final level"), ("at_fast_final", "GradMAP's final level"),
                            ("at_slow_final_share", "GradMA's final violation share at any cost")):
-            e = speed.get(key)
-            if e is None:  # results.json of a compare from before the share-only level
-                continue
+            e = speed[key]
             cost = f"{e['level_cost']:.4g} $/day, " if e["level_cost"] is not None else ""
             level = (f"- at {whose} ({cost}{100 * e['level_violation_share']:.2f} %): "
                      "GradMAP " + (f"{e['fast_s'] / 60:.1f} min" if e["fast_s"] else "never") + ", GradMA "
