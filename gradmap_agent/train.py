@@ -69,7 +69,7 @@ RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", 
 #: Fields added to the config after runs were written, with the value that reproduces those older runs: a
 #: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
 #: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
-LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0}
+LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0}
 
 _LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -95,6 +95,9 @@ class GradMAPConfig:
     """Share of each rollout's B days drawn in proportion to every training day's largest margin-tightened
     voltage violation (pu) when it was last rolled out, instead of uniformly: the days with the worst
     excursions come back more often (the rest are uniform, so every day keeps being seen; 0: uniform)."""
+    hard_day_power: float = 1.0
+    """Exponent p of the hard-day draws: in proportion to score ** p. With the training margin nearly every
+    day has a small score, so p = 1 is close to uniform; a larger p concentrates the draws on the worst days."""
     # --- policy -------------------------------------------------------------------------------------------
     hidden: int = 16
     """Hidden width of every agent's MLP."""
@@ -193,6 +196,8 @@ class GradMAPConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.hard_day_share <= 1:
             problems.append(f"hard_day_share must be in [0, 1], got {self.hard_day_share}")
+        if not (math.isfinite(self.hard_day_power) and self.hard_day_power > 0):
+            problems.append(f"hard_day_power must be finite and > 0, got {self.hard_day_power}")
         if self.eval_every < 0:
             problems.append(f"eval_every must be >= 0, got {self.eval_every}")
         if self.lr_schedule not in _LR_SCHEDULES:
@@ -537,15 +542,17 @@ class GradMAPTrainer:
 
     def draw_days(self, batch: int) -> torch.Tensor | None:
         """Training days of the next rollout: None (the simulator draws them uniformly) when
-        `hard_day_share` is 0, else ``round(share * B)`` days drawn in proportion to `day_score` (uniformly
-        while no day has a violation) after ``B - round(share * B)`` uniform ones."""
+        `hard_day_share` is 0, else ``round(share * B)`` days drawn in proportion to ``day_score **
+        hard_day_power`` (uniformly while no day has a violation) after ``B - round(share * B)`` uniform ones."""
         n_hard = round(self.config.hard_day_share * batch)
         if n_hard == 0:
             return None
         n_days = len(self.train_days)
         picks = [torch.randint(0, n_days, (batch - n_hard,), generator=self.gen)]
         if float(self.day_score.sum()) > 0:
-            picks.append(torch.multinomial(self.day_score, n_hard, replacement=True, generator=self.gen))
+            # Scaled by the largest score first, so that a large power cannot underflow every weight to 0.
+            weights = (self.day_score / self.day_score.max()) ** self.config.hard_day_power
+            picks.append(torch.multinomial(weights, n_hard, replacement=True, generator=self.gen))
         else:
             picks.append(torch.randint(0, n_days, (n_hard,), generator=self.gen))
         return self.train_days[torch.cat(picks)]

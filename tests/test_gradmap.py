@@ -232,6 +232,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     ({"voltage_multiplier_init": 1e4, "max_multiplier": 100.0}, "voltage_multiplier_init (10000.0) must be at most"),
     ({"lr": 0.0}, "lr must be > 0"),
     ({"hard_day_share": 1.5}, "hard_day_share must be in [0, 1]"),
+    ({"hard_day_power": 0.0}, "hard_day_power must be finite and > 0"),
 ])
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -257,6 +258,20 @@ def test_hard_days_are_drawn_by_their_last_violation(sim13):
     for _ in range(5):
         days = trainer.draw_days(4)
         assert days[2:].tolist() == [hard_day, hard_day] and bool(torch.isin(days, trainer.train_days).all())
+
+
+@pytest.mark.parametrize("power, share_of_milder", [(1.0, 1 / 3), (8.0, 1 / 257)])
+def test_hard_day_power_concentrates_the_draws(sim13, power, share_of_milder):
+    """Days are drawn in proportion to score ** hard_day_power: of two days scored 0.01 and 0.005 pu the
+    milder one gets 1/3 of the draws with power 1 and 1/257 with power 8."""
+    from gradmap_agent.train import GradMAPTrainer
+
+    trainer = GradMAPTrainer(sim13, tiny(batch_days=4, hard_day_share=1.0, hard_day_power=power))
+    trainer.day_score[3], trainer.day_score[7] = 0.01, 0.005
+    days = torch.cat([trainer.draw_days(400) for _ in range(10)])
+    milder = float((days == trainer.train_days[7]).double().mean())
+    assert int(((days != trainer.train_days[3]) & (days != trainer.train_days[7])).sum()) == 0
+    assert milder == pytest.approx(share_of_milder, abs=0.02)
 
 
 def test_warm_start_fits_the_noop_rule(sim13):
