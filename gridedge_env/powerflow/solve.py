@@ -195,6 +195,10 @@ def _adjoint_iteration(c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float,
         mu_new = torch.addmm(h, lam.add_(g), z_conj)
         change = float(torch.view_as_real(mu_new - mu).abs().amax())
         mu = mu_new
+        if change == 0.0:
+            # an exact fixed point: typically mu = 0 at a step with no voltage term in the loss (the change
+            # ratio below is then undefined, and the loop would otherwise run to max_iter)
+            break
         if scale is None:
             scale = max(float(torch.view_as_real(mu).abs().amax()), torch.finfo(torch.float64).tiny)
         if previous is not None and previous > 0:
