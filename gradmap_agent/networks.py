@@ -19,10 +19,37 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "make_policy"]
+__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "hidden_tanh", "make_policy"]
 
 #: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
+
+
+class _HiddenTanh(torch.autograd.Function):
+    """``tanh(x)`` computed as ``2 sigmoid(2x) - 1``, with tanh's own backward ``g (1 - y^2)``.
+
+    Why: torch's CPU tanh kernel is slow. On the 2-core machine (torch 2.13, float32,
+    [1000, 192, 16]) it took 11-16 ms against 2.5 ms for sigmoid. The hidden activations then were half
+    of every GradMAP policy update. The identity is exact; in float32 the two forms differ by at most
+    2e-7 (absolute). Only the hidden layers use it: the action squash keeps `torch.tanh`, whose relative
+    precision near 0 matters for small actions.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(2.0 * x).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad_y, y)
+
+
+def hidden_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The hidden layers' tanh activation (`_HiddenTanh`: the same function, computed faster on CPU)."""
+    return _HiddenTanh.apply(x)
 
 
 class StackedMLPPolicy(nn.Module):
@@ -76,7 +103,7 @@ class StackedMLPPolicy(nn.Module):
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(b, h, w)
             if k < last:
-                h = torch.tanh(h)
+                h = hidden_tanh(h)
         out = h.transpose(0, 1)  # [B, N, 2]
         return out[..., 0], out[..., 1].clamp(*LOG_STD_RANGE)
 

@@ -29,6 +29,7 @@ from gradmap_agent import (
     train,
 )
 from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, step_lagrangian
+from gradmap_agent.networks import hidden_tanh
 from gridedge_env import make_sim
 
 TIME_FIELDS = ("wall_s", "rollout_s", "update_s", "time_left_s")
@@ -159,6 +160,17 @@ def test_per_agent_gradient_clipping_does_not_couple_agents():
         assert torch.equal(p.grad[1:], b[1:])  # the other agents are untouched
     after = torch.sqrt(sum(p.grad[0].double().pow(2).sum() for p in params))
     assert float(after) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_hidden_tanh_is_tanh_with_tanh_gradient():
+    x = torch.linspace(-12.0, 12.0, 2001, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(hidden_tanh, (x[::50].detach().requires_grad_(True),))
+    y = hidden_tanh(x)
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2, rtol=0, atol=1e-15)
+    x32 = x.detach().float()
+    assert float((hidden_tanh(x32) - torch.tanh(x32)).abs().max()) <= 3e-7
 
 
 def test_no_parameter_sharing():
