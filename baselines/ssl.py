@@ -51,10 +51,11 @@ class SSLConfig(GradMAPConfig):
     1,000 agents (per-agent norms from 1e2 to 1e10 within 150 iterations; docs/baselines.md)."""
     fixed_penalties: bool = False
     """True: ``ssl-penalty`` (the multipliers stay at the two penalties below; no dual ascent)."""
-    device_penalty: float = 10.0
-    """(ssl-penalty) $ per unit of device violation (kW or K) per agent-step."""
-    voltage_penalty: float = 1e4
-    """(ssl-penalty) $ per pu of voltage violation per node-step (outside the margin-tightened band)."""
+    # GradMAP's dual ascent starts from these weights (its initial multipliers), so they are defined once.
+    device_penalty: float = GradMAPConfig.device_multiplier_init
+    """(ssl-penalty) $ per unit of device violation (kW or K) per agent-step (10)."""
+    voltage_penalty: float = GradMAPConfig.voltage_multiplier_init
+    """(ssl-penalty) $ per pu of voltage violation per node-step (outside the margin-tightened band; 1e4)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -118,7 +118,7 @@ class GradMAPConfig:
     warm_start_steps: int = 100
     """Adam steps of the warm start's regression (full batch, learning rate `lr`)."""
     # --- GradMAP: reuse and trust region -------------------------------------------------------------------
-    reuse: int = 8
+    reuse: int = 4
     """K: policy updates per environment gradient (1 with no trust region = GradMA)."""
     clip_radius: float | None = 0.1
     """Trust-region radius on each action's change |a_new - a_old| (None: no clipping)."""

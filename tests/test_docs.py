@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose Python blocks are run here (other pages' examples are run by their module's tests).
-RUN_HERE = ["quickstart.md", "tutorial-gradient-learner.md", "tutorial-custom-feeder.md", "ppo.md",
+RUN_HERE = ["quickstart.md", "environment.md", "tutorial-gradient-learner.md", "tutorial-custom-feeder.md", "ppo.md",
             "tutorial-marl-libraries.md"]
 #: Libraries of the integration extras (installed in CI); a page that needs a missing one is skipped.
 OPTIONAL_MODULES = {"supersuit", "stable_baselines3", "torchrl", "ray", "tensordict"}
