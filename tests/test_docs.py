@@ -12,6 +12,8 @@ DOCS = ROOT / "docs"
 #: Pages whose Python blocks are run here (other pages' examples are run by their module's tests).
 RUN_HERE = ["quickstart.md", "environment.md", "tutorial-gradient-learner.md", "tutorial-custom-feeder.md", "ppo.md",
             "tutorial-marl-libraries.md"]
+#: Pages that must keep at least this many Python blocks (environment.md: one worked example per part of its spec).
+MIN_BLOCKS = {"environment.md": 6}
 #: Libraries of the integration extras (installed in CI); a page that needs a missing one is skipped.
 OPTIONAL_MODULES = {"supersuit", "stable_baselines3", "torchrl", "ray", "tensordict"}
 
@@ -23,7 +25,7 @@ def python_blocks(path: Path) -> list[str]:
 @pytest.mark.parametrize("page", RUN_HERE)
 def test_page_code_runs(page, tmp_path, monkeypatch):
     blocks = python_blocks(DOCS / page)
-    assert blocks, f"{page} has no Python block"
+    assert len(blocks) >= MIN_BLOCKS.get(page, 1), f"{page} has {len(blocks)} Python blocks"
     imported = {m for block in blocks for m in re.findall(r"^(?:from|import) (\w+)", block, flags=re.M)}
     for module in sorted(OPTIONAL_MODULES & imported):
         pytest.importorskip(module)
