@@ -69,7 +69,8 @@ RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", 
 #: Fields added to the config after runs were written, with the value that reproduces those older runs: a
 #: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
 #: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
-LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0}
+LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0,
+                       "policy_average": 0.0}
 
 _LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -139,6 +140,10 @@ class GradMAPConfig:
     """Adam's second-moment decay."""
     max_grad_norm: float | None = 1.0
     """Per-agent gradient-norm clip (each agent's own parameter slice; None: off)."""
+    policy_average: float = 0.0
+    """Decay beta of an exponential moving average of every agent's policy parameters, updated after each
+    iteration (``avg <- beta avg + (1 - beta) theta``, over about 1 / (1 - beta) iterations); the periodic
+    evaluations, the exported policies and `train`'s returned params use the average (0: the last iterate)."""
     # --- Lagrangian and dual ascent ------------------------------------------------------------------------
     device_multiplier: str = "agent"
     """Granularity of the device multipliers: "agent" (one per agent) or "type" (one per device type)."""
@@ -212,6 +217,8 @@ class GradMAPConfig:
                 problems.append(f"{name} must be > 0 or None, got {value}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.policy_average < 1:
+            problems.append(f"policy_average must be in [0, 1), got {self.policy_average}")
         for name in ("device_multiplier_init", "voltage_multiplier_init", "device_dual_lr", "voltage_dual_lr",
                      "device_violation_budget", "voltage_violation_budget", "voltage_margin_pu", "voltage_quadratic"):
             if not 0 <= getattr(self, name) < float("inf"):
@@ -386,6 +393,8 @@ class GradMAPTrainer:
                                        device_init=config.device_multiplier_init,
                                        voltage_init=config.voltage_multiplier_init, device=sim.device)
         self.gen = gen  # continues after the initialisation: rollout seeds and exploration noise
+        self.policy_avg = self._policy_weights() if config.policy_average else None
+        """Moving average of the policy parameters (`GradMAPConfig.policy_average`; None when off)."""
         self.train_days = torch.as_tensor(split_days("train"), dtype=torch.int64)
         self.day_score = torch.zeros(len(self.train_days), dtype=torch.float64)
         """Largest margin-tightened voltage violation (pu) of every training day when it was last rolled out
@@ -403,7 +412,8 @@ class GradMAPTrainer:
             "elapsed_s": self.elapsed_s,
             "config": dataclasses.asdict(self.config),
             "sim_config": sim_config_dict(self.sim),
-            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "policy": self._policy_weights(),
+            "policy_average": _clone(self.policy_avg),
             "optimizer": _clone(self.optimizer.state_dict()),
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
@@ -418,6 +428,8 @@ class GradMAPTrainer:
         self.iteration = int(state["iteration"])
         self.elapsed_s = float(state["elapsed_s"])
         self.policy.load_state_dict(state["policy"])
+        if self.policy_avg is not None:
+            self.policy_avg = _clone(state["policy_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.multipliers.load_state_dict(state["multipliers"])
@@ -427,9 +439,22 @@ class GradMAPTrainer:
         self.history = [dict(row) for row in state["history"]]
 
     def params(self) -> dict:
-        """The trained policies: stacked weights and the normaliser (what `make_policy` takes)."""
-        return {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+        """The trained policies: stacked weights (their moving average when `policy_average` is set) and the
+        normaliser (what `make_policy` takes)."""
+        return {"policy": _clone(self.policy_avg) if self.policy_avg is not None else self._policy_weights(),
                 "normalizer": self.normalizer.state_dict()}
+
+    def _policy_weights(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+
+    def average_policy(self) -> None:
+        """One step of the parameters' moving average (no-op when `policy_average` is 0)."""
+        if self.policy_avg is None:
+            return
+        beta = self.config.policy_average
+        with torch.no_grad():
+            for name, value in self.policy.state_dict().items():
+                self.policy_avg[name].mul_(beta).add_(value.detach(), alpha=1.0 - beta)
 
     # --- one iteration ---------------------------------------------------------------------------------------
 
@@ -659,6 +684,7 @@ class GradMAPTrainer:
         upd = self.update_policy(roll, lr)
         self.dual_step(roll)
         self.normalizer.update(roll["raw_obs"])
+        self.average_policy()
         t2 = time.perf_counter()
         row = {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
                "rollout_s": t1 - t0, "update_s": t2 - t1}
@@ -809,7 +835,8 @@ def train(
             return
         state = trainer.state_dict() if state is None else state
         _atomic_save(state, out / CHECKPOINT_NAME)
-        export_policies(out / POLICIES_NAME, {"policy": state["policy"], "normalizer": state["normalizer"]}, sim,
+        weights = state["policy_average"] if state.get("policy_average") is not None else state["policy"]
+        export_policies(out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim,
                         method, state["iteration"])
 
     def budget_left() -> bool:

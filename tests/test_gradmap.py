@@ -74,9 +74,10 @@ def test_smoke_train_ieee13(sim13):
     assert torch.equal(a, policy(state.obs))  # deterministic mean
 
 
-@pytest.mark.parametrize("hard_day_share", [0.0, 0.5])
-def test_resume_gives_identical_continuation(sim13, tmp_path, hard_day_share):
-    config = tiny(iterations=4, reuse=2, minibatches=2, hard_day_share=hard_day_share)
+@pytest.mark.parametrize(("hard_day_share", "policy_average"), [(0.0, 0.0), (0.5, 0.0), (0.0, 0.7)])
+def test_resume_gives_identical_continuation(sim13, tmp_path, hard_day_share, policy_average):
+    config = tiny(iterations=4, reuse=2, minibatches=2, hard_day_share=hard_day_share,
+                  policy_average=policy_average)
     _, params_a, metrics_a = train(sim13, config, out_dir=tmp_path / "a")
 
     def stop_after_two(row):
@@ -92,6 +93,34 @@ def test_resume_gives_identical_continuation(sim13, tmp_path, hard_day_share):
     assert strip_times(metrics_a["history"]) == strip_times(metrics_b["history"])
     csv_b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
     assert len(csv_b) == 5  # header + 4 iterations, no duplicates after the resume
+
+
+def test_policy_average_is_the_moving_average_of_the_iterates(sim13, tmp_path):
+    """With `policy_average` beta, the returned and exported policies hold avg_k = beta avg_(k-1) + (1 - beta)
+    theta_k over the iterates theta_k (avg_0 = the initial weights), while the checkpoint keeps the last iterate
+    for training on."""
+    beta = 0.6
+    iterates = []
+    train_module = importlib.import_module("gradmap_agent.train")
+
+    class Recording(train_module.GradMAPTrainer):
+        def average_policy(self):
+            iterates.append({k: v.detach().clone() for k, v in self.policy.state_dict().items()})
+            super().average_policy()
+
+    initial = train_module.GradMAPTrainer(sim13, tiny(policy_average=beta))._policy_weights()
+    _, params, _ = train(sim13, tiny(policy_average=beta), out_dir=tmp_path, trainer_cls=Recording)
+    assert len(iterates) == 3
+    exported = torch.load(tmp_path / "policies.pt", weights_only=False)["params"]["policy"]
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["policy"]
+    for name, value in initial.items():
+        expected = value.double()
+        for theta in iterates:
+            expected = beta * expected + (1 - beta) * theta[name].double()
+        torch.testing.assert_close(params["policy"][name].double(), expected, rtol=1e-5, atol=1e-7)
+        assert torch.equal(exported[name], params["policy"][name])
+        assert torch.equal(last[name], iterates[-1][name])
+    assert not torch.equal(params["policy"]["weights.0"], iterates[-1]["weights.0"])
 
 
 def test_resume_refuses_a_changed_config(sim13, tmp_path):
@@ -245,6 +274,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     ({"lr": 0.0}, "lr must be > 0"),
     ({"hard_day_share": 1.5}, "hard_day_share must be in [0, 1]"),
     ({"hard_day_power": 0.0}, "hard_day_power must be finite and > 0"),
+    ({"policy_average": 1.0}, "policy_average must be in [0, 1)"),
 ])
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
