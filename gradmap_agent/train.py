@@ -12,7 +12,8 @@ One iteration:
    observations, noise, old actions and ``g``, with per-agent gradient clipping. K = 1 without trust region
    is GradMA (one update on the chain rule ``sum g * da/dtheta``).
 4. **Dual ascent** on the multipliers with the rollout's violations; then the observation normaliser folds
-   in the rollout's observations (it is frozen during the rollout and the K updates).
+   in the rollout's observations (it is frozen during the rollout and the K updates), and, with
+   ``policy_average``, the moving average of the parameters takes a step.
 
 ``docs/gradmap.md`` has the equations and every design choice.
 """
