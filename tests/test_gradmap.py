@@ -275,6 +275,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     ({"hard_day_share": 1.5}, "hard_day_share must be in [0, 1]"),
     ({"hard_day_power": 0.0}, "hard_day_power must be finite and > 0"),
     ({"policy_average": 1.0}, "policy_average must be in [0, 1)"),
+    ({"train_households_per_load": 0}, "train_households_per_load must be None or an integer >= 1"),
 ])
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -314,6 +315,19 @@ def test_hard_day_power_concentrates_the_draws(sim13, power, share_of_milder):
     milder = float((days == trainer.train_days[7]).double().mean())
     assert int(((days != trainer.train_days[3]) & (days != trainer.train_days[7])).sum()) == 0
     assert milder == pytest.approx(share_of_milder, abs=0.02)
+
+
+def test_training_rollouts_draw_train_households_per_load(sim13, monkeypatch):
+    """The training rollouts ask the simulator for `train_households_per_load` shapes per load; the default
+    leaves the simulator's own."""
+    from gradmap_agent.train import GradMAPTrainer
+
+    asked = []
+    reset = sim13.reset
+    monkeypatch.setattr(sim13, "reset", lambda *a, **k: asked.append(k.get("households_per_load")) or reset(*a, **k))
+    GradMAPTrainer(sim13, tiny(batch_days=2)).rollout()
+    GradMAPTrainer(sim13, tiny(batch_days=2, train_households_per_load=2)).rollout()
+    assert asked == [None, 2]
 
 
 def test_warm_start_fits_the_noop_rule(sim13):
