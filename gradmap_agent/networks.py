@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "hidden_tanh", "make_policy", "squash"]
+__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "hidden_tanh", "make_policy"]
 
 #: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
@@ -50,38 +50,6 @@ class _HiddenTanh(torch.autograd.Function):
 def hidden_tanh(x: torch.Tensor) -> torch.Tensor:
     """The hidden layers' tanh activation (`_HiddenTanh`: the same function, computed faster on CPU)."""
     return _HiddenTanh.apply(x)
-
-
-class _SquashWithFloor(torch.autograd.Function):
-    """``tanh(z)``, whose backward never lets an inward-pointing gradient fall below ``floor``.
-
-    Exact tanh scales the gradient by ``1 - a^2``, which vanishes where an agent's action sits at a bound
-    (a generator at full output: 76 % of them at 21:00 on a cold test day had ``|a| > 0.999``). The signal
-    that would move it back inside (a voltage violation elsewhere on the feeder) then hardly reaches the
-    weights. Here the factor is ``max(1 - a^2, floor)`` where a descent step would move the action inward
-    (``grad * a > 0``) and exact elsewhere, so pushing further into saturation stays self-limiting.
-    """
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, floor: float) -> torch.Tensor:
-        a = torch.tanh(z)
-        ctx.save_for_backward(a)
-        ctx.floor = floor
-        return a
-
-    @staticmethod
-    def backward(ctx, grad_a: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (a,) = ctx.saved_tensors
-        slope = 1.0 - a * a
-        inward = grad_a * a > 0
-        return grad_a * torch.where(inward, slope.clamp_min(ctx.floor), slope), None
-
-
-def squash(z: torch.Tensor, grad_floor: float = 0.0) -> torch.Tensor:
-    """The action squash ``tanh(z)``; with ``grad_floor > 0`` its backward is `_SquashWithFloor`'s."""
-    if grad_floor <= 0.0:
-        return torch.tanh(z)
-    return _SquashWithFloor.apply(z, float(grad_floor))
 
 
 class StackedMLPPolicy(nn.Module):
@@ -139,14 +107,12 @@ class StackedMLPPolicy(nn.Module):
         out = h.transpose(0, 1)  # [B, N, 2]
         return out[..., 0], out[..., 1].clamp(*LOG_STD_RANGE)
 
-    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None, squash_grad_floor: float = 0.0
-            ) -> torch.Tensor:
-        """Actions in [-1, 1], [B, N]: ``tanh(mean + std * noise)``; ``noise=None`` gives ``tanh(mean)``.
-        ``squash_grad_floor`` changes only the backward (`squash`)."""
+    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions in [-1, 1], [B, N]: ``tanh(mean + std * noise)``; ``noise=None`` gives ``tanh(mean)``."""
         mean, log_std = self(obs)
         if noise is None:
-            return squash(mean, squash_grad_floor)
-        return squash(mean + log_std.exp() * noise.to(mean.dtype), squash_grad_floor)
+            return torch.tanh(mean)
+        return torch.tanh(mean + log_std.exp() * noise.to(mean.dtype))
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> StackedMLPPolicy:

@@ -71,8 +71,7 @@ RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", 
 #: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
 #: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
 LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0,
-                       "policy_average": 0.0, "train_households_per_load": None,
-                       "squash_grad_floor": 0.0}
+                       "policy_average": 0.0}
 
 _LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -102,10 +101,6 @@ class GradMAPConfig:
     """Exponent p of the hard-day draws: in proportion to score ** p. With the training margin nearly every
     day has a small score, so p = 1 is close to uniform; a larger p concentrates the draws on the worst days."""
     # --- policy -------------------------------------------------------------------------------------------
-    train_households_per_load: int | None = None
-    """Household shapes averaged per feeder load in the training rollouts (None: the simulator's, 8 by
-    default). Fewer give the same mean load with a wider spread, so the policies see more of the heavy
-    evenings that set the worst excursion; evaluations always use the simulator's own draws."""
     hidden: int = 16
     """Hidden width of every agent's MLP."""
     layers: int = 2
@@ -144,9 +139,6 @@ class GradMAPConfig:
     """Adam's first-moment decay."""
     adam_beta2: float = 0.999
     """Adam's second-moment decay."""
-    squash_grad_floor: float = 0.0
-    """Floor on the tanh squash's slope in the policy updates, for gradients that would move a saturated
-    action back inside (`networks.squash`; 0: the exact gradient)."""
     max_grad_norm: float | None = 1.0
     """Per-agent gradient-norm clip (each agent's own parameter slice; None: off)."""
     policy_average: float = 0.0
@@ -208,11 +200,6 @@ class GradMAPConfig:
                      "warm_start_days", "warm_start_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.squash_grad_floor <= 1.0:
-            problems.append(f"squash_grad_floor must be in [0, 1], got {self.squash_grad_floor}")
-        h = self.train_households_per_load
-        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
-            problems.append(f"train_households_per_load must be None or an integer >= 1, got {h!r}")
         if not 0 <= self.hard_day_share <= 1:
             problems.append(f"hard_day_share must be in [0, 1], got {self.hard_day_share}")
         if not (math.isfinite(self.hard_day_power) and self.hard_day_power > 0):
@@ -521,8 +508,7 @@ class GradMAPTrainer:
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
         noise = noise.to(dtype=self.pdtype, device=sim.device)
-        state = sim.reset(batch, seed=reset_seed, split="train", days=self.draw_days(batch),
-                          households_per_load=cfg.train_households_per_load)
+        state = sim.reset(batch, seed=reset_seed, split="train", days=self.draw_days(batch))
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         xs, raw_obs, acts, leaves = [], [], [], []
         dev_viol, volt_viol, n_ok = [], [], []
@@ -647,7 +633,7 @@ class GradMAPTrainer:
                 rows = order[part * n_rows // cfg.minibatches:(part + 1) * n_rows // cfg.minibatches]
             scale = 1.0 if cfg.minibatches == 1 else n_rows / float(len(rows))
             self.optimizer.zero_grad(set_to_none=True)
-            a_new = self.policy.act(x[rows], noise[rows], squash_grad_floor=cfg.squash_grad_floor)
+            a_new = self.policy.act(x[rows], noise[rows])
             surrogate, s = proximal_surrogate(a_new, a_old[rows], grad[rows], cfg.clip_radius, cfg.prox_eta,
                                               prox_weight=1.0 / batch)
             (surrogate * scale).backward()

@@ -260,11 +260,6 @@ def _prepare_feeder(config: SimConfig) -> Feeder:
     return feeder
 
 
-def _check_households_per_load(h) -> None:
-    if isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1:
-        raise ValueError(f"households_per_load must be an integer >= 1, got {h!r}")
-
-
 def _check_config(config: SimConfig) -> None:
     n = config.n_agents
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
@@ -277,7 +272,9 @@ def _check_config(config: SimConfig) -> None:
         value = getattr(config, name)
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    _check_households_per_load(config.households_per_load)
+    h = config.households_per_load
+    if isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1:
+        raise ValueError(f"households_per_load must be an integer >= 1, got {h!r}")
     if config.min_spot_kw_per_agent <= 0:
         raise ValueError(f"min_spot_kw_per_agent must be > 0, got {config.min_spot_kw_per_agent!r}")
     if not config.v_min_pu < config.v_max_pu:
@@ -408,7 +405,6 @@ class Sim:
         seed: int = 0,
         split: str = "train",
         days: Sequence[int] | torch.Tensor | None = None,
-        households_per_load: int | None = None,
     ) -> State:
         """Draw ``batch_size`` one-day episodes.
 
@@ -423,20 +419,14 @@ class Sim:
             seed: Seed of this reset.
             split: "train", "test" or "all" (`scenarios.split_days`).
             days: Optional explicit day indices [B], each in the split.
-            households_per_load: Household shapes averaged per feeder load in this reset (None: the
-                config's). Fewer give the same mean load with a wider spread between loads and days: a
-                trainer can use it to see more of the heavy evenings than the simulator's default draws.
 
         Returns:
             The initial State (``t = 0``).
 
         Raises:
-            ValueError: Unknown split, bad batch size, a day not in the split, or a households_per_load
-                that is not an integer >= 1.
+            ValueError: Unknown split, bad batch size, or a day not in the split.
         """
         allowed = split_days(split)  # raises ValueError naming an unknown split
-        if households_per_load is not None:
-            _check_households_per_load(households_per_load)
         gen = torch.Generator().manual_seed(int(seed))
         if days is not None:
             day_idx = torch.as_tensor(days).to(torch.int64).reshape(-1)
@@ -457,7 +447,7 @@ class Sim:
         day_dev = day_idx.to(self.device)
 
         c, data = self.compiled, self.data
-        h = self.config.households_per_load if households_per_load is None else households_per_load
+        h = self.config.households_per_load
         shapes = draw_load_shapes(data, day_dev, c.n_loads * h, gen)  # [B, T, L * H]
         shapes = shapes.reshape(batch, self.n_steps, c.n_loads, h).mean(dim=3)  # [B, T, L]
         load_p = shapes * self._spot_p

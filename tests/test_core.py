@@ -344,21 +344,6 @@ def test_bad_reset_arguments(small):
         small.reset(0)
     with pytest.raises(ValueError, match="disagrees"):
         small.reset(3, split="test", days=[4, 9])
-    with pytest.raises(ValueError, match="households_per_load must be an integer >= 1, got 0"):
-        small.reset(2, households_per_load=0)
-
-
-def test_reset_households_per_load_widens_the_spread_not_the_mean(small):
-    """Fewer household shapes per load: the same expected load, a wider spread between loads and days
-    (the mean of h independent shapes has 1/h of one shape's variance)."""
-    default = small.reset(256, seed=3)
-    assert torch.equal(small.reset(256, seed=3, households_per_load=small.config.households_per_load).load_p_kw,
-                       default.load_p_kw)
-    single = small.reset(256, seed=3, households_per_load=1)
-    daily_default = default.load_p_kw.sum(dim=1)  # [B, L] kWh-like daily totals per load
-    daily_single = single.load_p_kw.sum(dim=1)
-    assert float(daily_single.mean()) == pytest.approx(float(daily_default.mean()), rel=0.1)
-    assert float(daily_single.std(dim=0).mean()) > 2.0 * float(daily_default.std(dim=0).mean())
 
 
 def test_config_is_a_frozen_dataclass_with_docs():

@@ -191,22 +191,6 @@ def test_per_agent_gradient_clipping_does_not_couple_agents():
     assert float(after) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_squash_grad_floor_changes_only_the_inward_backward_at_saturation():
-    """`squash` is tanh forward; its backward is tanh's except where a descent step would move a saturated
-    action inward, where the slope is at least the floor (floor 0: exactly tanh)."""
-    from gradmap_agent.networks import squash
-
-    z = torch.tensor([-6.0, -6.0, 0.3, 6.0, 6.0], dtype=torch.float64, requires_grad=True)
-    g = torch.tensor([-2.0, 2.0, 1.0, 3.0, -1.0], dtype=torch.float64)  # inward, outward, -, inward, outward
-    exact = torch.autograd.grad(torch.tanh(z), z, g)[0]
-    assert torch.equal(torch.autograd.grad(squash(z), z, g)[0], exact)
-    a = squash(z, 0.1)
-    assert torch.equal(a.detach(), torch.tanh(z.detach()))
-    floored = torch.autograd.grad(a, z, g)[0]
-    torch.testing.assert_close(floored, torch.tensor([-0.2, exact[1], exact[2], 0.3, exact[4]], dtype=torch.float64))
-    assert abs(float(exact[0])) < 1e-4  # what the floor is for: tanh's slope vanishes there
-
-
 def test_hidden_tanh_is_tanh_with_tanh_gradient():
     x = torch.linspace(-12.0, 12.0, 2001, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(hidden_tanh, (x[::50].detach().requires_grad_(True),))
@@ -291,8 +275,6 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     ({"hard_day_share": 1.5}, "hard_day_share must be in [0, 1]"),
     ({"hard_day_power": 0.0}, "hard_day_power must be finite and > 0"),
     ({"policy_average": 1.0}, "policy_average must be in [0, 1)"),
-    ({"train_households_per_load": 0}, "train_households_per_load must be None or an integer >= 1"),
-    ({"squash_grad_floor": 1.5}, "squash_grad_floor must be in [0, 1]"),
 ])
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -332,19 +314,6 @@ def test_hard_day_power_concentrates_the_draws(sim13, power, share_of_milder):
     milder = float((days == trainer.train_days[7]).double().mean())
     assert int(((days != trainer.train_days[3]) & (days != trainer.train_days[7])).sum()) == 0
     assert milder == pytest.approx(share_of_milder, abs=0.02)
-
-
-def test_training_rollouts_draw_train_households_per_load(sim13, monkeypatch):
-    """The training rollouts ask the simulator for `train_households_per_load` shapes per load; the default
-    leaves the simulator's own."""
-    from gradmap_agent.train import GradMAPTrainer
-
-    asked = []
-    reset = sim13.reset
-    monkeypatch.setattr(sim13, "reset", lambda *a, **k: asked.append(k.get("households_per_load")) or reset(*a, **k))
-    GradMAPTrainer(sim13, tiny(batch_days=2)).rollout()
-    GradMAPTrainer(sim13, tiny(batch_days=2, train_households_per_load=2)).rollout()
-    assert asked == [None, 2]
 
 
 def test_warm_start_fits_the_noop_rule(sim13):
