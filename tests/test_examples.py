@@ -36,3 +36,26 @@ def test_custom_feeder_example(tmp_path):
     summary = _main("custom_feeder.py")(["--agents", "10", "--samples", "5", "--out", str(out)])
     assert summary["max_abs_err_pu"] < 1e-6 and summary["agents"] == 10
     assert out.is_file()
+
+
+def test_worst_step_example(tmp_path):
+    """The diagnostic finds the run's worst node-step and the sensitivities there; the oracle's plan of that
+    day reports its own worst excursion."""
+    threads = torch.get_num_threads()
+    try:
+        _main("train_gradmap.py")(["--feeder", "ieee13", "--agents", "10", "--iterations", "2", "--days", "2",
+                                   "--out", str(tmp_path / "run"), "--threads", "1"])
+        summary = _main("worst_step.py")([str(tmp_path / "run"), "--days", "3", "--oracle",
+                                          "--oracle-iterations", "3"])
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["excursion_pu"] >= 0.0 and 0 <= summary["step"] < 96
+    assert set(summary["dv_daction_pu"]) == {"battery", "heatpump", "generator"}
+    assert all(len(v) == 3 and all(torch.isfinite(torch.tensor(v))) for v in summary["dv_daction_pu"].values())
+    # a battery's or generator's action +1 means more consumption (charge at full power, generator off): on
+    # the worst node's own phase that cannot raise its voltage (heat pumps are left out: a < 0 is cooling)
+    phase = int(summary["node"].split(".")[1])
+    dv = summary["dv_daction_pu"]
+    assert dv["battery"][phase - 1] + dv["generator"][phase - 1] <= 0.0
+    assert any(x != 0.0 for values in dv.values() for x in values)
+    assert summary["oracle"]["worst_excursion_pu"] >= 0.0
