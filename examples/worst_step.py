@@ -30,10 +30,6 @@ from gradmap_agent.train import load_policies, make_sim_from_dict
 PHASES = (1, 2, 3)
 
 
-def _excursion(sim, v: torch.Tensor) -> torch.Tensor:
-    return torch.relu(v - sim.config.v_max_pu) + torch.relu(sim.config.v_min_pu - v)
-
-
 def find_worst(sim, policy, days, seed: int) -> dict:
     """The largest excursion over ``days`` (each reset as `gridedge evaluate` does): day, step, node, pu."""
     state = reset_days(sim, "test", days, seed)
@@ -41,7 +37,7 @@ def find_worst(sim, policy, days, seed: int) -> dict:
     with torch.no_grad():
         for t in range(sim.n_steps):
             r = sim.step(state, policy(state.obs))
-            exc = _excursion(sim, r.v_mag_pu)
+            exc = r.voltage_violation
             k = int(exc.argmax())
             row, node = divmod(k, exc.shape[1])
             if float(exc[row, node]) > best["excursion_pu"]:
@@ -53,7 +49,8 @@ def find_worst(sim, policy, days, seed: int) -> dict:
 
 def by_phase(sim, x: torch.Tensor, reduce: str = "sum") -> dict[str, list[float]]:
     """A per-agent quantity [N] summed (or averaged) per device type and phase A, B, C."""
-    phase = torch.tensor([int(n.split(".")[1]) for n in sim.agent_node_names])
+    phase = sim.agent_phase.cpu()
+    x = x.cpu()
     out = {}
     for kind, s in sim.agent_slices.items():
         parts = [x[s][phase[s] == q] for q in PHASES]
@@ -84,7 +81,7 @@ def oracle_day(sim, day: int, seed: int, step: int, iterations: int) -> dict:
     with torch.no_grad():
         for t in range(sim.n_steps):
             r = sim.step(state, plan[t])
-            worst = max(worst, float(_excursion(sim, r.v_mag_pu).max()))
+            worst = max(worst, float(r.voltage_violation.max()))
             if t == step:
                 at_step = by_phase(sim, r.p_kw[0])
             state = r.state
