@@ -68,10 +68,18 @@ def _concat_states(states):
     return dataclasses.replace(first, **changes)
 
 
+def reset_scenarios(sim, split: str, days: Sequence[int], seeds: Sequence[int]):
+    """Initial state of one row per (day, reset seed) pair, each reset on its own: the row's household
+    draws and initial device states depend on its own seed only, so any row can be re-run exactly."""
+    if len(days) != len(seeds):
+        raise ValueError(f"need one seed per day, got {len(days)} days and {len(seeds)} seeds")
+    states = [sim.reset(None, seed=int(s), split=split, days=[int(d)]) for d, s in zip(days, seeds, strict=True)]
+    return _concat_states(states)
+
+
 def reset_days(sim, split: str, days: Sequence[int], seed: int = 0):
     """Initial state of the given days, each reset on its own (batch-independent draws)."""
-    states = [sim.reset(None, seed=int(seed) * 1_000_003 + int(d), split=split, days=[int(d)]) for d in days]
-    return _concat_states(states)
+    return reset_scenarios(sim, split, days, [int(seed) * 1_000_003 + int(d) for d in days])
 
 
 def obs_policy(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:

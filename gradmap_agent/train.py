@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from gradmap_agent.evaluate import reset_scenarios
 from gradmap_agent.losses import (
     Multipliers,
     clip_grad_norm_per_agent_,
@@ -71,7 +72,7 @@ RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", 
 #: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
 #: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
 LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0,
-                       "policy_average": 0.0}
+                       "policy_average": 0.0, "hard_scenario_share": 0.0, "hard_scenario_pool": 32}
 
 _LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -100,6 +101,14 @@ class GradMAPConfig:
     hard_day_power: float = 1.0
     """Exponent p of the hard-day draws: in proportion to score ** p. With the training margin nearly every
     day has a small score, so p = 1 is close to uniform; a larger p concentrates the draws on the worst days."""
+    hard_scenario_share: float = 0.0
+    """Share of each rollout's B rows that re-run, with the current policy, scenarios from a pool of the
+    hardest seen so far: a scenario is a training day together with its household load draws and initial
+    device states (its reset seed), scored by its largest margin-tightened voltage violation when it was last
+    rolled out (0: every row is a fresh scenario, as before the option)."""
+    hard_scenario_pool: int = 32
+    """Size of the hard-scenario pool: the scenarios with the highest scores among those rolled out so far
+    (a replayed scenario's score is refreshed, so one the policy has learned to hold leaves the pool)."""
     # --- policy -------------------------------------------------------------------------------------------
     hidden: int = 16
     """Hidden width of every agent's MLP."""
@@ -197,13 +206,15 @@ class GradMAPConfig:
         if self.warm_start not in WARM_START_RULES:
             problems.append(f"warm_start must be one of {WARM_START_RULES}, got {self.warm_start!r}")
         for name in ("batch_days", "hidden", "layers", "reuse", "minibatches", "checkpoint_every", "eval_days",
-                     "warm_start_days", "warm_start_steps"):
+                     "warm_start_days", "warm_start_steps", "hard_scenario_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.hard_day_share <= 1:
             problems.append(f"hard_day_share must be in [0, 1], got {self.hard_day_share}")
         if not (math.isfinite(self.hard_day_power) and self.hard_day_power > 0):
             problems.append(f"hard_day_power must be finite and > 0, got {self.hard_day_power}")
+        if not 0 <= self.hard_scenario_share <= 1:
+            problems.append(f"hard_scenario_share must be in [0, 1], got {self.hard_scenario_share}")
         if self.eval_every < 0:
             problems.append(f"eval_every must be >= 0, got {self.eval_every}")
         if self.lr_schedule not in _LR_SCHEDULES:
@@ -400,6 +411,11 @@ class GradMAPTrainer:
         self.day_score = torch.zeros(len(self.train_days), dtype=torch.float64)
         """Largest margin-tightened voltage violation (pu) of every training day when it was last rolled out
         (0 until then): `hard_day_share` draws days in proportion to it."""
+        self.pool_day = torch.zeros(0, dtype=torch.int64)
+        self.pool_seed = torch.zeros(0, dtype=torch.int64)
+        self.pool_score = torch.zeros(0, dtype=torch.float64)
+        """Hard-scenario pool (`hard_scenario_share`): day, reset seed and last score (pu) of each scenario,
+        highest score first."""
         self.iteration = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -420,6 +436,8 @@ class GradMAPTrainer:
             "multipliers": self.multipliers.state_dict(),
             "rng": self.gen.get_state().clone(),
             "day_score": self.day_score.clone(),
+            "hard_scenarios": {"day": self.pool_day.clone(), "seed": self.pool_seed.clone(),
+                               "score": self.pool_score.clone()},
             "history": list(self.history),  # rows are never changed after they are appended
         }
 
@@ -437,6 +455,10 @@ class GradMAPTrainer:
         self.gen.set_state(state["rng"])
         # checkpoints from before hard-day sampling have no scores; they trained with uniform days
         self.day_score = state.get("day_score", torch.zeros_like(self.day_score)).clone()
+        pool = state.get("hard_scenarios")  # absent before hard-scenario replay: an empty pool
+        if pool is not None:
+            self.pool_day, self.pool_seed, self.pool_score = (pool["day"].clone(), pool["seed"].clone(),
+                                                              pool["score"].clone())
         self.history = [dict(row) for row in state["history"]]
 
     def params(self) -> dict:
@@ -505,13 +527,18 @@ class GradMAPTrainer:
         """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them."""
         sim, cfg = self.sim, self.config
         batch, n_steps = cfg.batch_days, sim.n_steps
-        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
-        noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
+        if cfg.hard_scenario_share > 0:
+            scenarios = self.draw_scenarios(batch)
+            noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
+            state = reset_scenarios(sim, "train", scenarios["day"].tolist(), scenarios["seed"].tolist())
+        else:
+            reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+            noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
+            state = sim.reset(batch, seed=reset_seed, split="train", days=self.draw_days(batch))
         noise = noise.to(dtype=self.pdtype, device=sim.device)
-        state = sim.reset(batch, seed=reset_seed, split="train", days=self.draw_days(batch))
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         xs, raw_obs, acts, leaves = [], [], [], []
-        dev_viol, volt_viol, n_ok = [], [], []
+        dev_viol, volt_viol, converged = [], [], []
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
         cost_sum, outside, node_steps, viol_sum, worst, failures = 0.0, 0, 0, 0.0, 0.0, 0
         dev_true_sum = 0.0
@@ -529,7 +556,7 @@ class GradMAPTrainer:
             dev_viol.append(dev)
             volt_viol.append(w)
             ok = r.converged
-            n_ok.append(ok.sum())
+            converged.append(ok)
             with torch.no_grad():
                 cost_sum += float(r.cost.detach().sum())
                 dev_true_sum += float(dev.sum())
@@ -543,6 +570,10 @@ class GradMAPTrainer:
                     worst = max(worst, float(excess.max()))
         voltage_violation = torch.stack(volt_viol)  # [T, B, n]
         self.score_days(state.day_idx, voltage_violation)
+        fresh = torch.ones(batch, dtype=torch.bool, device=sim.device)
+        if cfg.hard_scenario_share > 0:
+            self.update_pool(scenarios, voltage_violation)
+            fresh = (scenarios["pooled"] < 0).to(sim.device)
         lagrangian = total / batch
         if not bool(torch.isfinite(lagrangian.detach())):
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
@@ -554,7 +585,7 @@ class GradMAPTrainer:
         return {
             "x": torch.stack(xs), "noise": noise, "a_old": torch.stack(acts), "grad": grad,
             "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
-            "voltage_violation": voltage_violation, "n_ok": torch.stack(n_ok),
+            "voltage_violation": voltage_violation, "converged": torch.stack(converged), "fresh": fresh,
             "stats": {
                 "lagrangian": float(lagrangian.detach()),
                 "cost": cost_sum / batch,
@@ -582,6 +613,37 @@ class GradMAPTrainer:
         else:
             picks.append(torch.randint(0, n_days, (n_hard,), generator=self.gen))
         return self.train_days[torch.cat(picks)]
+
+    def draw_scenarios(self, batch: int) -> dict[str, torch.Tensor]:
+        """Day and reset seed of each of the next rollout's rows: ``round(hard_scenario_share * B)`` (at
+        most the pool's size) drawn without replacement from the hard-scenario pool, the others fresh
+        (days as `draw_days` gives them, or uniform; new random seeds), at least one. ``pooled`` [B] holds
+        each row's pool index (-1 for a fresh row)."""
+        # at least one fresh row, so that the dual step always has an unbiased sample (`dual_step`)
+        n_hard = min(round(self.config.hard_scenario_share * batch), len(self.pool_day), batch - 1)
+        n_fresh = batch - n_hard
+        days = self.draw_days(n_fresh) if n_fresh else None
+        if days is None:
+            days = self.train_days[torch.randint(0, len(self.train_days), (n_fresh,), generator=self.gen)]
+        seeds = torch.randint(0, 2**62, (n_fresh,), generator=self.gen)
+        pooled = torch.randperm(len(self.pool_day), generator=self.gen)[:n_hard]
+        return {"day": torch.cat([days, self.pool_day[pooled]]), "seed": torch.cat([seeds, self.pool_seed[pooled]]),
+                "pooled": torch.cat([torch.full((n_fresh,), -1, dtype=torch.int64), pooled])}
+
+    def update_pool(self, scenarios: dict[str, torch.Tensor], voltage_violation: torch.Tensor) -> None:
+        """Refresh the scores of the replayed scenarios, add the fresh ones, and keep the
+        `hard_scenario_pool` highest (``voltage_violation`` [T, B, n], pu, 0 where the power flow failed)."""
+        worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()
+        pooled = scenarios["pooled"]
+        replayed = pooled >= 0
+        score = self.pool_score.clone()
+        score[pooled[replayed]] = worst[replayed]
+        fresh = ~replayed
+        day = torch.cat([self.pool_day, scenarios["day"][fresh].cpu()])
+        seed = torch.cat([self.pool_seed, scenarios["seed"][fresh].cpu()])
+        score = torch.cat([score, worst[fresh]])
+        keep = torch.sort(score, descending=True, stable=True).indices[: self.config.hard_scenario_pool]
+        self.pool_day, self.pool_seed, self.pool_score = day[keep], seed[keep], score[keep]
 
     def score_days(self, day_idx: torch.Tensor, voltage_violation: torch.Tensor) -> None:
         """Record every rolled-out day's largest margin-tightened violation (``voltage_violation`` [T, B, n],
@@ -671,7 +733,11 @@ class GradMAPTrainer:
     def dual_step(self, roll: dict) -> None:
         """Projected dual ascent on the multipliers with the rollout's violations."""
         cfg = self.config
-        dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"], roll["n_ok"],
+        # The multipliers price expectation constraints: their step uses the fresh rows only, because
+        # replayed hard scenarios are a sample chosen for its violations (an upward-biased estimate).
+        fresh = roll["fresh"]
+        dual_update(self.multipliers, roll["device_violation"][:, fresh], roll["voltage_violation"][:, fresh],
+                    roll["converged"][:, fresh].sum(dim=1),
                     cfg.device_dual_lr, cfg.voltage_dual_lr, cfg.max_multiplier,
                     device_budget=cfg.device_violation_budget, voltage_budget=cfg.voltage_violation_budget)
 

@@ -74,10 +74,10 @@ def test_smoke_train_ieee13(sim13):
     assert torch.equal(a, policy(state.obs))  # deterministic mean
 
 
-@pytest.mark.parametrize(("hard_day_share", "policy_average"), [(0.0, 0.0), (0.5, 0.0), (0.0, 0.7)])
-def test_resume_gives_identical_continuation(sim13, tmp_path, hard_day_share, policy_average):
-    config = tiny(iterations=4, reuse=2, minibatches=2, hard_day_share=hard_day_share,
-                  policy_average=policy_average)
+@pytest.mark.parametrize("options", [{}, {"hard_day_share": 0.5}, {"policy_average": 0.7},
+                                     {"hard_scenario_share": 0.5, "hard_scenario_pool": 3}])
+def test_resume_gives_identical_continuation(sim13, tmp_path, options):
+    config = tiny(iterations=4, reuse=2, minibatches=2, **options)
     _, params_a, metrics_a = train(sim13, config, out_dir=tmp_path / "a")
 
     def stop_after_two(row):
@@ -275,6 +275,8 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     ({"hard_day_share": 1.5}, "hard_day_share must be in [0, 1]"),
     ({"hard_day_power": 0.0}, "hard_day_power must be finite and > 0"),
     ({"policy_average": 1.0}, "policy_average must be in [0, 1)"),
+    ({"hard_scenario_share": -0.1}, "hard_scenario_share must be in [0, 1]"),
+    ({"hard_scenario_pool": 0}, "hard_scenario_pool must be >= 1"),
 ])
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -314,6 +316,70 @@ def test_hard_day_power_concentrates_the_draws(sim13, power, share_of_milder):
     milder = float((days == trainer.train_days[7]).double().mean())
     assert int(((days != trainer.train_days[3]) & (days != trainer.train_days[7])).sum()) == 0
     assert milder == pytest.approx(share_of_milder, abs=0.02)
+
+
+def test_hard_scenarios_are_replayed_with_their_households(sim13):
+    """With `hard_scenario_share`, the pool keeps the highest-scoring (day, reset seed) scenarios, a replayed
+    row re-runs its scenario exactly (same day, household load and initial device states), and its score is
+    refreshed by the new rollout."""
+    from gradmap_agent.evaluate import reset_scenarios
+    from gradmap_agent.train import GradMAPTrainer
+
+    trainer = GradMAPTrainer(sim13, tiny(batch_days=4, hard_scenario_share=0.5, hard_scenario_pool=3))
+    first = trainer.draw_scenarios(4)
+    assert first["pooled"].tolist() == [-1] * 4  # empty pool: every row fresh
+    roll = trainer.rollout()
+    per_row = roll["voltage_violation"].amax(dim=(0, 2)).to(torch.float64)
+    assert trainer.pool_score.tolist() == sorted(per_row.tolist(), reverse=True)[:3]
+    assert len(trainer.pool_day) == 3
+
+    scenarios = trainer.draw_scenarios(4)
+    pooled = scenarios["pooled"]
+    assert (pooled[:2] == -1).all() and (pooled[2:] >= 0).all()
+    assert len(set(pooled[2:].tolist())) == 2  # without replacement
+    i = int(pooled[2])
+    day, seed = int(trainer.pool_day[i]), int(trainer.pool_seed[i])
+    assert int(scenarios["day"][2]) == day and int(scenarios["seed"][2]) == seed
+    again = reset_scenarios(sim13, "train", [day, day], [seed, seed + 1])
+    original = reset_scenarios(sim13, "train", [day], [seed])
+    torch.testing.assert_close(again.load_p_kw[:1], original.load_p_kw, rtol=0, atol=0)
+    torch.testing.assert_close(again.soc_kwh[:1], original.soc_kwh, rtol=0, atol=0)
+    assert not torch.equal(again.load_p_kw[1], again.load_p_kw[0])  # another seed: other households
+
+    # a replayed scenario that is now held (score 0) leaves the pool when fresh ones score higher
+    violation = torch.zeros(2, 4, 3, dtype=torch.float64)
+    violation[:, :2] = 1.0  # the two fresh rows: 1 pu
+    trainer.update_pool(scenarios, violation)
+    assert trainer.pool_score.tolist()[:2] == [1.0, 1.0] and len(trainer.pool_score) == 3
+    assert set(trainer.pool_seed[:2].tolist()) == set(scenarios["seed"][:2].tolist())
+
+
+def test_replayed_scenarios_do_not_move_the_multipliers(sim13):
+    """The dual step estimates expectation constraints from the fresh rows only: whatever the replayed hard
+    scenarios violate, the multipliers move as they would without it; at least one row stays fresh."""
+    import copy
+
+    from gradmap_agent.train import GradMAPTrainer
+
+    trainer = GradMAPTrainer(sim13, tiny(batch_days=4, hard_scenario_share=1.0, hard_scenario_pool=8))
+    trainer.rollout()
+    roll = trainer.rollout()
+    assert roll["fresh"].tolist() == [True, False, False, False]  # share 1 leaves one fresh row
+    results = []
+    for replayed_violation in (0.0, 1.0):
+        changed = dict(roll)
+        changed["device_violation"] = roll["device_violation"].clone()
+        changed["voltage_violation"] = roll["voltage_violation"].clone()
+        changed["device_violation"][:, 1:] = replayed_violation
+        changed["voltage_violation"][:, 1:] = replayed_violation
+        other = copy.deepcopy(trainer.multipliers)
+        trainer_multipliers, trainer.multipliers = trainer.multipliers, other
+        trainer.dual_step(changed)
+        trainer.multipliers = trainer_multipliers
+        results.append(other)
+    assert torch.equal(results[0].device, results[1].device)
+    assert torch.equal(results[0].voltage, results[1].voltage)
+    assert not torch.equal(results[0].voltage, trainer.multipliers.voltage)  # the fresh row did move them
 
 
 def test_warm_start_fits_the_noop_rule(sim13):
