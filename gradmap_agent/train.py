@@ -569,10 +569,11 @@ class GradMAPTrainer:
                     viol_sum += float(excess.sum())
                     worst = max(worst, float(excess.max()))
         voltage_violation = torch.stack(volt_viol)  # [T, B, n]
-        self.score_days(state.day_idx, voltage_violation)
+        row_worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()  # [B] pu
+        self.score_days(state.day_idx, row_worst)
         fresh = torch.ones(batch, dtype=torch.bool, device=sim.device)
         if cfg.hard_scenario_share > 0:
-            self.update_pool(scenarios, voltage_violation)
+            self.update_pool(scenarios, row_worst)
             fresh = (scenarios["pooled"] < 0).to(sim.device)
         lagrangian = total / batch
         if not bool(torch.isfinite(lagrangian.detach())):
@@ -630,10 +631,10 @@ class GradMAPTrainer:
         return {"day": torch.cat([days, self.pool_day[pooled]]), "seed": torch.cat([seeds, self.pool_seed[pooled]]),
                 "pooled": torch.cat([torch.full((n_fresh,), -1, dtype=torch.int64), pooled])}
 
-    def update_pool(self, scenarios: dict[str, torch.Tensor], voltage_violation: torch.Tensor) -> None:
+    def update_pool(self, scenarios: dict[str, torch.Tensor], worst: torch.Tensor) -> None:
         """Refresh the scores of the replayed scenarios, add the fresh ones, and keep the
-        `hard_scenario_pool` highest (``voltage_violation`` [T, B, n], pu, 0 where the power flow failed)."""
-        worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()
+        `hard_scenario_pool` highest (``worst`` [B]: every row's largest margin-tightened voltage violation, pu,
+        float64 on the CPU)."""
         pooled = scenarios["pooled"]
         replayed = pooled >= 0
         score = self.pool_score.clone()
@@ -645,10 +646,9 @@ class GradMAPTrainer:
         keep = torch.sort(score, descending=True, stable=True).indices[: self.config.hard_scenario_pool]
         self.pool_day, self.pool_seed, self.pool_score = day[keep], seed[keep], score[keep]
 
-    def score_days(self, day_idx: torch.Tensor, voltage_violation: torch.Tensor) -> None:
-        """Record every rolled-out day's largest margin-tightened violation (``voltage_violation`` [T, B, n],
-        pu, 0 where the power flow failed) as its `day_score`."""
-        worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()
+    def score_days(self, day_idx: torch.Tensor, worst: torch.Tensor) -> None:
+        """Record every rolled-out day's largest margin-tightened violation (``worst`` [B], pu, float64 on the
+        CPU; 0 where the power flow failed) as its `day_score`."""
         position = torch.searchsorted(self.train_days, day_idx.cpu())
         self.day_score[position] = worst
 

@@ -347,9 +347,8 @@ def test_hard_scenarios_are_replayed_with_their_households(sim13):
     assert not torch.equal(again.load_p_kw[1], again.load_p_kw[0])  # another seed: other households
 
     # a replayed scenario that is now held (score 0) leaves the pool when fresh ones score higher
-    violation = torch.zeros(2, 4, 3, dtype=torch.float64)
-    violation[:, :2] = 1.0  # the two fresh rows: 1 pu
-    trainer.update_pool(scenarios, violation)
+    worst = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)  # the two fresh rows: 1 pu
+    trainer.update_pool(scenarios, worst)
     assert trainer.pool_score.tolist()[:2] == [1.0, 1.0] and len(trainer.pool_score) == 3
     assert set(trainer.pool_seed[:2].tolist()) == set(scenarios["seed"][:2].tolist())
 
