@@ -815,7 +815,7 @@ def load_policies(path: str | os.PathLike, deterministic: bool = True):
         path = path / POLICIES_NAME
     if not path.is_file():
         raise ValueError(f"no exported policies at {path}")
-    info = torch.load(path, map_location="cpu", weights_only=False)
+    info = torch.load(path, map_location="cpu", weights_only=True)
     if info.get("format") != POLICIES_FORMAT:
         raise ValueError(f"{path} is not a GradMAP policies file (format {info.get('format')!r})")
     return make_policy(info["params"], deterministic=deterministic), info
@@ -883,7 +883,7 @@ def train(
         if resume:
             if not ckpt_path.is_file():
                 raise ValueError(f"cannot resume: no {CHECKPOINT_NAME} in {out}")
-            state = torch.load(ckpt_path, map_location=sim.device, weights_only=False)
+            state = torch.load(ckpt_path, map_location=sim.device, weights_only=True)
             _check_resume_config(state["config"], config)
             if state["sim_config"] != sim_config_dict(sim):
                 raise ValueError("cannot resume: the simulator config differs from the checkpoint's")

@@ -86,7 +86,7 @@ def test_resume_gives_identical_continuation(sim13, tmp_path, options):
 
     with pytest.raises(KeyboardInterrupt):
         train(sim13, config, progress_fn=stop_after_two, out_dir=tmp_path / "b")
-    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 2
     _, params_b, metrics_b = train(sim13, config, out_dir=tmp_path / "b", resume=True)
     assert params_equal(params_a, params_b)
@@ -111,8 +111,8 @@ def test_policy_average_is_the_moving_average_of_the_iterates(sim13, tmp_path):
     initial = train_module.GradMAPTrainer(sim13, tiny(policy_average=beta))._policy_weights()
     _, params, _ = train(sim13, tiny(policy_average=beta), out_dir=tmp_path, trainer_cls=Recording)
     assert len(iterates) == 3
-    exported = torch.load(tmp_path / "policies.pt", weights_only=False)["params"]["policy"]
-    last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["policy"]
+    exported = torch.load(tmp_path / "policies.pt", weights_only=True)["params"]["policy"]
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["policy"]
     for name, value in initial.items():
         expected = value.double()
         for theta in iterates:
@@ -134,7 +134,7 @@ def test_resume_of_a_run_older_than_a_field(sim13, tmp_path):
     default is refused naming the field, and resuming it with the old value continues."""
     train(sim13, tiny(iterations=1, voltage_quadratic=0.0), out_dir=tmp_path)
     ckpt = tmp_path / "checkpoint.pt"
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     del state["config"]["voltage_quadratic"]
     torch.save(state, ckpt)
     with pytest.raises(ValueError, match=r"voltage_quadratic: checkpoint 0\.0 vs now 1000000000\.0"):
@@ -157,7 +157,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(sim13, tmp_path, monkey
     monkeypatch.setattr(train_module, "step_lagrangian", poisoned)
     with pytest.raises(DivergenceError, match="non-finite Lagrangian"):
         train(sim13, tiny(iterations=3, checkpoint_every=10), out_dir=tmp_path)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 1
     assert all(bool(torch.isfinite(v).all()) for v in saved["policy"].values())
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2

@@ -72,7 +72,7 @@ def test_resume_gives_identical_continuation(sim13, tmp_path, factory):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(sim13, config, progress_fn=stop_after_two, out_dir=out)
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 2
     _, params, resumed = train(sim13, config, out_dir=out, resume=True)
     assert strip_times(resumed["history"]) == strip_times(full["history"])
     for key, value in full_params["policy"].items():
