@@ -164,6 +164,48 @@ def test_non_convergence_is_flagged_and_gradients_stay_finite(compiled):
         powerflow.solve(c, p.detach(), max_iter=60, raise_on_failure=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_failed_rows_are_frozen_and_every_row_equals_its_solve_alone(dtype):
+    """Rows that diverge stay at the iterate they failed in: each row's output, flag and gradient are those
+    of the same row solved alone, and everything is finite, whatever the other rows do."""
+    c = powerflow.compile(load_feeder("ieee13"), dtype=dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+    scales = torch.tensor([1.0, 200.0, 0.5, 1000.0, 1.5, 50.0], dtype=dtype)
+    p = (c.load_p_kw * scales[:, None]).requires_grad_(True)
+    together = powerflow.solve(c, p, tol=tol, max_iter=80)
+    assert together.converged.tolist() == [True, False, True, False, True, False]
+    (together.v_mag_pu.sum() + together.v_pu.real.sum()).backward()
+    for row in range(len(scales)):
+        q = p.detach()[row:row + 1].clone().requires_grad_(True)
+        alone = powerflow.solve(c, q, tol=tol, max_iter=80)
+        (alone.v_mag_pu.sum() + alone.v_pu.real.sum()).backward()
+        assert alone.converged[0] == together.converged[row]
+        assert alone.iterations[0] == together.iterations[row]
+        # float32 rounding differs with the batch's shape (relative to a failed row's large voltages)
+        atol, rtol = (1e-12, 1e-9) if dtype == torch.float64 else (1e-5, 1e-5)
+        assert torch.allclose(alone.v_pu[0], together.v_pu[row], atol=atol, rtol=rtol)
+        assert torch.allclose(q.grad[0], p.grad[row], atol=atol, rtol=1e-4 if dtype == torch.float32 else 1e-6)
+    for x in (together.v_pu, together.v_mag_pu, together.v_active_pu, p.grad):
+        assert torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("start", [0.0, float("nan")])
+def test_zero_or_nan_warm_start_gives_finite_outputs_and_gradients(start, dtype):
+    c = powerflow.compile(load_feeder("ieee13"), dtype=dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+    p = c.load_p_kw.expand(2, -1).clone().requires_grad_(True)
+    v_init = c.w_active.expand(2, -1).clone()
+    v_init[0] = start
+    v_init[1, :3] = start
+    r = powerflow.solve(c, p, v_init=v_init, tol=tol)
+    assert r.converged.all()
+    r.v_mag_pu.sum().backward()
+    assert torch.isfinite(p.grad).all() and (p.grad != 0).any()
+    cold = powerflow.solve(c, p.detach(), tol=tol)
+    assert torch.allclose(r.v_pu, cold.v_pu, atol=1e-9 if dtype == torch.float64 else 1e-5, rtol=0)
+
+
 def test_batch_rows_are_independent(compiled):
     c = compiled["ieee34"]
     pts = _points(c, 5, seed=5)

@@ -116,17 +116,23 @@ def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
         step = torch.view_as_real(v_new - v).abs().amax(dim=(1, 2))
         running = ~(converged | failed)
         iterations += running.long()
-        # a non-finite or huge step means the row diverges: freeze it at its last finite iterate
+        # a non-finite or huge step means the row diverges: it stays frozen at its last finite iterate from
+        # this iteration on, so what it reports never depends on the other rows
         bad = running & ~(step < _DIVERGED_STEP_PU)
-        if bool(bad.any()):
-            failed = failed | bad
-            v_new = torch.where(bad.unsqueeze(1), v, v_new)
+        failed = failed | bad
+        if bool(failed.any()):
+            v_new = torch.where(failed.unsqueeze(1), v, v_new)
         # converged rows keep iterating with the batch: at the fixed point that changes them by < tol
         v = v_new
         converged = converged | (running & ~bad & (step < tol))
         if bool((converged | failed).all()):
             break
     return v, converged, iterations
+
+
+def _finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B] True where every entry of the complex row x [B, k] is finite."""
+    return torch.isfinite(torch.view_as_real(x)).all(dim=2).all(dim=1)
 
 
 def _local_jacobian(u: torch.Tensor, coef_t: torch.Tensor):
@@ -228,6 +234,14 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         v, converged, iterations = _iterate(compiled, v_init, coef_t, tol, max_iter)
         v_all = torch.addmm(compiled.w_all.expand(v.shape[0], -1), _node_current(compiled, v, coef_t),
                             compiled.z_all_active.T)
+        finite = _finite_rows(v) & _finite_rows(v_all)
+        if not bool(finite.all()):
+            # a failed row whose last iterate has no finite currents (a zero branch voltage) reports the
+            # no-load voltages rather than NaN; it stays flagged
+            keep = finite.unsqueeze(1)
+            v = torch.where(keep, v, compiled.w_active)
+            v_all = torch.where(keep, v_all, compiled.w_all)
+            converged = converged & finite
         # magnitudes here, so that their backward joins the adjoint's (cheaper than complex abs's own)
         v_mag = torch.linalg.vector_norm(torch.view_as_real(v_all), dim=-1)
         ctx.save_for_backward(v, converged, coef_t, v_all, v_mag)
@@ -254,6 +268,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         if not bool(converged.all()):
             h_all = torch.where(mask, h_all, zero)
             g_active = torch.where(mask, g_active, zero)
+            # failed rows get zero gradient; linearise them at the no-load voltages so that no factor of
+            # theirs is infinite (0 * inf would put NaN into their adjoint and stall its stopping test)
+            v = torch.where(mask, v, c.w_active)
         a_node, b_node = _local_jacobian(v, coef_t[:, :, :m])
         if has_delta:
             u = v[:, c.delta_from] - v[:, c.delta_to]
@@ -275,7 +292,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             mu = mu.to(v.dtype)
         mu, _ = _adjoint_iteration(c, mu, h_all, g_active, z_conj, factors, adjoint_tol, adjoint_max_iter, scale)
         # rows that did not converge, or whose adjoint blew up, contribute nothing rather than a wrong gradient
-        keep = torch.isfinite(torch.view_as_real(mu)).all(dim=2).all(dim=1, keepdim=True)
+        keep = _finite_rows(mu).unsqueeze(1)
         if not bool(keep.all() and converged.all()):
             mu = torch.where(keep & mask, mu, zero)
         # coefficient gradient: i = u (a / r^2 + b / r + c) is linear in the coefficients
@@ -357,6 +374,9 @@ def solve(
     elif v_init.shape != (batch, m):
         raise ValueError(f"v_init must have shape [{batch}, {m}], got {tuple(v_init.shape)}")
     v_init = v_init.detach().to(c.w_active.dtype)
+    usable = torch.isfinite(torch.view_as_real(v_init)).all(dim=-1) & (v_init != 0)
+    if not bool(usable.all()):  # a zero or non-finite start has no injection law: start there from no load
+        v_init = torch.where(usable, v_init, c.w_active)
 
     v_all, v_mag, v_active, converged, iterations = _ImplicitFixedPoint.apply(
         coef, v_init, c, tol, max_iter, adjoint_tol, adjoint_max_iter)
