@@ -199,18 +199,23 @@ class Feeder:
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "<dict>") -> Feeder:
+        """Build and validate a feeder (`gridedge_env.network.checks.validate_feeder`) from `to_dict` data."""
         if not isinstance(data, dict) or data.get("format") != "gridedge-feeder":
             raise FeederError(f"{origin}: not a gridedge feeder file (missing format='gridedge-feeder')")
         if data.get("version") != FORMAT_VERSION:
             raise FeederError(f"{origin}: feeder format version {data.get('version')} is not supported")
         try:
-            return _feeder_from_plain(data)
+            feeder = _feeder_from_plain(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise FeederError(f"{origin}: malformed feeder data: {exc!r}") from exc
+        from gridedge_env.network.checks import validate_feeder
+
+        validate_feeder(feeder, origin)
+        return feeder
 
     @classmethod
     def load(cls, path: str | Path) -> Feeder:
-        """Read a feeder written by `save`."""
+        """Read a feeder written by `save`, validated (`FeederError` names the first problem)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())

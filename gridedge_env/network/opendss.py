@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gridedge_env.network.checks import check_writable, validate_feeder
 from gridedge_env.network.model import (
     Bus,
     Capacitor,
@@ -25,6 +26,7 @@ from gridedge_env.network.model import (
     Transformer,
     Winding,
 )
+from gridedge_env.network.opendss_guard import check_model, secure_engine
 
 # km per OpenDSS length unit code (0 = none: lengths are taken as km, only the product length*z matters)
 _KM_PER_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 2.54e-5, 7: 1e-5, 8: 1e-6}
@@ -70,11 +72,19 @@ def _square(values, n: int) -> list[list[float]]:
     return np.asarray(values, dtype=float).reshape(n, n).tolist()
 
 
-def compile_opendss(path: str | Path) -> None:
-    """Compile a model into the (process-global) OpenDSS engine, with a clear error if it fails."""
+def compile_opendss(path: str | Path, *, trusted: bool = False) -> None:
+    """Compile a model into the (process-global) OpenDSS engine, with a clear error if it fails.
+
+    Unless ``trusted``, the script is checked first (`gridedge_env.network.opendss_guard.check_model`):
+    a model that would write, read or run anything outside its folder raises `FeederError`. The engine's
+    editor hook is off either way.
+    """
     path = Path(path)
     if not path.is_file():
         raise FeederError(f"{path}: no such OpenDSS file")
+    secure_engine()
+    if not trusted:
+        check_model(path)
     _command("Clear", str(path))
     cwd = os.getcwd()
     try:
@@ -247,6 +257,7 @@ def from_opendss(
     regulator_tap_steps: dict[str, int] | None = None,
     settle_regulators: bool = False,
     bus_coords: str | Path | None = None,
+    trusted: bool = False,
 ) -> Feeder:
     """Import any OpenDSS model by compiling it and reading its elements back.
 
@@ -257,13 +268,16 @@ def from_opendss(
             for a standard regulator); applied after any `settle_regulators` solve.
         settle_regulators: solve once with regulator controls active and keep the taps they settle on.
         bus_coords: optional bus-coordinate file (OpenDSS `Buscoords` format) for plots.
+        trusted: compile the script without checking it (see `compile_opendss`); only for models whose
+            every command you trust.
 
     Raises:
-        FeederError: the file does not compile, or an element cannot be represented (the message names it).
+        FeederError: the file does not compile, an element cannot be represented, or (unless ``trusted``)
+            a command would touch files or programs outside the model's folder (the message names it).
     """
     origin = str(path)
     bus_coords = Path(bus_coords).resolve() if bus_coords is not None else None
-    compile_opendss(path)
+    compile_opendss(path, trusted=trusted)
     dss = _dss()
     if bus_coords is not None:
         _command(f'Buscoords "{Path(bus_coords).resolve()}"', origin)
@@ -286,6 +300,7 @@ def from_opendss(
     )
     if regulator_tap_steps:
         feeder = feeder.with_regulator_taps(regulator_tap_steps)
+    validate_feeder(feeder, origin)
     return feeder
 
 
@@ -321,7 +336,13 @@ def _sequence_impedances(line: Line) -> str | None:
 
 
 def write_opendss(feeder: Feeder, path: str | Path) -> Path:
-    """Write `feeder` as a self-contained OpenDSS model (taps fixed, no controls); returns the path."""
+    """Write `feeder` as a self-contained OpenDSS model (taps fixed, no controls); returns the path.
+
+    Raises:
+        FeederError: a name that is not a plain identifier or a number that is not finite (a feeder from an
+            untrusted file cannot add commands to the script).
+    """
+    check_writable(feeder, f"feeder {feeder.name!r}")
     s = feeder.source
     lines = [
         "! Written by gridedge from its own feeder data; regulator taps are fixed (no RegControl).",
