@@ -260,6 +260,26 @@ def _prepare_feeder(config: SimConfig) -> Feeder:
     return feeder
 
 
+def check_seed(seed) -> int:
+    """A reset seed as an int: an integer in [0, 2**63) (bools, floats and strings are an error)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
+def real_array(values, what: str) -> np.ndarray:
+    """``values`` as a float64 array; strings, bytes, None, complex numbers and other objects are an error
+    (numpy would turn "0.5" into 0.5, None into NaN and drop an imaginary part)."""
+    try:
+        arr = np.asarray(values)
+    except ValueError as exc:  # ragged nesting
+        raise ValueError(f"{what} must be an array of real numbers: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must be real numbers, got {values!r}" if arr.size == 1 else
+                         f"{what} must be real numbers, got an array of dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
 def _check_config(config: SimConfig) -> None:
     n = config.n_agents
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
@@ -268,6 +288,15 @@ def _check_config(config: SimConfig) -> None:
         raise ValueError(f"n_agents must be >= 1 (an impossible configuration: {n} agents)")
     if config.dtype not in _DEFAULT_TOL:
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {config.dtype}")
+    for name in ("pf_tol", "pf_adjoint_tol"):
+        value = getattr(config, name)
+        if value is not None and not (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
+        ):
+            raise ValueError(f"{name} must be None or a number in (0, 1), got {value!r}")
+    m = config.pf_max_iter
+    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+        raise ValueError(f"pf_max_iter must be an integer >= 1, got {m!r}")
     for name in ("load_scale", "pv_kwp_per_kw", "min_spot_kw_per_agent"):
         value = getattr(config, name)
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
@@ -424,10 +453,11 @@ class Sim:
             The initial State (``t = 0``).
 
         Raises:
-            ValueError: Unknown split, bad batch size, or a day not in the split.
+            ValueError: Unknown split, bad batch size, a day not in the split, or a seed that is not an
+                integer in [0, 2**63).
         """
         allowed = split_days(split)  # raises ValueError naming an unknown split
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(check_seed(seed))
         if days is not None:
             day_idx = torch.as_tensor(days).to(torch.int64).reshape(-1)
             if batch_size is not None and int(batch_size) != day_idx.numel():
@@ -534,10 +564,7 @@ class Sim:
 
     def _check_actions(self, state: State, actions) -> torch.Tensor:
         if not isinstance(actions, torch.Tensor):
-            try:
-                actions = torch.as_tensor(np.asarray(actions, dtype=np.float64))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"actions must be a numeric array of shape [B, N], got {type(actions)}") from exc
+            actions = torch.as_tensor(real_array(actions, "actions"))
         expected = (state.batch_size, self.n_agents)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must have shape [B, N] = {list(expected)}, got {list(actions.shape)}")

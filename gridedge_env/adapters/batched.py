@@ -90,6 +90,23 @@ def split_config(cfg: dict) -> tuple[dict, RewardConfig, dict]:
     return sim_cfg, reward, rest
 
 
+def reset_days(options) -> list[int] | None:
+    """The day an adapter's ``reset(options={"day": d})`` asks for (None: drawn); unknown options are an error."""
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict, got {type(options).__name__}")
+    unknown = sorted(map(str, set(options) - {"day"}))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; the only option is 'day'")
+    if "day" not in options:
+        return None
+    day = options["day"]
+    if isinstance(day, bool) or not isinstance(day, int | np.integer):
+        raise ValueError(f"reset option 'day' must be an integer day index, got {day!r}")
+    return [int(day)]
+
+
 def agent_node_index(sim: Sim) -> torch.Tensor:
     """[N] index of every agent's node into ``sim.node_names`` (the columns of ``voltage_violation``)."""
     pos = {name: i for i, name in enumerate(sim.node_names)}

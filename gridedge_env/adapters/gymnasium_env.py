@@ -27,8 +27,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from gridedge_env.adapters.batched import agent_node_index, clip_obs, global_state, global_state_bounds, split_config
-from gridedge_env.core import make_sim
+from gridedge_env.adapters.batched import (
+    agent_node_index,
+    clip_obs,
+    global_state,
+    global_state_bounds,
+    reset_days,
+    split_config,
+)
+from gridedge_env.core import check_seed, make_sim, real_array
 from gridedge_env.scenarios import split_days
 
 __all__ = ["ENV_ID", "GridEdgeCentralEnv"]
@@ -57,9 +64,11 @@ class GridEdgeCentralEnv(gym.Env):
         self._state = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        days = reset_days(options)
+        if seed is not None:  # checked before the episode generator is replaced
+            check_seed(seed)
         super().reset(seed=seed)
         episode_seed = int(self.np_random.integers(2**31 - 1)) if seed is None else int(seed)
-        days = [int(options["day"])] if options and "day" in options else None
         self._state = self.sim.reset(None if days else 1, seed=episode_seed, split=self.split, days=days)
         return self._obs(), {"cost": 0.0, "device_violation": 0.0, "feeder_voltage_violation": 0.0,
                              "pf_converged": True}
@@ -70,7 +79,7 @@ class GridEdgeCentralEnv(gym.Env):
     def step(self, action):
         if self._state is None:
             raise ValueError("call reset() before step()")
-        a = np.asarray(action, dtype=np.float64)
+        a = real_array(action, "action")
         if a.shape != (self.sim.n_agents,):
             raise ValueError(f"action must have shape ({self.sim.n_agents},), got {a.shape}")
         with torch.no_grad():

@@ -139,9 +139,10 @@ from gridedge_env.adapters.batched import (
     global_state,
     global_state_bounds,
     network_terms,
+    reset_days,
     split_config,
 )
-from gridedge_env.core import OBS_DIM, make_sim
+from gridedge_env.core import OBS_DIM, check_seed, make_sim, real_array
 from gridedge_env.scenarios import split_days
 
 __all__ = ["GridEdgeParallelEnv", "bench_parallel_env", "env", "parallel_env", "raw_env"]
@@ -218,15 +219,12 @@ class GridEdgeParallelEnv(ParallelEnv):
     # -- episode --------------------------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._rng = np.random.default_rng(int(seed))
-            episode_seed = int(seed)
-        else:
-            episode_seed = int(self._rng.integers(2**31 - 1))
-        days = None
-        if options and "day" in options:
-            days = [int(options["day"])]
+        days = reset_days(options)
+        # a rejected seed or option leaves the episode generator as it was
+        rng = self._rng if seed is None else np.random.default_rng(check_seed(seed))
+        episode_seed = int(rng.integers(2**31 - 1)) if seed is None else int(seed)
         self._core_state = self.sim.reset(None if days else 1, seed=episode_seed, split=self.split, days=days)
+        self._rng = rng
         self.agents = list(self.possible_agents)
         self._obs32 = clip_obs(self._core_state.obs)
         self._last = None
@@ -262,8 +260,8 @@ class GridEdgeParallelEnv(ParallelEnv):
                              f"{' ...' if len(missing) > 5 else ''} (every live agent must act each step)")
         values = [actions[a] for a in self.possible_agents]
         try:  # fast path: one conversion for all agents
-            arr = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
+            arr = real_array(values, "actions")
+        except ValueError:
             arr = None
         if arr is None or arr.shape not in ((len(values),), (len(values), 1)):
             arr = self._parse_one_by_one(values)
@@ -279,9 +277,9 @@ class GridEdgeParallelEnv(ParallelEnv):
         out = np.empty(len(values), np.float64)
         for i, (a, x) in enumerate(zip(self.possible_agents, values, strict=True)):
             try:
-                xa = np.asarray(x, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"action of agent {a!r} is not numeric: {x!r}") from exc
+                xa = real_array(x, f"action of agent {a!r}")
+            except ValueError as exc:
+                raise ValueError(f"action of agent {a!r} is not a real number: {x!r}") from exc
             if xa.shape not in ((), (1,)):
                 raise ValueError(f"action of agent {a!r} has shape {xa.shape}, expected (1,)")
             out[i] = xa.reshape(())
