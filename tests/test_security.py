@@ -89,6 +89,17 @@ def _files(folder):
         ("New Monitor.m element=Line.l1 terminal=1\nSolve\nMonitor.m.action=save\n", "writes a file"),
         ("New Loadshape.s npts=2 interval=1 mult=(file={outside}/evil.csv)\n", "outside the model's folder"),
         ("FileEdit {outside}/evil.csv\n", "command 'fileedit'"),
+        # a load shape saves itself as '<name>_P.dbl' in the data folder: a positional action, or a name
+        # that climbs out of the folder
+        (
+            "New Loadshape.s npts=3 interval=1 mult=(1 2 3)\nEdit Loadshape.s 3 1 (1 2 3) (0 1 2) 2 1 a b c dblsave\n",
+            "without a property name",
+        ),
+        (
+            "New Loadshape.x/../../outside/e npts=3 interval=1 mult=(1 2 3)\nLoadshape.x/../../outside/e.action=d\n",
+            "refers to a parent folder",
+        ),
+        ("var @cmd=Export\n@cmd Voltages {outside}/v.csv\n", "command 'var'"),
         ("Set ed={program}\nShow Voltages\n", "option Set editor"),  # abbreviated option
     ],
 )

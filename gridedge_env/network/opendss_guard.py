@@ -95,9 +95,7 @@ ALLOWED_COMMANDS = frozenset(
         "UpdateStorage",
         "LatLongCoords",
         "BatchEdit",
-        "Variable",
         "ReprocessBuses",
-        "var",
         "Cleanup",
         "FinishTimeStep",
         "NodeList",
@@ -223,6 +221,7 @@ _FILE_PROPERTIES = ("csvfile", "sngfile", "dblfile", "pqcsvfile", "file")
 # `action=` values that write files: a monitor's or energy meter's Save, a meter's ZoneDump, a shape's
 # DblSave/SngSave (OpenDSS reads only the first letter)
 _WRITING_ACTIONS = ("s", "d", "z")
+_ACTION_CLASSES = frozenset({"loadshape", "tshape", "priceshape", "monitor", "energymeter"})
 
 _QUOTES = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
 _NAME_VALUE = re.compile(r"""([A-Za-z_%][\w%.]*)\s*=\s*("[^"]*"|'[^']*'|[^\s,()\[\]{}"']*)""")
@@ -342,9 +341,10 @@ def _path(value: str, base: Path) -> Path:
 
 
 def _check_file(path: Path, root: Path, stack: tuple[Path, ...]) -> None:
+    active = [None]  # class of the element the next '~' line edits (None: not known)
     for number, line in _lines(path, str(path)):
         try:
-            _check_line(line, path, root, stack)
+            _check_line(line, path, root, stack, active)
         except _Refused as exc:
             raise FeederError(
                 f"{path}, line {number}: {line.strip()!r}: {exc}; gridedge refuses it in an "
@@ -356,7 +356,7 @@ class _Refused(Exception):
     pass
 
 
-def _check_line(line: str, path: Path, root: Path, stack: tuple[Path, ...]) -> None:
+def _check_line(line: str, path: Path, root: Path, stack: tuple[Path, ...], active: list) -> None:
     commands, options = _engine_names()
     base = path.parent
     params, end = _params(line)
@@ -367,6 +367,7 @@ def _check_line(line: str, path: Path, root: Path, stack: tuple[Path, ...]) -> N
     for word in (command, *(_resolve(w, commands) for w in words)):
         if word is not None and word not in ALLOWED_COMMANDS:
             raise _Refused(f"the OpenDSS command {word!r} may write files or start programs")
+    _check_positional_action(command, params, active)
     if command == "set":
         _check_set(params[1:], code, options)
     elif command in _PATH_COMMANDS and len(params) > 1 and params[1][1]:
@@ -384,18 +385,46 @@ def _check_line(line: str, path: Path, root: Path, stack: tuple[Path, ...]) -> N
                     if candidate in (*stack, path):
                         raise _Refused("the model redirects to a file that is already running")
                     _check_file(candidate, root, (*stack, path))
-    # every path named anywhere on the line stays inside the model's folder
+            active[0] = None
+    # every path named anywhere on the line stays inside the model's folder; '..' is refused outright, since
+    # OpenDSS also builds file names from element names (a load shape 'x/../../y' saves outside its folder)
     for word in _WORDS.findall(code):
         as_path = word.replace("\\", "/")
-        if len(word) > 1 and (as_path.startswith("/") or ".." in as_path.split("/")):
-            if not _inside(_path(word, base), root):
-                raise _Refused(f"{word!r} is outside the model's folder {root}")
+        if ".." in as_path.split("/"):
+            raise _Refused(f"{word!r} refers to a parent folder")
+        if len(word) > 1 and as_path.startswith("/") and not _inside(_path(word, base), root):
+            raise _Refused(f"{word!r} is outside the model's folder {root}")
     for name, value in _NAME_VALUE.findall(code):
         name, value = name.rsplit(".", 1)[-1].lower(), value.strip("\"'")
         if value and any(p.startswith(name) for p in _FILE_PROPERTIES) and not _inside(_path(value, base), root):
             raise _Refused(f"the file {value!r} is outside the model's folder {root}")
         if "action".startswith(name) and value.lower().startswith(_WRITING_ACTIONS):
             raise _Refused(f"action={value} writes a file")
+
+
+def _check_positional_action(command: str | None, params: list[tuple[str, str]], active: list) -> None:
+    """Refuse a value without a name that could be the ``action`` of a load shape, monitor or meter."""
+    if command in ("new", "edit", "select"):
+        obj = params[1][1] if len(params) > 1 else ""
+        active[0] = obj.split(".", 1)[0].lower() if "." in obj else None
+        values = [value for name, value in params[2:] if not name]
+    elif command in ("~", "more", "m"):
+        values = [value for name, value in params[1:] if not name]
+    elif command is None and params and "." in params[0][0]:  # 'Class.name.property=value ...'
+        active[0] = params[0][0].split(".", 1)[0].lower()
+        values = [value for name, value in params[1:] if not name]
+    else:
+        if command == "set":
+            active[0] = None  # Set class=/element=/object= may select another element
+        return
+    if active[0] is not None and active[0] not in _ACTION_CLASSES:
+        return
+    for value in values:
+        if value.strip().lower().startswith(_WRITING_ACTIONS):
+            raise _Refused(
+                f"the value {value!r} without a property name could be an action that saves a file; name "
+                "the property (prop=value)"
+            )
 
 
 def _check_set(params: list[tuple[str, str]], code: str, options: tuple[str, ...]) -> None:
