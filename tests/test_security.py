@@ -201,3 +201,16 @@ def test_to_opendss_and_validate_refuse_injected_names_and_write_nothing(tmp_pat
     finally:
         tempfile.tempdir = saved
     assert not list(tmp_path.rglob("x.dss"))
+
+
+def test_a_model_path_cannot_inject_commands(attack):
+    """The model's own file name is quoted into OpenDSS's Compile command: a quote or newline in it is refused."""
+    from gridedge_env.network import FeederError, from_opendss
+
+    model_dir, _, _, _ = attack
+    (model_dir / "m.dss").write_text(_CIRCUIT)  # what the quoted part of the crafted name would compile
+    master = model_dir / 'm.dss"\nSolve\nExport Voltages\n!.dss'
+    master.write_text(_CIRCUIT)
+    with pytest.raises(FeederError, match="quotes or control characters"):
+        from_opendss(master, trusted=True)
+    assert _files(model_dir) == sorted(["m.dss", master.name])

@@ -26,7 +26,7 @@ from gridedge_env.network.model import (
     Transformer,
     Winding,
 )
-from gridedge_env.network.opendss_guard import check_model, secure_engine
+from gridedge_env.network.opendss_guard import check_model, quoted_path, secure_engine
 
 # km per OpenDSS length unit code (0 = none: lengths are taken as km, only the product length*z matters)
 _KM_PER_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 2.54e-5, 7: 1e-5, 8: 1e-6}
@@ -88,7 +88,7 @@ def compile_opendss(path: str | Path, *, trusted: bool = False) -> None:
     _command("Clear", str(path))
     cwd = os.getcwd()
     try:
-        _command(f'Compile "{path.resolve()}"', str(path))
+        _command(f"Compile {quoted_path(path)}", str(path))
     finally:
         os.chdir(cwd)  # OpenDSS's Compile changes the process's working directory; undo that
     try:
@@ -280,7 +280,7 @@ def from_opendss(
     compile_opendss(path, trusted=trusted)
     dss = _dss()
     if bus_coords is not None:
-        _command(f'Buscoords "{Path(bus_coords).resolve()}"', origin)
+        _command(f"Buscoords {quoted_path(bus_coords)}", origin)
     if settle_regulators:
         _command("Set ControlMode=Static", origin)
         _command("Set MaxControlIter=100", origin)

@@ -237,6 +237,15 @@ def secure_engine() -> None:
     dss.Basic.AllowDOScmd(False)
 
 
+def quoted_path(path: str | Path) -> str:
+    """The absolute path in double quotes for an OpenDSS command; a path holding a quote or a control
+    character (a newline would start another command) is a `FeederError`."""
+    text = str(Path(path).resolve())
+    if '"' in text or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise FeederError(f"{text!r}: gridedge does not pass a path with quotes or control characters to OpenDSS")
+    return f'"{text}"'
+
+
 def check_model(path: str | Path) -> None:
     """Refuse a model whose script could write, read or run anything outside its own folder.
 
@@ -380,11 +389,17 @@ def _check_line(line: str, path: Path, root: Path, stack: tuple[Path, ...], acti
                 "file's folder for the lines after it)"
             )
         if command in ("redirect", "compile"):
-            for candidate in (target, target.with_name(target.name + ".dss"), target.with_name(target.name + ".DSS")):
-                if candidate.is_file():
-                    if candidate in (*stack, path):
-                        raise _Refused("the model redirects to a file that is already running")
-                    _check_file(candidate, root, (*stack, path))
+            candidates = [
+                c
+                for c in (target, target.with_name(target.name + ".dss"), target.with_name(target.name + ".DSS"))
+                if c.is_file()
+            ]
+            if not candidates:
+                raise _Refused(f"no such file {params[1][1]!r}")
+            for candidate in candidates:
+                if candidate in (*stack, path):
+                    raise _Refused("the model redirects to a file that is already running")
+                _check_file(candidate, root, (*stack, path))
             active[0] = None
     # every path named anywhere on the line stays inside the model's folder; '..' is refused outright, since
     # OpenDSS also builds file names from element names (a load shape 'x/../../y' saves outside its folder)
