@@ -275,8 +275,8 @@ def real_array(values, what: str) -> np.ndarray:
     except ValueError as exc:  # ragged nesting
         raise ValueError(f"{what} must be an array of real numbers: {exc}") from exc
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{what} must be real numbers, got {values!r}" if arr.size == 1 else
-                         f"{what} must be real numbers, got an array of dtype {arr.dtype}")
+        raise ValueError(f"{what} must be numeric (real numbers), got {values!r}" if arr.size == 1 else
+                         f"{what} must be numeric (real numbers), got an array of dtype {arr.dtype}")
     return arr.astype(np.float64)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,14 +92,18 @@ def split_config(cfg: dict) -> tuple[dict, RewardConfig, dict]:
 
 
 def reset_days(options) -> list[int] | None:
-    """The day an adapter's ``reset(options={"day": d})`` asks for (None: drawn); unknown options are an error."""
+    """The day an adapter's ``reset(options={"day": d})`` asks for (None: drawn).
+
+    A malformed ``day`` or options that are not a dict are a ValueError; other keys are not used and get a
+    warning that names them (an error would fail PettingZoo's own API test, which passes ``{"options": 1}``).
+    """
     if options is None:
         return None
     if not isinstance(options, dict):
         raise ValueError(f"reset options must be a dict, got {type(options).__name__}")
     unknown = sorted(map(str, set(options) - {"day"}))
     if unknown:
-        raise ValueError(f"unknown reset option(s) {unknown}; the only option is 'day'")
+        warnings.warn(f"reset option(s) {unknown} are not used; the only option is 'day'", stacklevel=3)
     if "day" not in options:
         return None
     day = options["day"]

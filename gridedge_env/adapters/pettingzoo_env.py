@@ -279,7 +279,7 @@ class GridEdgeParallelEnv(ParallelEnv):
             try:
                 xa = real_array(x, f"action of agent {a!r}")
             except ValueError as exc:
-                raise ValueError(f"action of agent {a!r} is not a real number: {x!r}") from exc
+                raise ValueError(f"action of agent {a!r} is not numeric (a real number): {x!r}") from exc
             if xa.shape not in ((), (1,)):
                 raise ValueError(f"action of agent {a!r} has shape {xa.shape}, expected (1,)")
             out[i] = xa.reshape(())
