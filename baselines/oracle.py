@@ -17,7 +17,7 @@ household load, PV, temperatures and prices, so this is the optimum with perfect
 convergence; the problem is non-convex through the AC power flow).
 
 `PerfectForesightPolicy` wraps it as a ``policy(sim, state)``: at the first step of an episode it plans the
-whole day of every row, then replays the plan, so `gradmap_agent.evaluate.evaluate_policy` evaluates it on
+whole day of every row, then replays the plan, so `gridedge_run.evaluate_policy` evaluates it on
 exactly the same episodes and metrics as every other method (``gridedge evaluate --method oracle``).
 ``docs/baselines.md`` has
 the design choices and results.

@@ -17,9 +17,9 @@ surrogate + value loss - entropy bonus, summed over agents (each agent's own ter
 then the observation statistics fold in the rollout. Nothing loops over agents in Python. ``docs/ppo.md`` has
 the equations and the defaults; docs/results.md the measured numbers.
 
-The checkpoints, metrics.csv, progress, divergence handling and run-directory files are GradMAP's
-(`gradmap_agent.train.train` drives `PPOTrainer`); the exported policies are GradMAP's format, so
-`gradmap_agent.make_policy`, `gradmap_agent.evaluate_policy` and ``gridedge evaluate DIR`` take them as is.
+The run layer's loop (`gridedge_run.loop.train`) drives `PPOTrainer` as it drives GradMAP's trainer
+(budget, checkpoints, metrics.csv, progress, divergence handling); the exported policies have GradMAP's
+format, so `gradmap_agent.make_policy`, `gridedge_run.evaluate_policy` and ``gridedge evaluate DIR`` take them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +34,11 @@ from torch import nn
 
 from gradmap_agent.losses import clip_grad_norm_per_agent_
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
+from gradmap_agent.optim import LR_SCHEDULES, budget_progress, clone_tree, lr_at
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
-from gradmap_agent.train import DivergenceError, _clone, _lr_at, _progress, check_fields, sim_config_dict
-from gradmap_agent.train import train as _train_loop
+from gradmap_agent.train import DivergenceError, check_fields
 from gridedge_env.adapters.batched import NET_SCOPES, BatchedEnv, RewardConfig, global_state_bounds
+from gridedge_env.core import OBS_DIM, sim_config_dict
 
 __all__ = [
     "METRIC_FIELDS",
@@ -48,7 +48,6 @@ __all__ = [
     "ippo_config",
     "make_policy",
     "mappo_config",
-    "train",
 ]
 
 CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/1"
@@ -61,7 +60,6 @@ METRIC_FIELDS = (
     "rollout_s", "update_s",
 ) + tuple(f for f in GRADMAP_METRIC_FIELDS if f.startswith("eval_"))
 
-_LR_SCHEDULES = ("constant", "linear", "cosine")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -164,8 +162,8 @@ class PPOConfig:
             problems.append(f"eval_every must be >= 0, got {self.eval_every}")
         if self.net_scope not in NET_SCOPES:
             problems.append(f"net_scope must be one of {NET_SCOPES}, got {self.net_scope!r}")
-        if self.lr_schedule not in _LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {_LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.policy_dtype not in ("float32", "float64"):
             problems.append(f"policy_dtype must be 'float32' or 'float64', got {self.policy_dtype!r}")
         for name in ("gamma", "gae_lambda", "lr_final_fraction", "max_pf_failure_share"):
@@ -310,12 +308,12 @@ class _CentralCritic(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The trainer (driven by gradmap_agent.train.train)
+# The trainer (driven by gridedge_run.loop.train)
 # ----------------------------------------------------------------------------------------------------------
 
 
 class PPOTrainer:
-    """Everything one IPPO/MAPPO run holds and one iteration of it; `gradmap_agent.train.train` drives it
+    """Everything one IPPO/MAPPO run holds and one iteration of it; `gridedge_run.loop.train` drives it
     (budget, checkpoints, metrics.csv, progress, divergence handling, export).
 
     Args:
@@ -332,8 +330,6 @@ class PPOTrainer:
         if config.minibatches > config.num_envs * sim.n_steps:
             raise ValueError(f"invalid PPOConfig: minibatches must be at most the rollout's rows (num_envs x steps "
                              f"= {config.num_envs} x {sim.n_steps}), got {config.minibatches}")
-        from gridedge_env import OBS_DIM
-
         self.sim, self.config = sim, config
         sim_fields = {f.name: getattr(sim.config, f.name) for f in dataclasses.fields(sim.config)}
         self.env = BatchedEnv(config.num_envs, split="train", w_dev=config.w_dev, w_net=config.w_net,
@@ -382,7 +378,7 @@ class PPOTrainer:
             "normalizer": self.normalizer.state_dict(),
             "actor": clone(self.actor.state_dict()),
             "critic": clone(self.critic.state_dict()),
-            "optimizer": _clone(self.optimizer.state_dict()),
+            "optimizer": clone_tree(self.optimizer.state_dict()),
             "state_normalizer": None if self.state_normalizer is None else self.state_normalizer.state_dict(),
             "return_stats": self.return_stats.state_dict(),
             "rng": self.gen.get_state().clone(),
@@ -564,7 +560,7 @@ class PPOTrainer:
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""
         cfg = self.config
-        lr = _lr_at(cfg, _progress(cfg, self.iteration, self.elapsed_s))
+        lr = lr_at(cfg, budget_progress(cfg, self.iteration, self.elapsed_s))
         t0 = time.perf_counter()
         roll = self.rollout()
         t1 = time.perf_counter()
@@ -577,27 +573,3 @@ class PPOTrainer:
         return {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **stats,
                 "env_steps_per_s": env_steps_per_s, "agent_steps_per_s": env_steps_per_s * self.sim.n_agents,
                 "rollout_s": t1 - t0, "update_s": t2 - t1}
-
-
-def train(
-    env_or_config,
-    config: PPOConfig | None = None,
-    progress_fn: Callable[[dict], None] | None = None,
-    *,
-    out_dir=None,
-    resume: bool = False,
-    method: str | None = None,
-):
-    """Train N independent actors with IPPO (default) or MAPPO (``config.centralized_critic``).
-
-    `gradmap_agent.train.train`'s loop, files and return value: ``(make_policy, params, metrics)``, where
-    ``make_policy(params)`` is the deterministic decentralised policy ``obs [B, N, d] -> tanh(mean)``.
-
-    Args:
-        env_or_config, progress_fn, out_dir, resume: As for `gradmap_agent.train.train`.
-        config: `PPOConfig` (default: IPPO with the defaults).
-        method: Name recorded in the files (default "ippo" or "mappo" from the config).
-    """
-    config = PPOConfig() if config is None else config
-    return _train_loop(env_or_config, config, progress_fn, out_dir=out_dir, resume=resume,
-                       method=method or config.method, trainer_cls=PPOTrainer)

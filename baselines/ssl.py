@@ -1,8 +1,8 @@
 """Self-supervised learning through the simulator (``ssl``, ``ssl-penalty``): backpropagation through time
 of the rollout objective, through the per-agent policies and the differentiable core.
 
-The policies, Lagrangian, rollout, checkpoints, metrics, progress and divergence handling are GradMAP's
-(`gradmap_agent.train`); only three things differ, in `SSLTrainer`:
+The policies, Lagrangian, rollout, checkpoints and metrics are GradMAP's (`gradmap_agent.train`), and
+`gridedge_run.loop.train` drives `SSLTrainer` as it drives GradMAP's; only three things differ:
 
 1. **The graph runs through the policies.** At every step the policy's action (reparameterised, with
    the stored noise) enters ``sim.step`` with its graph, and the observation the policy reads comes from the
@@ -20,15 +20,13 @@ The policies, Lagrangian, rollout, checkpoints, metrics, progress and divergence
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from gradmap_agent.train import GradMAPConfig, GradMAPTrainer, check_fields
-from gradmap_agent.train import train as _train_loop
 
-__all__ = ["SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config", "train"]
+__all__ = ["SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +69,11 @@ class SSLConfig(GradMAPConfig):
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if problems:
             raise ValueError("invalid SSLConfig: " + "; ".join(problems))
+
+    @property
+    def method(self) -> str:
+        """The method's name in run directories: "ssl-penalty" with fixed penalties, else "ssl"."""
+        return "ssl-penalty" if self.fixed_penalties else "ssl"
 
 
 def ssl_config(**fields) -> SSLConfig:
@@ -118,26 +121,3 @@ class SSLTrainer(GradMAPTrainer):
     def dual_step(self, roll: dict) -> None:
         if not self.config.fixed_penalties:
             super().dual_step(roll)
-
-
-def train(
-    env_or_config,
-    config: SSLConfig | None = None,
-    progress_fn: Callable[[dict], None] | None = None,
-    *,
-    out_dir=None,
-    resume: bool = False,
-    method: str | None = None,
-):
-    """Train N independent policies by self-supervised learning; `gradmap_agent.train.train`'s loop, files
-    and return value ``(make_policy, params, metrics)``.
-
-    Args:
-        env_or_config, progress_fn, out_dir, resume: As for `gradmap_agent.train`.
-        config: `SSLConfig` (default: ``ssl``, primal-dual).
-        method: Name recorded in the files (default "ssl" or "ssl-penalty" from the config).
-    """
-    config = SSLConfig() if config is None else config
-    method = method or ("ssl-penalty" if config.fixed_penalties else "ssl")
-    return _train_loop(env_or_config, config, progress_fn, out_dir=out_dir, resume=resume, method=method,
-                       trainer_cls=SSLTrainer)

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from baselines.rules import RULES
-from gradmap_agent import evaluate_policy
 from gridedge_env import make_sim
 from gridedge_env.network import Feeder, from_opendss, load_feeder
 from gridedge_env.validation import validate
+from gridedge_run import evaluate_policy
 
 
 def main(argv: list[str] | None = None) -> dict:

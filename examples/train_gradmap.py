@@ -15,8 +15,9 @@ import time
 import torch
 
 from baselines.rules import RULES
-from gradmap_agent import GradMAPConfig, evaluate_policy, obs_policy, train
+from gradmap_agent import GradMAPConfig
 from gridedge_env import make_sim
+from gridedge_run import evaluate_policy, obs_policy, train
 
 
 def main(argv: list[str] | None = None) -> dict:

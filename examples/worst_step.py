@@ -24,8 +24,9 @@ import sys
 
 import torch
 
-from gradmap_agent.evaluate import reset_days, select_days
-from gradmap_agent.train import load_policies, make_sim_from_dict
+from gridedge_env import make_sim
+from gridedge_env.episodes import reset_days, select_days
+from gridedge_run import load_policies
 
 PHASES = (1, 2, 3)
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         policy, info = load_policies(args.run)
     except ValueError as err:  # a day that is not a test day, a bad count, no policies in the run directory
         parser.error(str(err))
-    sim = make_sim_from_dict(info["sim_config"])
+    sim = make_sim(**info["sim_config"])
     worst = find_worst(sim, policy, days, args.seed)
     print(f"worst node-step: day {worst['day']}, step {worst['step']}, node {worst['node']}: "
           f"{worst['v_pu']:.4f} pu ({worst['excursion_pu']:.4f} pu outside the band)")

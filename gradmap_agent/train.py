@@ -20,20 +20,13 @@ One iteration:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
-import os
-import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from gradmap_agent.evaluate import reset_scenarios
 from gradmap_agent.losses import (
     Multipliers,
     clip_grad_norm_per_agent_,
@@ -41,40 +34,24 @@ from gradmap_agent.losses import (
     proximal_surrogate,
     step_lagrangian,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy
+from gradmap_agent.optim import LR_SCHEDULES, budget_progress, clone_tree, lr_at
+from gridedge_env.core import AGENT_TYPES, OBS_DIM, price_seeking_actions, sim_config_dict
+from gridedge_env.episodes import reset_scenarios
 from gridedge_env.scenarios import split_days
 
 __all__ = [
-    "CHECKPOINT_NAME",
+    "CHECKPOINT_FORMAT",
     "METRIC_FIELDS",
-    "POLICIES_NAME",
     "DivergenceError",
     "GradMAPConfig",
     "GradMAPTrainer",
     "check_fields",
     "gradma_config",
-    "load_policies",
-    "sim_config_dict",
-    "train",
+    "gradmap_config",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-POLICIES_NAME = "policies.pt"
-METRICS_NAME = "metrics.csv"
-CONFIG_NAME = "config.json"
 CHECKPOINT_FORMAT = "gridedge-gradmap-checkpoint/1"
-POLICIES_FORMAT = "gridedge-gradmap-policies/1"
-
-#: Fields of the config that may change when a run is resumed (the budget); all others must match.
-RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", "eval_days")
-
-#: Fields added to the config after runs were written, with the value that reproduces those older runs: a
-#: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
-#: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
-LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0,
-                       "policy_average": 0.0, "hard_scenario_share": 0.0, "hard_scenario_pool": 32}
-
-_LR_SCHEDULES = ("constant", "linear", "cosine")
 
 #: Rules the policies may be warm-started from (`GradMAPConfig.warm_start`).
 WARM_START_RULES = (None, "noop", "price-seeking")
@@ -217,8 +194,8 @@ class GradMAPConfig:
             problems.append(f"hard_scenario_share must be in [0, 1], got {self.hard_scenario_share}")
         if self.eval_every < 0:
             problems.append(f"eval_every must be >= 0, got {self.eval_every}")
-        if self.lr_schedule not in _LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {_LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.policy_dtype not in ("float32", "float64"):
             problems.append(f"policy_dtype must be 'float32' or 'float64', got {self.policy_dtype!r}")
         if self.device_multiplier not in ("agent", "type"):
@@ -249,6 +226,11 @@ class GradMAPConfig:
         """True for the no-reuse variant (K = 1, no trust region)."""
         return self.reuse == 1 and self.minibatches == 1 and self.clip_radius is None and self.prox_eta is None
 
+    @property
+    def method(self) -> str:
+        """The method's name in run directories: "gradma" for the no-reuse variant, else "gradmap"."""
+        return "gradma" if self.is_gradma else "gradmap"
+
 
 def check_fields(config_cls: type, fields: dict) -> dict:
     """``fields``, if every key names a field of the dataclass ``config_cls`` (``--set`` overrides); otherwise a
@@ -260,11 +242,16 @@ def check_fields(config_cls: type, fields: dict) -> dict:
     return fields
 
 
+def gradmap_config(**fields) -> GradMAPConfig:
+    """GradMAP's config from ``fields``; a ValueError names unknown or invalid fields."""
+    return GradMAPConfig(**check_fields(GradMAPConfig, fields))
+
+
 def gradma_config(**overrides) -> GradMAPConfig:
     """GradMA: GradMAP with one update per environment gradient and no trust region."""
     fields = {"reuse": 1, "minibatches": 1, "clip_radius": None, "prox_eta": None}
     fields.update(overrides)
-    return GradMAPConfig(**fields)
+    return gradmap_config(**fields)
 
 
 class DivergenceError(RuntimeError):
@@ -286,90 +273,7 @@ METRIC_FIELDS = (
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sim_config_dict(sim) -> dict:
-    """The simulator's config as JSON-friendly values (feeder by name, dtype as a string)."""
-    out = {}
-    for f in dataclasses.fields(sim.config):
-        value = getattr(sim.config, f.name)
-        if isinstance(value, torch.dtype):
-            value = str(value).replace("torch.", "")
-        elif f.name == "feeder" and not isinstance(value, str):
-            value = getattr(value, "name", str(value))
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
-
-
-def make_sim_from_dict(cfg: dict):
-    """Rebuild a simulator from `sim_config_dict`'s output."""
-    from gridedge_env import make_sim
-
-    cfg = dict(cfg)
-    if isinstance(cfg.get("dtype"), str):
-        cfg["dtype"] = getattr(torch, cfg["dtype"])
-    return make_sim(**cfg)
-
-
-def _as_sim(env_or_config):
-    from gridedge_env import SimConfig, make_sim
-
-    if hasattr(env_or_config, "reset") and hasattr(env_or_config, "step") and hasattr(env_or_config, "agents"):
-        return env_or_config
-    if isinstance(env_or_config, SimConfig):
-        return make_sim(**{f.name: getattr(env_or_config, f.name) for f in dataclasses.fields(env_or_config)})
-    if isinstance(env_or_config, dict):
-        return make_sim_from_dict(env_or_config)
-    if isinstance(env_or_config, str):
-        return make_sim(feeder=env_or_config)
-    raise ValueError(f"env_or_config must be a Sim, a SimConfig, a dict of make_sim options or a feeder name, "
-                     f"got {type(env_or_config).__name__}")
-
-
-def _lr_at(config: GradMAPConfig, progress: float) -> float:
-    p = min(max(progress, 0.0), 1.0)
-    f = config.lr_final_fraction
-    if config.lr_schedule == "constant":
-        return config.lr
-    if config.lr_schedule == "linear":
-        return config.lr * (1.0 - (1.0 - f) * p)
-    return config.lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * p)))
-
-
-def _progress(config: GradMAPConfig, iteration: int, elapsed_s: float) -> float:
-    parts = []
-    if config.iterations:
-        parts.append(iteration / config.iterations)
-    if config.minutes:
-        parts.append(elapsed_s / (60.0 * config.minutes))
-    return max(parts) if parts else 1.0
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _versions() -> dict:
-    try:
-        from importlib.metadata import version
-
-        pkg = version("gridedge")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        pkg = "unknown"
-    return {"gridedge": pkg, "torch": torch.__version__, "python": platform.python_version()}
-
-
 def _agent_type_index(sim) -> torch.Tensor:
-    from gridedge_env import AGENT_TYPES
-
     index = {name: k for k, name in enumerate(AGENT_TYPES)}
     return torch.tensor([index[t] for t in sim.agent_type], dtype=torch.int64)
 
@@ -388,8 +292,6 @@ class GradMAPTrainer:
     """Columns of metrics.csv (a trainer with other metrics names its own)."""
 
     def __init__(self, sim, config: GradMAPConfig):
-        from gridedge_env import OBS_DIM
-
         self.sim, self.config = sim, config
         self.pdtype = getattr(torch, config.policy_dtype)
         gen = torch.Generator().manual_seed(int(config.seed))
@@ -430,8 +332,8 @@ class GradMAPTrainer:
             "config": dataclasses.asdict(self.config),
             "sim_config": sim_config_dict(self.sim),
             "policy": self._policy_weights(),
-            "policy_average": _clone(self.policy_avg),
-            "optimizer": _clone(self.optimizer.state_dict()),
+            "policy_average": clone_tree(self.policy_avg),
+            "optimizer": clone_tree(self.optimizer.state_dict()),
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
             "rng": self.gen.get_state().clone(),
@@ -448,7 +350,7 @@ class GradMAPTrainer:
         self.elapsed_s = float(state["elapsed_s"])
         self.policy.load_state_dict(state["policy"])
         if self.policy_avg is not None:
-            self.policy_avg = _clone(state["policy_average"])
+            self.policy_avg = clone_tree(state["policy_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.multipliers.load_state_dict(state["multipliers"])
@@ -464,7 +366,7 @@ class GradMAPTrainer:
     def params(self) -> dict:
         """The trained policies: stacked weights (their moving average when `policy_average` is set) and the
         normaliser (what `make_policy` takes)."""
-        return {"policy": _clone(self.policy_avg) if self.policy_avg is not None else self._policy_weights(),
+        return {"policy": clone_tree(self.policy_avg) if self.policy_avg is not None else self._policy_weights(),
                 "normalizer": self.normalizer.state_dict()}
 
     def _policy_weights(self) -> dict:
@@ -493,8 +395,6 @@ class GradMAPTrainer:
         network takes `warm_start_steps` full-batch Adam steps on its own mean squared error between
         ``tanh(mean)`` and the rule's action (a sum of per-agent losses: agents stay decoupled). The log
         standard deviation is not fitted, and the main optimiser's state is untouched."""
-        from gridedge_env import price_seeking_actions
-
         sim, cfg = self.sim, self.config
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         raw, targets = [], []
@@ -744,7 +644,7 @@ class GradMAPTrainer:
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""
         cfg = self.config
-        lr = _lr_at(cfg, _progress(cfg, self.iteration, self.elapsed_s))
+        lr = lr_at(cfg, budget_progress(cfg, self.iteration, self.elapsed_s))
         t0 = time.perf_counter()
         roll = self.rollout()
         t1 = time.perf_counter()
@@ -756,210 +656,3 @@ class GradMAPTrainer:
         row = {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
                "rollout_s": t1 - t0, "update_s": t2 - t1}
         return row
-
-
-def _clone(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_clone(v) for v in obj)
-    return obj
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Files of a run directory
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _write_metrics_csv(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in fields})
-    os.replace(tmp, path)
-
-
-def _append_metrics_csv(path: Path, row: dict, fields: tuple[str, ...]) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore").writerow({k: row.get(k, "") for k in fields})
-
-
-def export_policies(path: Path, params: dict, sim, method: str, iteration: int) -> None:
-    """Write the trained per-agent policies (stacked weights + normaliser + what is needed to rebuild the
-    simulator) atomically to ``path``."""
-    _atomic_save({
-        "format": POLICIES_FORMAT,
-        "method": method,
-        "iteration": iteration,
-        "agents": list(sim.agents),
-        "sim_config": sim_config_dict(sim),
-        "params": params,
-    }, path)
-
-
-def load_policies(path: str | os.PathLike, deterministic: bool = True):
-    """Load exported policies (a ``policies.pt`` file or a run directory holding one).
-
-    Returns:
-        ``(policy, info)``: ``policy(obs [B, N, d]) -> actions [B, N]`` (decentralised; `make_policy`), and
-        the file's contents (``sim_config``, ``agents``, ``method``, ``iteration``, ``params``).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / POLICIES_NAME
-    if not path.is_file():
-        raise ValueError(f"no exported policies at {path}")
-    info = torch.load(path, map_location="cpu", weights_only=True)
-    if info.get("format") != POLICIES_FORMAT:
-        raise ValueError(f"{path} is not a GradMAP policies file (format {info.get('format')!r})")
-    return make_policy(info["params"], deterministic=deterministic), info
-
-
-def _check_resume_config(saved: dict, config: GradMAPConfig) -> None:
-    current = dataclasses.asdict(config)
-    saved = {**LEGACY_FIELD_VALUES, **saved}
-    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
-    if diff:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
-                         "checkpoint's values with --set KEY=VALUE to continue it")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# train
-# ----------------------------------------------------------------------------------------------------------
-
-
-def train(
-    env_or_config,
-    config: GradMAPConfig | None = None,
-    progress_fn: Callable[[dict], None] | None = None,
-    *,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    method: str | None = None,
-    trainer_cls: type[GradMAPTrainer] | None = None,
-):
-    """Train N independent policies with GradMAP (or GradMA when ``config.reuse == 1`` without trust region).
-
-    Args:
-        env_or_config: A simulator (`gridedge_env.make_sim`), a `gridedge_env.SimConfig`, a dict of
-            ``make_sim`` options, or a feeder name.
-        config: Hyperparameters (default `GradMAPConfig()`).
-        progress_fn: Called after every iteration with its metrics row (the columns of ``metrics.csv``
-            plus ``time_left_s``).
-        out_dir: Run directory for ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``policies.pt``
-            (None: nothing is written).
-        resume: Continue from ``out_dir/checkpoint.pt`` (bit-for-bit the same continuation as an
-            uninterrupted run). Only the budget fields (`RESUMABLE_CHANGES`) may differ from the saved config.
-        method: Name recorded in the files ("gradmap" / "gradma"; default from the config).
-        trainer_cls: The trainer (default GradMAP's); a subclass that overrides the rollout's `act`,
-            `action_gradient`, `update_policy` or `dual_step` reuses this loop, its checkpoints, metrics,
-            progress and divergence handling (the self-supervised baseline, `baselines.ssl`).
-
-    Returns:
-        ``(make_policy, params, metrics)``: `gradmap_agent.networks.make_policy`, the trained ``params``
-        (stacked weights and normaliser), and ``{"history": [rows], "iterations", "wall_s", "final": row}``.
-
-    Raises:
-        DivergenceError: NaN/inf in the Lagrangian, its gradient or the policy, or too many power-flow
-            failures; the state before the failing iteration is written to ``out_dir`` first.
-        KeyboardInterrupt: Re-raised after the last consistent state is checkpointed.
-    """
-    config = GradMAPConfig() if config is None else config
-    sim = _as_sim(env_or_config)
-    method = method or ("gradma" if config.is_gradma else "gradmap")
-    trainer = (trainer_cls or GradMAPTrainer)(sim, config)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_path = out / CHECKPOINT_NAME
-        if resume:
-            if not ckpt_path.is_file():
-                raise ValueError(f"cannot resume: no {CHECKPOINT_NAME} in {out}")
-            state = torch.load(ckpt_path, map_location=sim.device, weights_only=True)
-            _check_resume_config(state["config"], config)
-            if state["sim_config"] != sim_config_dict(sim):
-                raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
-            trainer.load_state_dict(state)
-        run_info = {"method": method, "seed": config.seed, "config": dataclasses.asdict(config),
-                    "sim_config": sim_config_dict(sim), "versions": _versions(),
-                    "n_agents": sim.n_agents, "agents_per_type": dict(sim.n_per_type),
-                    "resumed_at_iteration": trainer.iteration if resume else None}
-        _atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
-        _write_metrics_csv(out / METRICS_NAME, trainer.history, trainer.metric_fields)
-    elif resume:
-        raise ValueError("resume=True needs out_dir")
-
-    def save(state: dict | None = None) -> None:
-        if out is None:
-            return
-        state = trainer.state_dict() if state is None else state
-        _atomic_save(state, out / CHECKPOINT_NAME)
-        weights = state["policy_average"] if state.get("policy_average") is not None else state["policy"]
-        export_policies(out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim,
-                        method, state["iteration"])
-
-    def budget_left() -> bool:
-        if config.iterations is not None and trainer.iteration >= config.iterations:
-            return False
-        return config.minutes is None or trainer.elapsed_s < 60.0 * config.minutes
-
-    eval_fn = None
-    if config.eval_every:
-        from gradmap_agent.evaluate import evaluate_policy, obs_policy
-
-        def eval_fn() -> dict:
-            policy = make_policy(trainer.params())
-            return evaluate_policy(sim, obs_policy(policy), split="test", days=config.eval_days)
-
-    wall0 = time.perf_counter()
-    if trainer.iteration == 0:
-        t0 = time.perf_counter()
-        trainer.prepare()  # e.g. GradMAP's warm start; counted as training time
-        trainer.elapsed_s += time.perf_counter() - t0
-    snapshot = None
-    try:
-        while budget_left():
-            snapshot = trainer.state_dict() if out is not None else None
-            t0 = time.perf_counter()
-            row = trainer.iterate()
-            trainer.elapsed_s += time.perf_counter() - t0
-            trainer.iteration += 1
-            row["wall_s"] = trainer.elapsed_s
-            if eval_fn is not None and (trainer.iteration % config.eval_every == 0 or not budget_left()):
-                ev = eval_fn()
-                row.update(eval_cost=ev["cost"], eval_violation_share=ev["violation_share"],
-                           eval_worst_violation_pu=ev["worst_violation_pu"],
-                           eval_device_violation=ev["device_violation"])
-            trainer.history.append(row)
-            snapshot = None  # the trainer is consistent again
-            if out is not None:
-                _append_metrics_csv(out / METRICS_NAME, row, trainer.metric_fields)
-                if trainer.iteration % config.checkpoint_every == 0:
-                    save()
-            if progress_fn is not None:
-                rate = trainer.elapsed_s / max(len(trainer.history), 1)
-                left = []
-                if config.iterations is not None:
-                    left.append((config.iterations - trainer.iteration) * rate)
-                if config.minutes is not None:
-                    left.append(60.0 * config.minutes - trainer.elapsed_s)
-                progress_fn({**row, "time_left_s": max(min(left), 0.0) if left else 0.0})
-    except (DivergenceError, KeyboardInterrupt):
-        if out is not None:
-            save(snapshot)  # the state before the failing/interrupted iteration, or the current one
-            if snapshot is not None:
-                _write_metrics_csv(out / METRICS_NAME, snapshot["history"], trainer.metric_fields)
-        raise
-    save()
-    final = trainer.history[-1] if trainer.history else {}
-    metrics = {"history": trainer.history, "iterations": trainer.iteration, "wall_s": trainer.elapsed_s,
-               "run_wall_s": time.perf_counter() - wall0, "final": final, "method": method}
-    return make_policy, trainer.params(), metrics

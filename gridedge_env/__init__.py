@@ -6,6 +6,7 @@ Public entry points (imported lazily, so ``import gridedge_env`` stays cheap):
   ``step(state, actions[B, N]) -> StepResult`` (``docs/simulator.md``);
 - `parallel_env(**cfg)` (PettingZoo ParallelEnv), `env(**cfg)` / `raw_env(**cfg)` (AEC) of the default task
   (`gridedge_env.ieee123_v0`; spec in `gridedge_env.adapters.pettingzoo_env`);
+- `sim_config_dict(sim)`: the config as JSON-friendly values, which `make_sim(**...)` takes back;
 - `SimConfig`, `State`, `StepResult`, `price_seeking_actions`, `OBS_NAMES`, `OBS_DIM`, `AGENT_TYPES`.
 
 Sub-packages: `gridedge_env.network` (feeders), `gridedge_env.powerflow`, `gridedge_env.devices`,
@@ -25,6 +26,7 @@ _LAZY: dict[str, str] = {
     "State": "gridedge_env.core",
     "StepResult": "gridedge_env.core",
     "price_seeking_actions": "gridedge_env.core",
+    "sim_config_dict": "gridedge_env.core",
     "AGENT_TYPES": "gridedge_env.core",
     "OBS_NAMES": "gridedge_env.core",
     "OBS_DIM": "gridedge_env.core",

@@ -700,6 +700,22 @@ def make_sim(**cfg) -> Sim:
     return Sim(SimConfig(**cfg))
 
 
+def sim_config_dict(sim: Sim) -> dict:
+    """The simulator's config as JSON-friendly values (feeder by name, dtype as a string); `make_sim`
+    rebuilds the same simulator from it (what a run directory records)."""
+    out = {}
+    for f in dataclasses.fields(sim.config):
+        value = getattr(sim.config, f.name)
+        if isinstance(value, torch.dtype):
+            value = str(value).replace("torch.", "")
+        elif f.name == "feeder" and not isinstance(value, str):
+            value = getattr(value, "name", str(value))
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The uncoordinated price-seeking rule (used to calibrate the benchmark)
 # ----------------------------------------------------------------------------------------------------------

@@ -19,11 +19,10 @@ import torch
 from baselines.oracle import OracleConfig, PerfectForesightPolicy, plan_days
 from baselines.rules import RULES, DroopCurves
 from baselines.ssl import SSLConfig, ssl_config, ssl_penalty_config
-from gradmap_agent import EVAL_KEYS, evaluate_policy
-from gradmap_agent.commands import REFERENCE_POLICIES
-from gradmap_agent.evaluate import reset_days
 from gridedge_env import make_sim
-from gridedge_env.cli import main
+from gridedge_env.episodes import reset_days
+from gridedge_run import EVAL_KEYS, REFERENCE_POLICIES, evaluate_policy
+from gridedge_run.cli import main
 
 #: the evaluation keys every method must report, finite
 METRIC_KEYS = ("cost", "violation_share", "violation_sum_pu", "worst_violation_pu", "device_violation",

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from baselines.compare import PRESETS, REFERENCE_METHODS, TRAINED_METHODS, speedup_to_level, time_to_target
-from gridedge_env.cli import main
+from gridedge_run.cli import main
+from gridedge_run.compare import PRESETS, REFERENCE_METHODS, TRAINED_METHODS, speedup_to_level, time_to_target
 
 
 @pytest.fixture(scope="module")

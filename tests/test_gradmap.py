@@ -16,21 +16,11 @@ import pytest
 import torch
 
 from baselines.rules import RULES
-from gradmap_agent import (
-    EVAL_KEYS,
-    DivergenceError,
-    GradMAPConfig,
-    ObsNormalizer,
-    StackedMLPPolicy,
-    evaluate_policy,
-    gradma_config,
-    load_policies,
-    obs_policy,
-    train,
-)
+from gradmap_agent import DivergenceError, GradMAPConfig, ObsNormalizer, StackedMLPPolicy, gradma_config
 from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, step_lagrangian
 from gradmap_agent.networks import hidden_tanh
 from gridedge_env import make_sim
+from gridedge_run import EVAL_KEYS, evaluate_policy, load_policies, obs_policy, train
 
 TIME_FIELDS = ("wall_s", "rollout_s", "update_s", "time_left_s")
 
@@ -144,7 +134,7 @@ def test_resume_of_a_run_older_than_a_field(sim13, tmp_path):
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(sim13, tmp_path, monkeypatch):
-    train_module = importlib.import_module("gradmap_agent.train")  # the package's `train` is the function
+    train_module = importlib.import_module("gradmap_agent.train")
     calls = {"n": 0}
 
     def poisoned(result, t, *args, **kwargs):
@@ -322,8 +312,8 @@ def test_hard_scenarios_are_replayed_with_their_households(sim13):
     """With `hard_scenario_share`, the pool keeps the highest-scoring (day, reset seed) scenarios, a replayed
     row re-runs its scenario exactly (same day, household load and initial device states), and its score is
     refreshed by the new rollout."""
-    from gradmap_agent.evaluate import reset_scenarios
     from gradmap_agent.train import GradMAPTrainer
+    from gridedge_env.episodes import reset_scenarios
 
     trainer = GradMAPTrainer(sim13, tiny(batch_days=4, hard_scenario_share=0.5, hard_scenario_pool=3))
     first = trainer.draw_scenarios(4)
@@ -422,7 +412,7 @@ def test_multipliers_type_granularity():
 
 
 def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
-    from gridedge_env.cli import main
+    from gridedge_run.cli import main
 
     out = tmp_path / "run"
     argv = ["train", "gradma", "--feeder", "ieee13", "--agents", "20", "--iterations", "2", "--seed", "3",

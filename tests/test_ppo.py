@@ -14,10 +14,11 @@ import math
 import pytest
 import torch
 
-from baselines.ppo import METRIC_FIELDS, PPOConfig, PPOTrainer, gae, ippo_config, make_policy, mappo_config, train
-from gradmap_agent import EVAL_KEYS, GradMAPConfig, evaluate_policy, obs_policy
+from baselines.ppo import METRIC_FIELDS, PPOConfig, PPOTrainer, gae, ippo_config, make_policy, mappo_config
+from gradmap_agent import GradMAPConfig
 from gridedge_env import make_sim
 from gridedge_env.adapters.batched import clip_obs, global_state
+from gridedge_run import EVAL_KEYS, evaluate_policy, obs_policy, train
 
 N_AGENTS = 12
 #: metrics that depend on the machine's speed
@@ -160,7 +161,7 @@ def test_bad_inputs_give_clear_errors(sim13):
 
 
 def test_cli_trains_resumes_and_evaluates(tmp_path):
-    from gridedge_env.cli import main
+    from gridedge_run.cli import main
 
     out = tmp_path / "mappo"
     argv = ["train", "mappo", "--feeder", "ieee13", "--agents", str(N_AGENTS), "--iterations", "1", "--seed", "2",

@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
-from gradmap_agent import GradMAPConfig, load_policies, train
+from gradmap_agent import GradMAPConfig
 from gridedge_env import make_sim
+from gridedge_run import load_policies, train
 
 
 class _Payload:

@@ -9,7 +9,7 @@
 - `feeder_map`: the feeder's buses and lines at their coordinates, agents coloured by type and marked by
   phase.
 
-Each function takes plain numbers (what `baselines.compare` stores on disk), writes one file and returns
+Each function takes plain numbers (what `gridedge_run.compare` stores on disk), writes one file and returns
 its path.
 """
 

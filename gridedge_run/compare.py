@@ -11,7 +11,8 @@ stopped (finished stages are skipped, an interrupted training resumes from its c
     DIR/results.{md,csv,json}   the table
     DIR/*.png                   learning curves, voltage envelopes, device power, feeder map
 
-Every method goes through the same command-line code paths as `gridedge train` and `gridedge evaluate`.
+Every method goes through the same functions as `gridedge train` and `gridedge evaluate`
+(`gridedge_run.commands.train_method`, `evaluate_run`, `evaluate_reference`).
 The target of "time to target" is the issue's: test-day violation share <= 0.5 % and cost within 5 % of the
 perfect-foresight optimum, read off the periodic evaluations (``eval_*`` columns of metrics.csv, on
 `eval_days` evenly spaced test days) against the optimum on those same days.
@@ -29,6 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from gridedge_env.core import make_sim
+from gridedge_env.episodes import reset_days, select_days
+from gridedge_run.commands import (
+    evaluate_reference,
+    evaluate_run,
+    fmt_time,
+    parse_assignments,
+    stderr_progress,
+    train_method,
+)
+from gridedge_run.evaluate import obs_policy
+from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
+from gridedge_run.rundir import atomic_write_text, load_policies
 
 __all__ = ["PRESETS", "Preset", "REFERENCE_METHODS", "TRAINED_METHODS", "run_compare", "speedup_to_level",
            "time_to_target"]
@@ -84,36 +99,16 @@ def _say(text: str) -> None:
     print(f"[compare] {text}", file=sys.stderr, flush=True)
 
 
-def _fmt_minutes(seconds: float) -> str:
-    seconds = max(int(round(seconds)), 0)
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _run_cli(argv: list[str]) -> dict:
-    """Run a `gridedge` subcommand in-process through the same parser and code path as the command line."""
-    from gridedge_env.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    return args.run(args)
-
-
 def _reference_policy(method: str, preset: Preset):
     """policy_fn(sim, state) of a method that `gridedge evaluate --method` runs, with the preset's settings."""
-    from gradmap_agent.commands import REFERENCE_POLICIES, parse_assignments
+    return REFERENCE_POLICIES[method](**_reference_config(method, preset))
 
-    config = parse_assignments(list(preset.oracle_set), "oracle_set") if method == "oracle" else {}
-    return REFERENCE_POLICIES[method](**config)
+
+def _reference_config(method: str, preset: Preset) -> dict:
+    return parse_assignments(list(preset.oracle_set), "oracle_set") if method == "oracle" else {}
 
 
 def _available_methods() -> tuple[set[str], set[str]]:
-    from gradmap_agent.commands import REFERENCE_POLICIES, TRAIN_METHODS
-
     return set(TRAIN_METHODS), set(REFERENCE_POLICIES)
 
 
@@ -128,16 +123,16 @@ def _train(method: str, preset: Preset, minutes: float, out: Path) -> dict:
     if done.is_file():
         _say(f"{method}: trained already, skipped ({done})")
         return json.loads(done.read_text())
-    argv = ["train", method, "--out", str(run_dir), "--minutes", str(minutes),
-            "--eval-every", str(preset.eval_every.get(method, 10))]
-    if (run_dir / "checkpoint.pt").is_file():
+    fields = {"minutes": minutes, "iterations": None}
+    sim_options = {}
+    resume = (run_dir / "checkpoint.pt").is_file()
+    if resume:
         _say(f"{method}: resuming the interrupted training in {run_dir}")
-        argv.append("--resume")
     else:
-        argv += ["--feeder", preset.feeder, "--agents", str(preset.agents), "--sim-seed", str(preset.sim_seed),
-                 "--seed", str(preset.seed), "--set", f"eval_days={preset.curve_days}"]
-    summary = _run_cli(argv)
-    _atomic_write_text(done, json.dumps(summary, indent=2, default=str))
+        fields.update(seed=preset.seed, eval_days=preset.curve_days, eval_every=preset.eval_every.get(method, 10))
+        sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
+    summary = train_method(method, run_dir, sim_options=sim_options, fields=fields, resume=resume)
+    atomic_write_text(json.dumps(summary, indent=2, default=str), done)
     return summary
 
 
@@ -145,25 +140,19 @@ def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: st
     path = out / "eval" / f"{name or method}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    argv = ["evaluate", "--split", "test"]
-    if days is not None:
-        argv += ["--days", str(days)]
     if method in TRAINED_METHODS:
-        argv.insert(1, str(out / "runs" / method))
+        result = evaluate_run(out / "runs" / method, split="test", days=days,
+                              progress=stderr_progress("evaluate days", 1))
     else:
-        argv += ["--method", method, "--feeder", preset.feeder, "--agents", str(preset.agents),
-                 "--sim-seed", str(preset.sim_seed)]
-        if method == "oracle":
-            argv += [arg for item in preset.oracle_set for arg in ("--set", item)]
-    result = _run_cli(argv)
-    _atomic_write_text(path, json.dumps(result, indent=2, default=str))
+        sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
+        result = evaluate_reference(method, sim_options, config=_reference_config(method, preset), split="test",
+                                    days=days, progress=stderr_progress("evaluate days", 1),
+                                    plan_progress=stderr_progress(f"{method} plan step", 25))
+    atomic_write_text(json.dumps(result, indent=2, default=str), path)
     return result
 
 
 def _policy_fn(method: str, preset: Preset, out: Path):
-    from gradmap_agent.evaluate import obs_policy
-    from gradmap_agent.train import load_policies
-
     if method in TRAINED_METHODS:
         policy, _ = load_policies(out / "runs" / method)
         return obs_policy(policy)
@@ -172,8 +161,6 @@ def _policy_fn(method: str, preset: Preset, out: Path):
 
 def _trace(method: str, preset: Preset, sim, day: int, out: Path) -> dict:
     """Voltages [T, n] and device power [T, N] of `method` over test day `day` (the evaluation's episode)."""
-    from gradmap_agent.evaluate import reset_days
-
     path = out / "traces" / f"{method}.npz"
     if path.is_file():
         with np.load(path) as f:
@@ -295,7 +282,7 @@ def _fmt(value, key: str) -> str:
 
 
 def _write_results(out: Path, rows: list[dict], header: dict) -> None:
-    _atomic_write_text(out / "results.json", json.dumps({**header, "results": rows}, indent=2))
+    atomic_write_text(json.dumps({**header, "results": rows}, indent=2), out / "results.json")
     tmp = out / "results.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -333,7 +320,7 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
     lines += ["", "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time_to_target_s`, on the "
               f"{header['curve_days']} periodic evaluation days). Figures: learning_curves.png, "
               "voltage_envelopes.png, device_power.png, feeder_map.png."]
-    _atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", out / "results.md")
 
 
 def _threads_per_method(jobs: int) -> int:
@@ -352,8 +339,8 @@ def _machine(jobs: int) -> str:
 
 
 def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_name: str) -> list[Path]:
-    from baselines import plots
     from gridedge_env.network import Feeder, load_feeder
+    from gridedge_run import plots
 
     step_h = sim.dt_h
     title = f"{sim.config.feeder if isinstance(sim.config.feeder, str) else 'feeder'}, {sim.n_agents} agents"
@@ -415,9 +402,6 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
     """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``.
 
     ``jobs``: trained methods run this many at a time (each with ``cpu_count // jobs`` torch threads)."""
-    from gradmap_agent.evaluate import select_days
-    from gridedge_env import make_sim
-
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; presets: {sorted(PRESETS)}")
     preset = PRESETS[preset_name]
@@ -448,7 +432,7 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         if saved != json.loads(json.dumps(options)):
             raise ValueError(f"{out} holds a comparison with other options ({saved_path}); use a new --out")
     else:
-        _atomic_write_text(saved_path, json.dumps(options, indent=2))
+        atomic_write_text(json.dumps(options, indent=2), saved_path)
 
     started = time.monotonic()
     n_stages = (len(trained) if jobs == 1 else min(len(trained), 1)) + len(wanted) - len(skipped)
@@ -458,8 +442,8 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         nonlocal stage
         stage += 1
         left = max(math.ceil(len(trained) / jobs) - (stage - 1), 0) * preset.minutes * 60
-        _say(f"{stage}/{n_stages} {text} | elapsed {_fmt_minutes(time.monotonic() - started)} | "
-             f"training time left about {_fmt_minutes(left)}")
+        _say(f"{stage}/{n_stages} {text} | elapsed {fmt_time(time.monotonic() - started)} | "
+             f"training time left about {fmt_time(left)}")
 
     summaries = _train_all(trained, preset, out, jobs, announce)
 
@@ -498,5 +482,5 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
     _write_results(out, rows, header)
     refs = {m: {"cost": results[m]["cost"], "violation_share": results[m]["violation_share"]} for m in references}
     figures = _plots(out, sim, traces, curves, refs, preset_name)
-    _say(f"done in {_fmt_minutes(time.monotonic() - started)}: {out / 'results.md'}")
+    _say(f"done in {fmt_time(time.monotonic() - started)}: {out / 'results.md'}")
     return {**header, "results": rows, "figures": [str(f) for f in figures], "out": str(out)}

@@ -22,64 +22,18 @@ Days and household draws do not depend on the batch size: every day is reset on 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
-from gridedge_env.scenarios import split_days
+from gridedge_env.episodes import reset_days, select_days
 
-__all__ = ["EVAL_KEYS", "evaluate_policy", "obs_policy", "select_days"]
+__all__ = ["EVAL_KEYS", "evaluate_policy", "obs_policy"]
 
 #: Keys every evaluation reports (the same for every method).
 EVAL_KEYS = ("cost", "violation_share", "violation_sum_pu", "worst_violation_pu", "device_violation",
              "pf_failures", "n_agents", "days", "wall_s")
-
-
-def select_days(split: str, days: int | Sequence[int] | None) -> np.ndarray:
-    """Day indices: all days of ``split`` (None), ``days`` of them evenly spaced over the year (int), or
-    the given indices (each must be in the split)."""
-    allowed = np.asarray(split_days(split))
-    if days is None:
-        return allowed
-    if isinstance(days, int | np.integer):
-        if days < 1:
-            raise ValueError(f"days must be >= 1, got {days}")
-        if days >= len(allowed):
-            return allowed
-        pick = np.unique(np.round(np.linspace(0, len(allowed) - 1, int(days))).astype(int))
-        return allowed[pick]
-    chosen = np.asarray(days, dtype=np.int64).reshape(-1)
-    bad = ~np.isin(chosen, allowed)
-    if bad.any():
-        raise ValueError(f"day {int(chosen[bad.argmax()])} is not a {split!r} day")
-    return chosen
-
-
-def _concat_states(states):
-    first = states[0]
-    changes = {}
-    for f in dataclasses.fields(first):
-        value = getattr(first, f.name)
-        if isinstance(value, torch.Tensor):
-            changes[f.name] = torch.cat([getattr(s, f.name) for s in states], dim=0)
-    return dataclasses.replace(first, **changes)
-
-
-def reset_scenarios(sim, split: str, days: Sequence[int], seeds: Sequence[int]):
-    """Initial state of one row per (day, reset seed) pair, each reset on its own: the row's household
-    draws and initial device states depend on its own seed only, so any row can be re-run exactly."""
-    if len(days) != len(seeds):
-        raise ValueError(f"need one seed per day, got {len(days)} days and {len(seeds)} seeds")
-    states = [sim.reset(None, seed=int(s), split=split, days=[int(d)]) for d, s in zip(days, seeds, strict=True)]
-    return _concat_states(states)
-
-
-def reset_days(sim, split: str, days: Sequence[int], seed: int = 0):
-    """Initial state of the given days, each reset on its own (batch-independent draws)."""
-    return reset_scenarios(sim, split, days, [int(seed) * 1_000_003 + int(d) for d in days])
 
 
 def obs_policy(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:

@@ -1,0 +1,269 @@
+"""What ``gridedge train`` and ``gridedge evaluate`` do, as Python functions (`gridedge_run.cli` parses the
+flags; `gridedge_run.compare` calls these functions directly).
+
+- `train_method(method, out, ...)`: builds the simulator and the method's config (or reads them from
+  ``out/config.json`` with ``resume=True``), refuses a non-empty run directory unless resuming, trains with
+  `gridedge_run.loop.train`, and returns a summary dict;
+- `evaluate_run(run_dir, ...)`: evaluates exported policies on held-out days;
+- `evaluate_reference(method, ...)`: evaluates a rule or the perfect-foresight optimum (`REFERENCE_POLICIES`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
+
+__all__ = ["ProgressLine", "evaluate_reference", "evaluate_run", "fmt_time", "parse_assignments", "run_evaluate",
+           "run_train", "stderr_progress", "train_method"]
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict:
+    """``["key=value", ...]`` -> dict; values are JSON when they parse (numbers, true/false, null), "none"
+    is None, anything else a string."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if value.strip().lower() == "none":
+            out[key] = None
+            continue
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def fmt_time(seconds: float) -> str:
+    """``H:MM:SS`` of a duration in seconds."""
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+#: (metrics column, format) shown by `ProgressLine` when the method reports the column
+_PROGRESS_FIELDS = (
+    ("lagrangian", "L {:.4g}"), ("cost", "cost {:.4g}"), ("violation_share", "viol {:.2%}"),
+    ("worst_violation_pu", "worst {:.4f}"), ("device_violation", "dev {:.3g}"),
+    ("voltage_multiplier_max", "mu max {:.3g}"), ("approx_kl", "kl {:.3g}"), ("env_steps_per_s", "{:.0f} steps/s"),
+    ("pf_failures", "pf fail {}"),
+)
+
+
+class ProgressLine:
+    """One-line progress on stderr: redrawn in place on a terminal, a plain line every ``every`` iterations
+    (or ``min_interval_s`` seconds) otherwise."""
+
+    def __init__(self, label: str, total: int | None, every: int = 10, min_interval_s: float = 30.0,
+                 stream=None):
+        self.label, self.total, self.every, self.min_interval_s = label, total, every, min_interval_s
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_print = time.monotonic()
+
+    def __call__(self, row: dict) -> None:
+        it = row["iteration"]
+        total = f"/{self.total}" if self.total else ""
+        parts = [f"{self.label} it {it}{total}", fmt_time(row["wall_s"])]
+        parts += [fmt.format(row[key]) for key, fmt in _PROGRESS_FIELDS if row.get(key, "") != ""]
+        parts.append(f"left {fmt_time(row.get('time_left_s', 0.0))}")
+        text = " | ".join(parts)
+        if row.get("eval_cost", "") != "":
+            text += f" | test cost {row['eval_cost']:.4g} viol {row['eval_violation_share']:.2%}"
+        if self.tty:
+            width = max(shutil.get_terminal_size((120, 24)).columns - 1, 20)
+            print("\r" + text[:width].ljust(width), end="", file=self.stream, flush=True)
+        else:
+            now = time.monotonic()
+            if it % self.every == 0 or it == 1 or now - self._last_print >= self.min_interval_s:
+                print(text, file=self.stream, flush=True)
+                self._last_print = now
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=self.stream, flush=True)
+
+
+def _sim_options(sim_set: list[str] | None, feeder: str | None, agents: int | None, sim_seed: int | None) -> dict:
+    """`make_sim` options from ``--sim-set`` and the task flags (defaults: IEEE-123, 1,000 agents, seed 0)."""
+    options = parse_assignments(sim_set, "--sim-set")
+    options.setdefault("feeder", feeder or "ieee123")
+    options.setdefault("n_agents", agents if agents is not None else 1000)
+    options.setdefault("seed", sim_seed if sim_seed is not None else 0)
+    return options
+
+
+def train_method(method: str, out: str | Path, *, sim_options: dict | None = None, fields: dict | None = None,
+                 resume: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
+    """Train ``method`` (a name of `TRAIN_METHODS`) into the run directory ``out``.
+
+    Args:
+        method: The method's name.
+        out: Run directory; must be new or empty unless ``resume``.
+        sim_options: `make_sim` options of a new run (ignored when resuming, except that a given
+            ``feeder``, ``n_agents`` or ``seed`` must match the run's).
+        fields: Fields of the method's config; when resuming, they override the saved config (only the
+            budget fields may differ from the checkpoint's).
+        resume: Continue the run in ``out`` from its checkpoint.
+        progress: Called with every iteration's metrics row (default: a `ProgressLine` on stderr).
+
+    Returns:
+        The summary that ``gridedge train`` prints (iterations, wall time, throughput, final metrics, config).
+    """
+    from gridedge_env.core import make_sim, sim_config_dict
+    from gridedge_run.loop import train
+    from gridedge_run.rundir import CONFIG_NAME
+
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {list(TRAIN_METHODS)}")
+    out = Path(out)
+    fields = dict(fields or {})
+    sim_options = dict(sim_options or {})
+    if resume:
+        cfg_path = out / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ValueError(f"cannot resume: {cfg_path} not found")
+        saved = json.loads(cfg_path.read_text())
+        if saved.get("method") != method:
+            raise ValueError(f"cannot resume: {out} holds a {saved.get('method')!r} run, not {method!r}")
+        for key, flag in (("feeder", "feeder"), ("n_agents", "agents"), ("seed", "sim-seed")):
+            value = sim_options.get(key)
+            if value is not None and saved["sim_config"].get(key) != value:
+                raise ValueError(f"cannot resume: --{flag} {value!r} differs from the run's "
+                                 f"{saved['sim_config'][key]!r}")
+        seed = fields.get("seed")
+        if seed is not None and seed != saved["config"]["seed"]:
+            raise ValueError(f"cannot resume: --seed {seed} differs from the run's {saved['config']['seed']}")
+        config = TRAIN_METHODS[method].make_config(**{**saved["config"], **fields})
+        sim = make_sim(**saved["sim_config"])
+    else:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"{out} exists and is not empty; choose a new --out or pass --resume to continue it")
+        sim = make_sim(**sim_options)
+        config = TRAIN_METHODS[method].make_config(**{"seed": 0, **fields})
+
+    line = ProgressLine(method, config.iterations) if progress is None else None
+    try:
+        _, _, metrics = train(sim, config, progress_fn=progress or line, out_dir=out, resume=resume, method=method)
+    finally:
+        if line is not None:
+            line.close()
+    final = metrics["final"]
+    summary = {"method": method, "out": str(out), "iterations": metrics["iterations"],
+               "wall_s": metrics["wall_s"], "n_agents": sim.n_agents, "feeder": sim_config_dict(sim)["feeder"]}
+    # one-day episodes simulated for training (PPO calls its parallel days num_envs, the gradient methods batch_days)
+    days_per_iteration = config.num_envs if hasattr(config, "num_envs") else config.batch_days
+    summary["env_steps"] = metrics["iterations"] * days_per_iteration * sim.n_steps
+    summary["env_steps_per_s"] = summary["env_steps"] / metrics["wall_s"] if metrics["wall_s"] > 0 else None
+    summary["agent_steps_per_s"] = (summary["env_steps_per_s"] * sim.n_agents
+                                    if summary["env_steps_per_s"] is not None else None)
+    for key in ("lagrangian", "cost", "violation_share", "worst_violation_pu", "device_violation", "pf_failures",
+                "voltage_multiplier_max", "device_multiplier_mean"):
+        if key in final:
+            summary[f"final_{key}"] = final[key]
+    summary["config"] = dataclasses.asdict(config)
+    return summary
+
+
+def run_train(args) -> dict:
+    """``gridedge train METHOD ...``: `train_method` with the flags; returns the summary printed by the CLI."""
+    from gradmap_agent.train import DivergenceError
+
+    fields = parse_assignments(args.set, "--set")
+    if args.minutes is not None:
+        fields.update(minutes=args.minutes, iterations=None)
+    if args.iterations is not None:
+        fields.update(iterations=args.iterations, minutes=None)
+    if args.seed is not None:
+        fields["seed"] = args.seed
+    if args.eval_every is not None and not args.resume:
+        fields["eval_every"] = args.eval_every
+    if args.resume:
+        sim_options = {"feeder": args.feeder, "n_agents": args.agents, "seed": args.sim_seed}
+    else:
+        sim_options = _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed)
+    out = Path(args.out)
+    try:
+        return train_method(args.method, out, sim_options=sim_options, fields=fields, resume=args.resume)
+    except DivergenceError as exc:
+        print(f"gridedge train: training stopped: {exc}. The last good state is in {out}/checkpoint.pt "
+              f"(and policies.pt); metrics.csv ends at its iteration.", file=sys.stderr)
+        raise SystemExit(3) from exc
+    except KeyboardInterrupt:
+        print(f"gridedge train: interrupted; checkpoint written to {out}; continue with --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def stderr_progress(label: str, every: int) -> Callable[[int, int], None]:
+    """``callback(done, total)`` printing ``label: done/total`` on stderr every ``every`` and at the end."""
+
+    def show(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def evaluate_run(run_dir: str | Path, *, split: str = "test", days: int | None = None, batch: int = 16,
+                 seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Evaluate the policies exported in ``run_dir`` on ``split`` (`evaluate_policy`'s metrics, plus
+    ``method``, ``run_dir`` and the exported ``iteration``)."""
+    from gridedge_env import make_sim
+    from gridedge_run.evaluate import evaluate_policy, obs_policy
+    from gridedge_run.rundir import load_policies
+
+    policy, info = load_policies(run_dir)
+    sim = make_sim(**info["sim_config"])
+    if list(sim.agents) != list(info["agents"]):
+        raise ValueError("the rebuilt simulator's agents differ from the exported policies' agents")
+    if policy.n_agents != sim.n_agents:
+        raise ValueError(f"policies for {policy.n_agents} agents, simulator has {sim.n_agents}")
+    result = evaluate_policy(sim, obs_policy(policy), split=split, days=days, batch=batch, seed=seed,
+                             progress=progress)
+    return {"method": info.get("method", "gradmap"), **result, "run_dir": str(run_dir),
+            "iteration": info.get("iteration")}
+
+
+def evaluate_reference(method: str, sim_options: dict, *, config: dict | None = None, split: str = "test",
+                       days: int | None = None, batch: int = 16, seed: int = 0,
+                       progress: Callable[[int, int], None] | None = None,
+                       plan_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Evaluate a method that needs no training (`REFERENCE_POLICIES`: a rule or the optimum, with
+    ``config``, the optimum's `OracleConfig` fields) on the simulator of ``sim_options``."""
+    from gridedge_env import make_sim
+    from gridedge_run.evaluate import evaluate_policy
+
+    if method not in REFERENCE_POLICIES:
+        raise ValueError(f"unknown method {method!r}; known: {list(REFERENCE_POLICIES)} (trained "
+                         "methods are evaluated from their run directory: gridedge evaluate DIR)")
+    sim = make_sim(**sim_options)
+    policy_fn = REFERENCE_POLICIES[method](progress=plan_progress, **(config or {}))
+    result = evaluate_policy(sim, policy_fn, split=split, days=days, batch=batch, seed=seed, progress=progress)
+    return {"method": method, **result}
+
+
+def run_evaluate(args) -> dict:
+    """``gridedge evaluate DIR | --method NAME ...``; returns the metrics printed by the CLI."""
+    overrides = parse_assignments(args.set, "--set")
+    if overrides and args.method != "oracle":
+        raise ValueError("--set configures --method oracle only, not "
+                         + (f"{args.method!r}" if args.method else "a run directory's policies"))
+    if (args.run_dir is None) == (args.method is None):
+        raise ValueError("give either a run directory (exported policies) or --method "
+                         f"{'|'.join(REFERENCE_POLICIES)}, not both")
+    days = {"split": args.split, "days": args.days, "batch": args.batch, "seed": args.seed,
+            "progress": stderr_progress("evaluate days", 1)}
+    if args.run_dir is not None:
+        return evaluate_run(args.run_dir, **days)
+    # per Adam step of each batch's plan for the optimum (minutes on IEEE-123); silent for the rules
+    return evaluate_reference(args.method, _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed),
+                              config=overrides, plan_progress=stderr_progress(f"{args.method} plan step", 25),
+                              **days)

@@ -1,0 +1,200 @@
+"""The training loop of every method: budget, checkpoints, resume, periodic evaluation, run-directory files.
+
+`train(env_or_config, config, ...)` drives any trainer of the registry (`gridedge_run.methods`): it calls
+``trainer.iterate()`` until the budget (``config.iterations`` and/or ``config.minutes``) is spent, evaluates
+the deterministic policies on test days every ``config.eval_every`` iterations, writes ``metrics.csv``
+after every iteration and a checkpoint every ``config.checkpoint_every``, and on divergence or interruption
+saves the last consistent state before re-raising. A resumed run continues bit for bit as the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gradmap_agent.networks import make_policy
+from gradmap_agent.train import DivergenceError, GradMAPConfig
+from gridedge_env.core import SimConfig, make_sim, sim_config_dict
+from gridedge_run.evaluate import evaluate_policy, obs_policy
+from gridedge_run.methods import TRAIN_METHODS
+from gridedge_run.rundir import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    METRICS_NAME,
+    POLICIES_NAME,
+    append_metrics_csv,
+    atomic_save,
+    atomic_write_text,
+    export_policies,
+    versions,
+    write_metrics_csv,
+)
+
+__all__ = ["LEGACY_FIELD_VALUES", "RESUMABLE_CHANGES", "DivergenceError", "train"]
+
+#: Fields of the config that may change when a run is resumed (the budget); all others must match.
+RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", "eval_days")
+
+#: Fields added to the config after runs were written, with the value that reproduces those older runs: a
+#: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
+#: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
+LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0,
+                       "policy_average": 0.0, "hard_scenario_share": 0.0, "hard_scenario_pool": 32}
+
+
+def _as_sim(env_or_config):
+    if hasattr(env_or_config, "reset") and hasattr(env_or_config, "step") and hasattr(env_or_config, "agents"):
+        return env_or_config
+    if isinstance(env_or_config, SimConfig):
+        return make_sim(**{f.name: getattr(env_or_config, f.name) for f in dataclasses.fields(env_or_config)})
+    if isinstance(env_or_config, dict):
+        return make_sim(**env_or_config)
+    if isinstance(env_or_config, str):
+        return make_sim(feeder=env_or_config)
+    raise ValueError(f"env_or_config must be a Sim, a SimConfig, a dict of make_sim options or a feeder name, "
+                     f"got {type(env_or_config).__name__}")
+
+
+def _check_resume_config(saved: dict, config: GradMAPConfig) -> None:
+    current = dataclasses.asdict(config)
+    saved = {**LEGACY_FIELD_VALUES, **saved}
+    diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
+                         "checkpoint's values with --set KEY=VALUE to continue it")
+
+
+
+def train(
+    env_or_config,
+    config: GradMAPConfig | None = None,
+    progress_fn: Callable[[dict], None] | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    method: str | None = None,
+    trainer_cls: type | None = None,
+):
+    """Train N independent policies with the method that ``config`` configures (GradMAP by default).
+
+    Args:
+        env_or_config: A simulator (`gridedge_env.make_sim`), a `gridedge_env.SimConfig`, a dict of
+            ``make_sim`` options, or a feeder name.
+        config: The method's config (`GradMAPConfig`, `baselines.ssl.SSLConfig`, `baselines.ppo.PPOConfig`;
+            default `GradMAPConfig()`).
+        progress_fn: Called after every iteration with its metrics row (the columns of ``metrics.csv``
+            plus ``time_left_s``).
+        out_dir: Run directory for ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``policies.pt``
+            (None: nothing is written).
+        resume: Continue from ``out_dir/checkpoint.pt`` (bit-for-bit the same continuation as an
+            uninterrupted run). Only the budget fields (`RESUMABLE_CHANGES`) may differ from the saved config.
+        method: Name recorded in the files and looked up in `TRAIN_METHODS` (default ``config.method``).
+        trainer_cls: The trainer class (default: the method's, `gridedge_run.methods.TrainedMethod`).
+
+    Returns:
+        ``(make_policy, params, metrics)``: `gradmap_agent.networks.make_policy`, the trained ``params``
+        (stacked weights and normaliser), and ``{"history": [rows], "iterations", "wall_s", "final": row}``.
+
+    Raises:
+        DivergenceError: NaN/inf in the Lagrangian, its gradient or the policy, or too many power-flow
+            failures; the state before the failing iteration is written to ``out_dir`` first.
+        KeyboardInterrupt: Re-raised after the last consistent state is checkpointed.
+    """
+    config = GradMAPConfig() if config is None else config
+    sim = _as_sim(env_or_config)
+    method = method or config.method
+    trainer = (trainer_cls or TRAIN_METHODS[method].trainer_cls())(sim, config)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_path = out / CHECKPOINT_NAME
+        if resume:
+            if not ckpt_path.is_file():
+                raise ValueError(f"cannot resume: no {CHECKPOINT_NAME} in {out}")
+            state = torch.load(ckpt_path, map_location=sim.device, weights_only=True)
+            _check_resume_config(state["config"], config)
+            if state["sim_config"] != sim_config_dict(sim):
+                raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
+            trainer.load_state_dict(state)
+        run_info = {"method": method, "seed": config.seed, "config": dataclasses.asdict(config),
+                    "sim_config": sim_config_dict(sim), "versions": versions(),
+                    "n_agents": sim.n_agents, "agents_per_type": dict(sim.n_per_type),
+                    "resumed_at_iteration": trainer.iteration if resume else None}
+        atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
+        write_metrics_csv(out / METRICS_NAME, trainer.history, trainer.metric_fields)
+    elif resume:
+        raise ValueError("resume=True needs out_dir")
+
+    def save(state: dict | None = None) -> None:
+        if out is None:
+            return
+        state = trainer.state_dict() if state is None else state
+        atomic_save(state, out / CHECKPOINT_NAME)
+        weights = state["policy_average"] if state.get("policy_average") is not None else state["policy"]
+        export_policies(out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim,
+                        method, state["iteration"])
+
+    def budget_left() -> bool:
+        if config.iterations is not None and trainer.iteration >= config.iterations:
+            return False
+        return config.minutes is None or trainer.elapsed_s < 60.0 * config.minutes
+
+    eval_fn = None
+    if config.eval_every:
+
+        def eval_fn() -> dict:
+            policy = make_policy(trainer.params())
+            return evaluate_policy(sim, obs_policy(policy), split="test", days=config.eval_days)
+
+    wall0 = time.perf_counter()
+    if trainer.iteration == 0:
+        t0 = time.perf_counter()
+        trainer.prepare()  # e.g. GradMAP's warm start; counted as training time
+        trainer.elapsed_s += time.perf_counter() - t0
+    snapshot = None
+    try:
+        while budget_left():
+            snapshot = trainer.state_dict() if out is not None else None
+            t0 = time.perf_counter()
+            row = trainer.iterate()
+            trainer.elapsed_s += time.perf_counter() - t0
+            trainer.iteration += 1
+            row["wall_s"] = trainer.elapsed_s
+            if eval_fn is not None and (trainer.iteration % config.eval_every == 0 or not budget_left()):
+                ev = eval_fn()
+                row.update(eval_cost=ev["cost"], eval_violation_share=ev["violation_share"],
+                           eval_worst_violation_pu=ev["worst_violation_pu"],
+                           eval_device_violation=ev["device_violation"])
+            trainer.history.append(row)
+            snapshot = None  # the trainer is consistent again
+            if out is not None:
+                append_metrics_csv(out / METRICS_NAME, row, trainer.metric_fields)
+                if trainer.iteration % config.checkpoint_every == 0:
+                    save()
+            if progress_fn is not None:
+                rate = trainer.elapsed_s / max(len(trainer.history), 1)
+                left = []
+                if config.iterations is not None:
+                    left.append((config.iterations - trainer.iteration) * rate)
+                if config.minutes is not None:
+                    left.append(60.0 * config.minutes - trainer.elapsed_s)
+                progress_fn({**row, "time_left_s": max(min(left), 0.0) if left else 0.0})
+    except (DivergenceError, KeyboardInterrupt):
+        if out is not None:
+            save(snapshot)  # the state before the failing/interrupted iteration, or the current one
+            if snapshot is not None:
+                write_metrics_csv(out / METRICS_NAME, snapshot["history"], trainer.metric_fields)
+        raise
+    save()
+    final = trainer.history[-1] if trainer.history else {}
+    metrics = {"history": trainer.history, "iterations": trainer.iteration, "wall_s": trainer.elapsed_s,
+               "run_wall_s": time.perf_counter() - wall0, "final": final, "method": method}
+    return make_policy, trainer.params(), metrics
