@@ -1,4 +1,5 @@
-"""`gridedge compare --preset smoke`: every file the issue lists, every method in the table, resumable."""
+"""`gridedge compare`: the smoke preset writes every file with every method in the table and resumes (integration
+tier); argument errors and the time-to-target arithmetic (default suite)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def smoke_dir(tmp_path_factory):
     return out, time.monotonic() - start
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_smoke_writes_every_file(smoke_dir):
     out, _ = smoke_dir
     for name in ("results.md", "results.csv", "results.json", "learning_curves.png", "voltage_envelopes.png",
@@ -30,6 +33,8 @@ def test_smoke_writes_every_file(smoke_dir):
     assert png.startswith(b"\x89PNG")
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_smoke_table_has_every_method_and_metric(smoke_dir):
     out, _ = smoke_dir
     results = json.loads((out / "results.json").read_text())
@@ -39,7 +44,6 @@ def test_smoke_table_has_every_method_and_metric(smoke_dir):
     for row in results["results"]:
         assert row["n_agents"] == PRESETS["smoke"].agents
         assert row["days"] == PRESETS["smoke"].test_days
-        assert row["pf_failures"] >= 0
         if row["kind"] == "trained":
             assert row["train_wall_s"] > 0 and row["iterations"] >= 1
     with (out / "results.csv").open() as f:
@@ -49,6 +53,8 @@ def test_smoke_table_has_every_method_and_metric(smoke_dir):
         assert f"| {m} |" in table
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_smoke_is_resumable(smoke_dir):
     out, first_s = smoke_dir
     before = (out / "runs" / "gradmap" / "metrics.csv").read_text()
@@ -59,6 +65,8 @@ def test_smoke_is_resumable(smoke_dir):
     assert (out / "runs" / "gradmap" / "metrics.csv").read_text() == before
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_other_options_in_the_same_dir_are_refused(smoke_dir, capsys):
     out, _ = smoke_dir
     assert main(["compare", "--preset", "smoke", "--minutes", "0.2", "--out", str(out)]) == 2
@@ -74,6 +82,8 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--jobs" in capsys.readouterr().err
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_parallel_training_jobs(tmp_path):
     """--jobs 2: two methods trained at once in worker processes, with the same files and table as one by one."""
     out = tmp_path / "jobs"

@@ -22,11 +22,22 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", RUN_HERE)
+def imported_modules(blocks: list[str]) -> set[str]:
+    return {m for block in blocks for m in re.findall(r"^(?:from|import) (\w+)", block, flags=re.M)}
+
+
+def page_param(page: str):
+    """A page that drives a third-party learning library (SB3, TorchRL, RLlib) is an integration test."""
+    if OPTIONAL_MODULES & imported_modules(python_blocks(DOCS / page)):
+        return pytest.param(page, marks=[pytest.mark.integration, pytest.mark.timeout(900)])
+    return page
+
+
+@pytest.mark.parametrize("page", [page_param(p) for p in RUN_HERE])
 def test_page_code_runs(page, tmp_path, monkeypatch):
     blocks = python_blocks(DOCS / page)
     assert len(blocks) >= MIN_BLOCKS.get(page, 1), f"{page} has {len(blocks)} Python blocks"
-    imported = {m for block in blocks for m in re.findall(r"^(?:from|import) (\w+)", block, flags=re.M)}
+    imported = imported_modules(blocks)
     for module in sorted(OPTIONAL_MODULES & imported):
         pytest.importorskip(module)
     monkeypatch.chdir(tmp_path)  # examples may write files

@@ -20,6 +20,8 @@ import gridedge_env
 from gridedge_env.adapters.wrappers import HomogenizeWrapper
 from gridedge_env.core import OBS_DIM
 
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
 SMALL = {"feeder": "ieee13", "n_agents": 12, "mix": (1, 1, 1)}
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
