@@ -9,7 +9,7 @@ For each batch of days, `plan_days` minimises the augmented Lagrangian of the da
 
 with ``g = max(v - (v_max - m), (v_min + m) - v)`` the signed distance of each node voltage outside the band
 tightened by the margin ``m`` and ``d >= 0`` each agent's device violation (constraint ``d <= 0``). Adam
-minimises ``L_rho`` over ``a`` (`gridedge_env.simbench.optimise_actions`, projected onto [-1, 1]); every
+minimises ``L_rho`` over ``a`` (`optimise_actions`, projected onto [-1, 1]); every
 `OracleConfig.update_every` steps the multipliers take the exact augmented-Lagrangian step
 ``lam <- relu(lam + rho g)`` (one multiplier per constraint: node, step and day) and ``rho`` grows by
 `OracleConfig.rho_growth` up to `OracleConfig.rho_max`. The state at ``t = 0`` holds the whole day's
@@ -25,15 +25,20 @@ the design choices and results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from baselines.rules import RULES
-from gridedge_env.simbench import optimise_actions
+from gridedge_env.metrics import RolloutMetrics
+from gridedge_env.simbench import StepPenalty, fixed_penalty, rollout_objective
 
-__all__ = ["OracleConfig", "PerfectForesightPolicy", "plan_days"]
+__all__ = ["OracleConfig", "PerfectForesightPolicy", "optimise_actions", "plan_days"]
+
+#: ``policy(sim, state) -> actions [B, N]``
+Policy = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,86 @@ class _AugmentedLagrangian:
         self.rho_device = min(self.rho_device * cfg.rho_growth, cfg.rho_device * cfg.rho_max_factor)
 
 
+def optimise_actions(
+    sim,
+    state,
+    *,
+    iterations: int = 150,
+    lr: float = 0.05,
+    w_voltage: float = 1e4,
+    w_device: float = 10.0,
+    init: Policy | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    penalty: StepPenalty | None = None,
+    after_iteration: Callable[[int, list], None] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Centralised, perfect-foresight optimisation of every action of the episodes in ``state``.
+
+    Minimises ``sum(cost) + w_device * sum(device_violation) + w_voltage * sum(voltage_violation)`` (or
+    ``sum(cost)`` plus ``penalty``'s terms) over the actions [T, B, N] by Adam through the differentiable
+    core (learning rate decayed from ``lr`` to ``lr / 10`` on a cosine schedule), projecting the actions
+    onto [-1, 1] after every update. Starts from the actions ``init`` would take along its own rollout
+    (default: all zeros). Only converged power flows count (the same mask as the trainers').
+
+    Args:
+        sim: The simulator.
+        state: Initial state (``t = 0``) of the episodes to optimise.
+        iterations: Adam steps (one forward + backward rollout each).
+        lr: Adam learning rate (actions are in [-1, 1]).
+        w_voltage: Penalty per pu-step of voltage violation, $.
+        w_device: Penalty per unit of device violation (kW or K) per step, $.
+        init: Optional policy whose rollout actions are the starting point.
+        progress: Optional ``callback(done, total)``.
+        penalty: Optional constraint terms of every step (`StepPenalty`), replacing the fixed weights
+            (e.g. the augmented Lagrangian of `plan_days`).
+        after_iteration: Optional ``callback(iteration, results)`` after every Adam step, with that
+            iteration's StepResults (from before the step): e.g. a multiplier update that ``penalty`` reads.
+
+    Returns:
+        ``(actions [T, B, N], metrics)``: the standard metrics (`gridedge_env.metrics`) of the final actions
+        plus the objective's history (``objective_first``, ``objective_last``) and ``seconds``.
+    """
+    t0 = time.perf_counter()
+    shape = (sim.n_steps, state.batch_size, sim.n_agents)
+    if init is None:
+        start = torch.zeros(shape, dtype=sim.dtype, device=sim.device)
+    else:
+        acts, s = [], state
+        with torch.no_grad():
+            for _ in range(sim.n_steps):
+                a = init(sim, s)
+                s = sim.step(s, a).state
+                acts.append(a)
+        start = torch.stack(acts)
+    actions = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([actions], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iterations, 1), eta_min=0.1 * lr)
+    penalty = fixed_penalty(w_voltage, w_device) if penalty is None else penalty
+    history = []
+    for it in range(iterations):
+        opt.zero_grad()
+        objective, results = rollout_objective(sim, state, actions, penalty)
+        objective.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            actions.clamp_(-1.0, 1.0)
+        history.append(float(objective.detach()))
+        if after_iteration is not None:
+            after_iteration(it, results)
+        if progress is not None:
+            progress(it + 1, iterations)
+    with torch.no_grad():
+        _, results = rollout_objective(sim, state, actions, penalty)
+    summary = RolloutMetrics(sim)
+    for r in results:
+        summary.add(r)
+    metrics = summary.summary(state.batch_size)
+    metrics.update(objective_first=history[0] if history else None, objective_last=history[-1] if history else None,
+                   seconds=time.perf_counter() - t0)
+    return actions.detach(), metrics
+
+
 def plan_days(sim, state, config: OracleConfig = OracleConfig(),
               progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, dict]:
     """Optimise every action of the episodes in ``state`` (``t = 0``) by the augmented Lagrangian.
@@ -135,7 +220,7 @@ def plan_days(sim, state, config: OracleConfig = OracleConfig(),
         progress: Optional ``callback(done_iterations, total_iterations)``.
 
     Returns:
-        ``(actions [T, B, N], metrics)``: the plan, and `gridedge_env.simbench.optimise_actions`' metrics
+        ``(actions [T, B, N], metrics)``: the plan, and `optimise_actions`' metrics
         of it plus the largest multipliers.
     """
     if state.t != 0:

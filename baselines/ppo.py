@@ -39,6 +39,7 @@ from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
 from gradmap_agent.train import DivergenceError, check_fields
 from gridedge_env.adapters.batched import NET_SCOPES, BatchedEnv, RewardConfig, global_state_bounds
 from gridedge_env.core import OBS_DIM, sim_config_dict
+from gridedge_env.metrics import RolloutMetrics
 
 __all__ = [
     "METRIC_FIELDS",
@@ -363,9 +364,6 @@ class PPOTrainer:
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Nothing to do before the first iteration (the training loop's hook)."""
-
     def state_dict(self) -> dict:
         clone = lambda d: {k: v.detach().clone() for k, v in d.items()}  # noqa: E731
         return {
@@ -427,8 +425,8 @@ class PPOTrainer:
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         noise = torch.randn((n_steps, batch, n), generator=self.gen, dtype=torch.float64).to(self.pdtype)
         obs = env.reset(seed=reset_seed)
-        raw_obs, xs, us, logps, states, rewards, oks, volt_viol = [], [], [], [], [], [], [], []
-        cost_sum = dev_sum = 0.0
+        raw_obs, xs, us, logps, states, rewards, oks = [], [], [], [], [], [], []
+        metrics = RolloutMetrics(sim)
         with torch.no_grad():
             for t in range(n_steps):
                 if self.state_normalizer is not None:
@@ -444,28 +442,16 @@ class PPOTrainer:
                 ok = info["pf_converged"]
                 rewards.append(torch.nan_to_num(reward, nan=0.0) * ok[:, None])  # failed rows: masked, no reward
                 oks.append(ok)
-                volt_viol.append(info["result"].voltage_violation[ok])
-                cost_sum += float(info["cost"].sum())
-                dev_sum += float(info["device_violation"].sum())
-        excess = torch.cat(volt_viol)  # [converged (step, day) rows, n]
-        failures = int((~torch.stack(oks)).sum())
-        if failures > cfg.max_pf_failure_share * batch * n_steps:
-            raise DivergenceError(f"{failures} of {batch * n_steps} power flows failed at iteration "
+                metrics.add(info["result"])
+        if metrics.failures > cfg.max_pf_failure_share * batch * n_steps:
+            raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
                                   f"{self.iteration} (more than max_pf_failure_share={cfg.max_pf_failure_share})")
         reward = torch.stack(rewards).to(self.pdtype)  # [T, B, N]
         return {
             "raw_obs": torch.stack(raw_obs), "x": torch.stack(xs), "u": torch.stack(us), "logp": torch.stack(logps),
             "state": torch.stack(states) if states else None, "reward": reward,
             "ok": torch.stack(oks).to(self.pdtype),
-            "stats": {
-                "cost": cost_sum / batch,
-                "violation_share": float((excess > 0).to(torch.float64).mean()) if excess.numel() else 0.0,
-                "violation_sum_pu": float(excess.sum()) / batch,
-                "worst_violation_pu": float(excess.max()) if excess.numel() else 0.0,
-                "device_violation": dev_sum / (batch * n_steps * n),
-                "pf_failures": failures,
-                "reward": float(reward.mean()),
-            },
+            "stats": {**metrics.standard(batch), "reward": float(reward.mean())},
         }
 
     def scaled_rewards(self, reward: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Rule baselines: decentralised policies that need no learning, as ``policy(sim, state) -> actions [B, N]``.
 
-- ``noop`` ("doing nothing"): batteries idle (action 0), generators off (action +1), heat pumps on the
-  core's thermostat (the heat-pump part of `gridedge_env.price_seeking_actions`, which keeps the indoor
-  temperature inside the comfort band, preheating/precooling in cheap hours). The same reference point as
-  ``gridedge_env.simbench.idle_actions``. All zeros would switch the heat pumps off and violate comfort.
-- ``price-seeking``: the core's uncoordinated price-seeking rule (`gridedge_env.price_seeking_actions`).
+- ``noop`` ("doing nothing", `noop_actions`): batteries idle (action 0), generators off (action +1), heat
+  pumps on the price-seeking thermostat (the heat-pump part of `price_seeking_actions`, which keeps the
+  indoor temperature inside the comfort band, preheating/precooling in cheap hours). All zeros would
+  switch the heat pumps off and violate comfort.
+- ``price-seeking``: the uncoordinated price-seeking rule (`price_seeking_actions`), the reference the
+  benchmark task is calibrated with (``python -m gridedge_run.calibration``).
 - ``droop``: price-seeking inside a voltage dead band, and volt-watt curves outside it: each device reacts
   to its own node's last voltage (its observation ``v_node``) like a smart inverter (`droop_actions`).
 
@@ -19,17 +20,59 @@ from dataclasses import dataclass
 
 import torch
 
-from gridedge_env.core import (
-    HEATPUMP_RULE_MARGIN_K,
-    OBS_NAMES,
-    OBS_SCALES,
-    feasible_action_bounds,
-    heatpump_target_actions,
-    price_seeking_actions,
-)
-from gridedge_env.simbench import idle_actions as noop_actions
+from gridedge_env.core import OBS_NAMES, OBS_SCALES, Sim, State, feasible_action_bounds, heatpump_target_actions
 
-__all__ = ["RULES", "DroopCurves", "droop_actions", "noop_actions", "price_seeking_actions"]
+__all__ = ["HEATPUMP_RULE_MARGIN_K", "RULES", "DroopCurves", "droop_actions", "noop_actions", "price_seeking_actions"]
+
+
+#: Margin inside the comfort band that the price-seeking heat-pump rule aims for, K.
+HEATPUMP_RULE_MARGIN_K = 0.25
+
+
+def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
+    """Uncoordinated price-seeking actions [B, N] for ``state`` (each agent uses its own data only).
+
+    Cheap hours are the steps priced at the day's lowest rate, expensive hours those at its highest:
+
+    - battery: charge at full power in cheap hours, discharge at full power in expensive hours, idle
+      otherwise; the request is cut to what its state of charge allows in this step (no device violation);
+    - generator: full output in expensive hours, off otherwise, moving towards that target as fast as its
+      ramp limit allows (no device violation);
+    - heat pump: a thermostat that preheats (precools) in cheap hours. In heating mode (outdoor below the
+      band centre) it aims at the top of its comfort band (minus a 0.25 K margin) in cheap hours and at
+      the bottom (plus the margin) otherwise; in cooling mode the other way round. The action is the one
+      that reaches that temperature at the end of the step in the 1R1C model, clipped to [-1, 1].
+    """
+    t = min(state.t, sim.n_steps - 1)
+    price = state.price_per_kwh
+    now = price[:, t:t + 1]
+    cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
+    dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
+    low, high = feasible_action_bounds(sim, state)
+    # battery: full power in the wanted direction, cut to what its state of charge allows this step
+    sl = sim.agent_slices["battery"]
+    want = torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype)
+    battery = torch.clamp(want, low[:, sl], high[:, sl])
+
+    p = sim.params["heatpump"]
+    heating = state.t_outdoor_c[:, t:t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
+    top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
+    target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
+    heatpump = heatpump_target_actions(sim, state, target)
+
+    # generator: full output (-1) in expensive hours, off (+1) otherwise, as fast as its ramp limit allows
+    sl = sim.agent_slices["generator"]
+    want = torch.where(dear, -1.0, 1.0).to(sim.dtype)
+    generator = torch.clamp(want, low[:, sl], high[:, sl])
+    return torch.cat([battery, heatpump, generator], dim=1).detach()
+
+
+def noop_actions(sim: Sim, state: State) -> torch.Tensor:
+    """Doing nothing: batteries idle, generators off, heat pumps on the price-seeking thermostat."""
+    a = price_seeking_actions(sim, state).clone()
+    a[:, sim.agent_slices["battery"]] = 0.0
+    a[:, sim.agent_slices["generator"]] = 1.0
+    return a
 
 
 @dataclass(frozen=True)

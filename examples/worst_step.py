@@ -86,7 +86,7 @@ def oracle_day(sim, day: int, seed: int, step: int, iterations: int) -> dict:
             if t == step:
                 at_step = by_phase(sim, r.p_kw[0])
             state = r.state
-    return {"worst_excursion_pu": worst, "power_kw": at_step}
+    return {"worst_violation_pu": worst, "power_kw": at_step}
 
 
 def _table(title: str, by_type: dict[str, list[float]], fmt: str) -> str:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {**worst, "power_kw": power, "dv_daction_pu": dv_da}
     if args.oracle:
         opt = oracle_day(sim, worst["day"], args.seed, worst["step"], args.oracle_iterations)
-        print(f"perfect foresight on day {worst['day']}: worst excursion {opt['worst_excursion_pu']:.4f} pu")
+        print(f"perfect foresight on day {worst['day']}: worst excursion {opt['worst_violation_pu']:.4f} pu")
         print(_table("its device power, kW", opt["power_kw"], ".0f"))
         summary["oracle"] = opt
     return summary

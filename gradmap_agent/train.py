@@ -36,8 +36,9 @@ from gradmap_agent.losses import (
 )
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy
 from gradmap_agent.optim import LR_SCHEDULES, budget_progress, clone_tree, lr_at
-from gridedge_env.core import AGENT_TYPES, OBS_DIM, price_seeking_actions, sim_config_dict
+from gridedge_env.core import AGENT_TYPES, OBS_DIM, sim_config_dict
 from gridedge_env.episodes import reset_scenarios
+from gridedge_env.metrics import RolloutMetrics
 from gridedge_env.scenarios import split_days
 
 __all__ = [
@@ -52,10 +53,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "gridedge-gradmap-checkpoint/1"
-
-#: Rules the policies may be warm-started from (`GradMAPConfig.warm_start`).
-WARM_START_RULES = (None, "noop", "price-seeking")
-
 
 @dataclass(frozen=True)
 class GradMAPConfig:
@@ -97,14 +94,6 @@ class GradMAPConfig:
     (docs/gradmap.md)."""
     policy_dtype: str = "float32"
     """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
-    # --- warm start ---------------------------------------------------------------------------------------
-    warm_start: str | None = None
-    """Before the first rollout, fit every agent's mean action to this rule's ("noop" or "price-seeking")
-    on `warm_start_days` training days (None: start from the random initialisation)."""
-    warm_start_days: int = 4
-    """Training days of the warm start's rule rollout."""
-    warm_start_steps: int = 100
-    """Adam steps of the warm start's regression (full batch, learning rate `lr`)."""
     # --- GradMAP: reuse and trust region -------------------------------------------------------------------
     reuse: int = 4
     """K: policy updates per environment gradient (1 with no trust region = GradMA)."""
@@ -180,10 +169,8 @@ class GradMAPConfig:
             problems.append(f"iterations must be >= 0, got {self.iterations}")
         if self.minutes is not None and not (self.minutes >= 0):
             problems.append(f"minutes must be >= 0, got {self.minutes}")
-        if self.warm_start not in WARM_START_RULES:
-            problems.append(f"warm_start must be one of {WARM_START_RULES}, got {self.warm_start!r}")
         for name in ("batch_days", "hidden", "layers", "reuse", "minibatches", "checkpoint_every", "eval_days",
-                     "warm_start_days", "warm_start_steps", "hard_scenario_pool"):
+                     "hard_scenario_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.hard_day_share <= 1:
@@ -383,46 +370,6 @@ class GradMAPTrainer:
 
     # --- one iteration ---------------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Work before the first iteration of a new run: the warm start, when `config.warm_start` names a rule."""
-        if self.config.warm_start is not None:
-            self.warm_start()
-
-    def warm_start(self) -> dict:
-        """Fit every agent's mean action to the rule `config.warm_start` on `warm_start_days` training days.
-
-        The rule is rolled out (no gradient), the normaliser folds in its observations, and each agent's
-        network takes `warm_start_steps` full-batch Adam steps on its own mean squared error between
-        ``tanh(mean)`` and the rule's action (a sum of per-agent losses: agents stay decoupled). The log
-        standard deviation is not fitted, and the main optimiser's state is untouched."""
-        sim, cfg = self.sim, self.config
-        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
-        raw, targets = [], []
-        with torch.no_grad():
-            state = sim.reset(cfg.warm_start_days, seed=reset_seed, split="train")
-            for _ in range(sim.n_steps):
-                a = price_seeking_actions(sim, state)
-                if cfg.warm_start == "noop":  # batteries idle, generators off, heat pumps on the thermostat
-                    a = a.clone()
-                    a[:, sim.agent_slices["battery"]] = 0.0
-                    a[:, sim.agent_slices["generator"]] = 1.0
-                raw.append(state.obs.detach())
-                targets.append(a.detach())
-                state = sim.step(state, a).state
-        raw_obs = torch.stack(raw)  # [T, B, N, d]
-        self.normalizer.update(raw_obs)
-        x = self.normalizer.normalize(raw_obs).to(self.pdtype).reshape(-1, sim.n_agents, raw_obs.shape[-1])
-        target = torch.stack(targets).to(self.pdtype).reshape(-1, sim.n_agents)
-        opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-        loss = torch.zeros(())
-        for _ in range(cfg.warm_start_steps):
-            opt.zero_grad(set_to_none=True)
-            loss = (self.policy.act(x) - target).pow(2).mean(dim=0).sum()
-            loss.backward()
-            opt.step()
-        self.policy.zero_grad(set_to_none=True)
-        return {"warm_start_mse": float(loss.detach()) / sim.n_agents}
-
     def rollout(self) -> dict:
         """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them."""
         sim, cfg = self.sim, self.config
@@ -440,8 +387,7 @@ class GradMAPTrainer:
         xs, raw_obs, acts, leaves = [], [], [], []
         dev_viol, volt_viol, converged = [], [], []
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
-        cost_sum, outside, node_steps, viol_sum, worst, failures = 0.0, 0, 0, 0.0, 0.0, 0
-        dev_true_sum = 0.0
+        metrics = RolloutMetrics(sim)
         for t in range(n_steps):
             raw_obs.append(state.obs.detach())
             x, a, leaf = self.act(state.obs, noise[t], t)
@@ -455,19 +401,8 @@ class GradMAPTrainer:
             leaves.append(leaf)
             dev_viol.append(dev)
             volt_viol.append(w)
-            ok = r.converged
-            converged.append(ok)
-            with torch.no_grad():
-                cost_sum += float(r.cost.detach().sum())
-                dev_true_sum += float(dev.sum())
-                failures += int((~ok).sum())
-                if bool(ok.any()):
-                    v = r.v_mag_pu.detach()[ok]
-                    excess = torch.relu(v - v_hi) + torch.relu(v_lo - v)
-                    outside += int(((v > v_hi) | (v < v_lo)).sum())
-                    node_steps += v.numel()
-                    viol_sum += float(excess.sum())
-                    worst = max(worst, float(excess.max()))
+            converged.append(r.converged)
+            metrics.add(r)
         voltage_violation = torch.stack(volt_viol)  # [T, B, n]
         row_worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()  # [B] pu
         self.score_days(state.day_idx, row_worst)
@@ -480,22 +415,14 @@ class GradMAPTrainer:
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
         lagrangian.backward()
         grad = self.action_gradient(leaves)
-        if failures > cfg.max_pf_failure_share * batch * n_steps:
-            raise DivergenceError(f"{failures} of {batch * n_steps} power flows failed at iteration "
+        if metrics.failures > cfg.max_pf_failure_share * batch * n_steps:
+            raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
                                   f"{self.iteration} (more than max_pf_failure_share={cfg.max_pf_failure_share})")
         return {
             "x": torch.stack(xs), "noise": noise, "a_old": torch.stack(acts), "grad": grad,
             "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
             "voltage_violation": voltage_violation, "converged": torch.stack(converged), "fresh": fresh,
-            "stats": {
-                "lagrangian": float(lagrangian.detach()),
-                "cost": cost_sum / batch,
-                "violation_share": outside / max(node_steps, 1),
-                "violation_sum_pu": viol_sum / batch,
-                "worst_violation_pu": worst,
-                "device_violation": dev_true_sum / (batch * n_steps * sim.n_agents),
-                "pf_failures": failures,
-            },
+            "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)},
         }
 
     def draw_days(self, batch: int) -> torch.Tensor | None:

@@ -7,7 +7,10 @@ Public entry points (imported lazily, so ``import gridedge_env`` stays cheap):
 - `parallel_env(**cfg)` (PettingZoo ParallelEnv), `env(**cfg)` / `raw_env(**cfg)` (AEC) of the default task
   (`gridedge_env.ieee123_v0`; spec in `gridedge_env.adapters.pettingzoo_env`);
 - `sim_config_dict(sim)`: the config as JSON-friendly values, which `make_sim(**...)` takes back;
-- `SimConfig`, `State`, `StepResult`, `price_seeking_actions`, `OBS_NAMES`, `OBS_DIM`, `AGENT_TYPES`.
+- `SimConfig`, `State`, `StepResult`, `OBS_NAMES`, `OBS_DIM`, `AGENT_TYPES`.
+
+The rules (doing nothing, price-seeking, droop) and the perfect-foresight optimum are baselines
+(`baselines.rules`, `baselines.oracle`), not part of the simulator.
 
 Sub-packages: `gridedge_env.network` (feeders), `gridedge_env.powerflow`, `gridedge_env.devices`,
 `gridedge_env.scenarios`.
@@ -25,7 +28,6 @@ _LAZY: dict[str, str] = {
     "SimConfig": "gridedge_env.core",
     "State": "gridedge_env.core",
     "StepResult": "gridedge_env.core",
-    "price_seeking_actions": "gridedge_env.core",
     "sim_config_dict": "gridedge_env.core",
     "AGENT_TYPES": "gridedge_env.core",
     "OBS_NAMES": "gridedge_env.core",

@@ -45,7 +45,7 @@ __all__ = [
     "make_sim",
     "feasible_action_bounds",
     "heatpump_target_actions",
-    "price_seeking_actions",
+    "sim_config_dict",
 ]
 
 #: Device types in the order of the action/agent axis: all batteries, then heat pumps, then generators.
@@ -717,49 +717,8 @@ def sim_config_dict(sim: Sim) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The uncoordinated price-seeking rule (used to calibrate the benchmark)
+# What each device can do this step (physics the rules and the tests build on)
 # ----------------------------------------------------------------------------------------------------------
-
-#: Margin inside the comfort band that the price-seeking heat-pump rule aims for, K.
-HEATPUMP_RULE_MARGIN_K = 0.25
-
-
-def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
-    """Uncoordinated price-seeking actions [B, N] for ``state`` (each agent uses its own data only).
-
-    Cheap hours are the steps priced at the day's lowest rate, expensive hours those at its highest:
-
-    - battery: charge at full power in cheap hours, discharge at full power in expensive hours, idle
-      otherwise; the request is cut to what its state of charge allows in this step (no device violation);
-    - generator: full output in expensive hours, off otherwise, moving towards that target as fast as its
-      ramp limit allows (no device violation);
-    - heat pump: a thermostat that preheats (precools) in cheap hours. In heating mode (outdoor below the
-      band centre) it aims at the top of its comfort band (minus a 0.25 K margin) in cheap hours and at
-      the bottom (plus the margin) otherwise; in cooling mode the other way round. The action is the one
-      that reaches that temperature at the end of the step in the 1R1C model, clipped to [-1, 1].
-    """
-    t = min(state.t, sim.n_steps - 1)
-    price = state.price_per_kwh
-    now = price[:, t:t + 1]
-    cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
-    dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
-    low, high = feasible_action_bounds(sim, state)
-    # battery: full power in the wanted direction, cut to what its state of charge allows this step
-    sl = sim.agent_slices["battery"]
-    want = torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype)
-    battery = torch.clamp(want, low[:, sl], high[:, sl])
-
-    p = sim.params["heatpump"]
-    heating = state.t_outdoor_c[:, t:t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
-    top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
-    target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
-    heatpump = heatpump_target_actions(sim, state, target)
-
-    # generator: full output (-1) in expensive hours, off (+1) otherwise, as fast as its ramp limit allows
-    sl = sim.agent_slices["generator"]
-    want = torch.where(dear, -1.0, 1.0).to(sim.dtype)
-    generator = torch.clamp(want, low[:, sl], high[:, sl])
-    return torch.cat([battery, heatpump, generator], dim=1).detach()
 
 
 def feasible_action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,10 +155,6 @@ def train(
             return evaluate_policy(sim, obs_policy(policy), split="test", days=config.eval_days)
 
     wall0 = time.perf_counter()
-    if trainer.iteration == 0:
-        t0 = time.perf_counter()
-        trainer.prepare()  # e.g. GradMAP's warm start; counted as training time
-        trainer.elapsed_s += time.perf_counter() - t0
     snapshot = None
     try:
         while budget_left():

@@ -26,7 +26,7 @@ class TrainedMethod:
     """``factory(**fields) -> config``; raises ValueError naming unknown or invalid fields."""
     trainer: str
     """Trainer class: ``Trainer(sim, config)`` with ``iterate``, ``state_dict``, ``load_state_dict``,
-    ``params``, ``prepare``, ``metric_fields`` and the counters ``iteration``, ``elapsed_s``, ``history``
+    ``params``, ``metric_fields`` and the counters ``iteration``, ``elapsed_s``, ``history``
     (driven by `gridedge_run.loop.train`)."""
 
     def make_config(self, **fields):
