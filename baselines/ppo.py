@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gradmap_agent.checkpoint import common_state, restore_common
+from gradmap_agent.config import NormalizerConfig, OptimConfig, PolicyConfig, RunConfig, build_config, section
 from gradmap_agent.losses import clip_grad_norm_per_agent_
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
-from gradmap_agent.optim import LR_SCHEDULES, budget_progress, clone_tree, lr_at
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
-from gradmap_agent.train import DivergenceError, check_fields
+from gradmap_agent.train import DivergenceError
 from gridedge_env.adapters.batched import NET_SCOPES, BatchedEnv, RewardConfig, global_state_bounds
-from gridedge_env.core import OBS_DIM, sim_config_dict
+from gridedge_env.core import OBS_DIM
 from gridedge_env.metrics import RolloutMetrics
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
     "mappo_config",
 ]
 
-CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/1"
+CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/2"
 
 #: Columns of a PPO run's metrics.csv: GradMAP's rollout and evaluation columns, then PPO's own.
 METRIC_FIELDS = (
@@ -68,13 +69,16 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 class PPOConfig:
     """IPPO / MAPPO hyperparameters. Defaults suit IEEE-123 with 1,000 agents on a 2-core CPU."""
 
-    # --- budget -------------------------------------------------------------------------------------------
-    iterations: int | None = 300
-    """Number of rollouts (each B days, then the PPO epochs); None: no limit (then `minutes` must be set)."""
-    minutes: float | None = None
-    """Training-time budget in minutes (rollouts and updates; checkpoints and evaluations not counted)."""
-    seed: int = 0
-    """Seed of the network initialisation, the rollout days, the exploration noise and the minibatches."""
+    run: RunConfig = section(RunConfig, checkpoint_every=10)
+    """Budget, seed, checkpoints, periodic evaluation, failure limit."""
+    optim: OptimConfig = section(OptimConfig, lr=1e-3, lr_schedule="linear", max_grad_norm=0.5)
+    """Adam (learning rate 1e-3, linear decay to a tenth over the budget), gradient clipping (0.5 per agent;
+    per shared network with `share_params`; the whole MAPPO critic as one)."""
+    normalizer: NormalizerConfig = section(NormalizerConfig)
+    """Running statistics of the observations (and of MAPPO's global state)."""
+    policy: PolicyConfig = section(PolicyConfig, hidden=32, init_log_std=-0.5)
+    """Every actor (width 32, initial log std -0.5); the IPPO critics and MAPPO's have `layers` hidden layers
+    too."""
     # --- algorithm ----------------------------------------------------------------------------------------
     centralized_critic: bool = False
     """False: IPPO (per-agent critics on local observations); True: MAPPO (a critic on the global state)."""
@@ -98,16 +102,8 @@ class PPOConfig:
     scale_rewards: bool = True
     """Divide each agent's rewards by the running standard deviation of its discounted return."""
     # --- networks -----------------------------------------------------------------------------------------
-    hidden: int = 32
-    """Hidden width of every actor (and of every IPPO critic)."""
-    layers: int = 2
-    """Hidden layers of every actor and critic (tanh)."""
     critic_hidden: int = 64
     """Hidden width of MAPPO's centralised critic."""
-    init_log_std: float = -0.5
-    """Initial log standard deviation of the Gaussian (before tanh)."""
-    policy_dtype: str = "float32"
-    """dtype of the networks ("float32" or "float64"; the simulator keeps its own)."""
     # --- PPO update ---------------------------------------------------------------------------------------
     epochs: int = 4
     """Passes over each rollout."""
@@ -121,77 +117,37 @@ class PPOConfig:
     """Weight of the entropy bonus (entropy of the Gaussian before the tanh)."""
     normalize_advantages: bool = True
     """Standardise each agent's advantages over the rollout."""
-    lr: float = 1e-3
-    """Adam learning rate (actors and critics) at the start of the schedule."""
-    lr_schedule: str = "linear"
-    """"constant", "linear" or "cosine" decay over the budget (iterations, or minutes if that ends first)."""
-    lr_final_fraction: float = 0.1
-    """Learning rate at the end of the schedule, as a fraction of `lr`."""
-    max_grad_norm: float | None = 0.5
-    """Gradient-norm clip per agent (per shared network with `share_params`; the whole MAPPO critic as one)."""
-    # --- observation normalisation ------------------------------------------------------------------------
-    normalize_obs: bool = True
-    """Normalise observations (and MAPPO's global state) with running statistics."""
-    obs_std_min: float = 0.05
-    """Lower bound of the normaliser's standard deviation."""
-    obs_clip: float = 5.0
-    """Normalised observations are clipped to [-obs_clip, obs_clip]."""
-    # --- safety, checkpoints, monitoring ------------------------------------------------------------------
-    max_pf_failure_share: float = 0.5
-    """Stop (divergence) when more than this share of a rollout's power flows fail."""
-    checkpoint_every: int = 10
-    """Write a checkpoint every this many iterations (and at the end)."""
-    eval_every: int = 0
-    """Evaluate the deterministic policy on `eval_days` test days every this many iterations (0: off)."""
-    eval_days: int = 8
-    """Test days of the periodic evaluation (evenly spaced over the test split)."""
 
     def __post_init__(self) -> None:
         problems = []
-        if self.iterations is None and self.minutes is None:
-            problems.append("set iterations or minutes (the training budget)")
-        if self.iterations is not None and self.iterations < 0:
-            problems.append(f"iterations must be >= 0, got {self.iterations}")
-        if self.minutes is not None and not self.minutes >= 0:
-            problems.append(f"minutes must be >= 0, got {self.minutes}")
-        for name in ("num_envs", "hidden", "layers", "critic_hidden", "epochs", "minibatches", "checkpoint_every",
-                     "eval_days"):
+        for name in ("num_envs", "critic_hidden", "epochs", "minibatches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if self.eval_every < 0:
-            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
         if self.net_scope not in NET_SCOPES:
             problems.append(f"net_scope must be one of {NET_SCOPES}, got {self.net_scope!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.policy_dtype not in ("float32", "float64"):
-            problems.append(f"policy_dtype must be 'float32' or 'float64', got {self.policy_dtype!r}")
-        for name in ("gamma", "gae_lambda", "lr_final_fraction", "max_pf_failure_share"):
+        for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("clip_coef", "lr", "obs_std_min", "obs_clip"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.clip_coef > 0:
+            problems.append(f"clip_coef must be > 0, got {self.clip_coef}")
         for name in ("vf_coef", "ent_coef", "w_dev", "w_net"):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
         if problems:
             raise ValueError("invalid PPOConfig: " + "; ".join(problems))
 
     @property
     def method(self) -> str:
+        """The method's name in run directories: "mappo" with the centralised critic, else "ippo"."""
         return "mappo" if self.centralized_critic else "ippo"
 
 
 def _make_config(fields: dict, centralized_critic: bool) -> PPOConfig:
-    check_fields(PPOConfig, fields)
     if fields.get("centralized_critic", centralized_critic) != centralized_critic:
         raise ValueError(f"centralized_critic={fields['centralized_critic']!r} contradicts the method "
                          f"({'mappo' if centralized_critic else 'ippo'}); train the other method instead")
-    return PPOConfig(**{**fields, "centralized_critic": centralized_critic})
+    return build_config(PPOConfig, {**fields, "centralized_critic": centralized_critic})
 
 
 def ippo_config(**fields) -> PPOConfig:
@@ -336,28 +292,26 @@ class PPOTrainer:
         self.env = BatchedEnv(config.num_envs, split="train", w_dev=config.w_dev, w_net=config.w_net,
                               net_scope=config.net_scope, **sim_fields)
         n = sim.n_agents
-        self.pdtype = getattr(torch, config.policy_dtype)
-        self.gen = torch.Generator().manual_seed(int(config.seed))  # then: rollout seeds, noise, minibatches
+        self.pdtype = config.policy.dtype
+        self.gen = torch.Generator().manual_seed(int(config.run.seed))  # then: rollout seeds, noise, minibatches
         group = _device_type_group(sim) if config.share_params else None
-        self.actor = _AgentNets(n, OBS_DIM, config.hidden, config.layers, config.init_log_std, group, self.gen,
-                                self.pdtype)
-        self.normalizer = ObsNormalizer(n, OBS_DIM, std_min=config.obs_std_min, clip=config.obs_clip,
-                                        enabled=config.normalize_obs)
+        pol = config.policy
+        self.actor = _AgentNets(n, OBS_DIM, pol.hidden, pol.layers, pol.init_log_std, group, self.gen, self.pdtype)
+        self.normalizer = ObsNormalizer.from_config(n, OBS_DIM, config.normalizer)
         if config.centralized_critic:
             state_dim = len(global_state_bounds(sim)[0])
             with torch.random.fork_rng():  # nn.Linear initialises from the global RNG: seed it, then restore it
                 torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen)))
-                self.critic = _CentralCritic(state_dim, n, config.critic_hidden, config.layers, self.pdtype)
-            self.state_normalizer = ObsNormalizer(1, state_dim, std_min=config.obs_std_min, clip=config.obs_clip,
-                                                  enabled=config.normalize_obs)
+                self.critic = _CentralCritic(state_dim, n, config.critic_hidden, config.policy.layers, self.pdtype)
+            self.state_normalizer = ObsNormalizer.from_config(1, state_dim, config.normalizer)
         else:
             # the value is the network's first output (its second, a log std, is unused)
-            self.critic = _AgentNets(n, OBS_DIM, config.hidden, config.layers, 0.0, group, self.gen, self.pdtype)
+            self.critic = _AgentNets(n, OBS_DIM, pol.hidden, pol.layers, 0.0, group, self.gen, self.pdtype)
             self.state_normalizer = None
         # running statistics of each agent's discounted return (reward scaling); 1e-3 keeps near-constant
         # returns from being blown up
         self.return_stats = ObsNormalizer(n, 1, std_min=1e-3)
-        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=config.lr)
+        self.optimizer = config.optim.adam([*self.actor.parameters(), *self.critic.parameters()])
         self.iteration = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -367,11 +321,7 @@ class PPOTrainer:
     def state_dict(self) -> dict:
         clone = lambda d: {k: v.detach().clone() for k, v in d.items()}  # noqa: E731
         return {
-            "format": CHECKPOINT_FORMAT,
-            "iteration": self.iteration,
-            "elapsed_s": self.elapsed_s,
-            "config": dataclasses.asdict(self.config),
-            "sim_config": sim_config_dict(self.sim),
+            **common_state(self, CHECKPOINT_FORMAT),
             "policy": self.actor.per_agent_state(),  # exported as policies.pt by the train loop
             "normalizer": self.normalizer.state_dict(),
             "actor": clone(self.actor.state_dict()),
@@ -379,15 +329,10 @@ class PPOTrainer:
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "state_normalizer": None if self.state_normalizer is None else self.state_normalizer.state_dict(),
             "return_stats": self.return_stats.state_dict(),
-            "rng": self.gen.get_state().clone(),
-            "history": list(self.history),  # rows are never changed after they are appended
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a PPO checkpoint (format {state.get('format')!r})")
-        self.iteration = int(state["iteration"])
-        self.elapsed_s = float(state["elapsed_s"])
+        restore_common(self, state, CHECKPOINT_FORMAT)
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -395,8 +340,6 @@ class PPOTrainer:
         if self.state_normalizer is not None:
             self.state_normalizer.load_state_dict(state["state_normalizer"])
         self.return_stats.load_state_dict(state["return_stats"])
-        self.gen.set_state(state["rng"])
-        self.history = [dict(row) for row in state["history"]]
 
     def params(self) -> dict:
         """The trained actors, one slice per agent, and the normaliser (what `make_policy` takes)."""
@@ -443,9 +386,9 @@ class PPOTrainer:
                 rewards.append(torch.nan_to_num(reward, nan=0.0) * ok[:, None])  # failed rows: masked, no reward
                 oks.append(ok)
                 metrics.add(info["result"])
-        if metrics.failures > cfg.max_pf_failure_share * batch * n_steps:
+        if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
             raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
-                                  f"{self.iteration} (more than max_pf_failure_share={cfg.max_pf_failure_share})")
+                                  f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})")
         reward = torch.stack(rewards).to(self.pdtype)  # [T, B, N]
         return {
             "raw_obs": torch.stack(raw_obs), "x": torch.stack(xs), "u": torch.stack(us), "logp": torch.stack(logps),
@@ -534,11 +477,11 @@ class PPOTrainer:
     def clip_gradients(self) -> torch.Tensor:
         """Clip each agent's (or shared slice's) actor and IPPO-critic gradient separately, MAPPO's critic as
         one network; returns the [N or groups] actor gradient norms before clipping."""
-        norms = clip_grad_norm_per_agent_(list(self.actor.net.parameters()), self.config.max_grad_norm)
+        norms = clip_grad_norm_per_agent_(list(self.actor.net.parameters()), self.config.optim.max_grad_norm)
         if isinstance(self.critic, _AgentNets):
-            clip_grad_norm_per_agent_(list(self.critic.net.parameters()), self.config.max_grad_norm)
-        elif self.config.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.max_grad_norm)
+            clip_grad_norm_per_agent_(list(self.critic.net.parameters()), self.config.optim.max_grad_norm)
+        elif self.config.optim.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.optim.max_grad_norm)
         if not bool(torch.isfinite(norms).all()):
             raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
         return norms
@@ -546,7 +489,7 @@ class PPOTrainer:
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""
         cfg = self.config
-        lr = lr_at(cfg, budget_progress(cfg, self.iteration, self.elapsed_s))
+        lr = cfg.optim.lr_at(cfg.run.progress(self.iteration, self.elapsed_s))
         t0 = time.perf_counter()
         roll = self.rollout()
         t1 = time.perf_counter()

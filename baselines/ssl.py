@@ -1,8 +1,10 @@
 """Self-supervised learning through the simulator (``ssl``, ``ssl-penalty``): backpropagation through time
 of the rollout objective, through the per-agent policies and the differentiable core.
 
-The policies, Lagrangian, rollout, checkpoints and metrics are GradMAP's (`gradmap_agent.train`), and
-`gridedge_run.loop.train` drives `SSLTrainer` as it drives GradMAP's; only three things differ:
+The per-agent policies, the observation normaliser, the Lagrangian and its multipliers are the public pieces
+GradMAP composes too (`gradmap_agent.networks`, `gradmap_agent.losses`, `gradmap_agent.config`); this file
+holds SSL's own loop body, and `gridedge_run.loop.train` drives `SSLTrainer` as it drives every trainer.
+What differs from GradMAP:
 
 1. **The graph runs through the policies.** At every step the policy's action (reparameterised, with
    the stored noise) enters ``sim.step`` with its graph, and the observation the policy reads comes from the
@@ -20,28 +22,57 @@ The policies, Lagrangian, rollout, checkpoints and metrics are GradMAP's (`gradm
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
-from gradmap_agent.train import GradMAPConfig, GradMAPTrainer, check_fields
+from gradmap_agent.checkpoint import common_state, restore_common
+from gradmap_agent.config import (
+    LagrangianConfig,
+    NormalizerConfig,
+    OptimConfig,
+    PolicyConfig,
+    RunConfig,
+    build_config,
+    section,
+)
+from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, dual_update, step_lagrangian
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
+from gradmap_agent.train import DivergenceError, update_stats
+from gridedge_env.core import OBS_DIM
+from gridedge_env.metrics import RolloutMetrics
 
-__all__ = ["SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config"]
+__all__ = ["METRIC_FIELDS", "SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config"]
+
+CHECKPOINT_FORMAT = "gridedge-ssl-checkpoint/1"
+
+#: Columns of an SSL run's metrics.csv, in order.
+METRIC_FIELDS = (
+    "iteration", "wall_s", "lr", "lagrangian", "cost", "violation_share", "violation_sum_pu", "worst_violation_pu",
+    "device_violation", "pf_failures", "device_multiplier_mean", "device_multiplier_max", "voltage_multiplier_mean",
+    "voltage_multiplier_max", "grad_norm_mean", "grad_clipped_share", "policy_std", "rollout_s", "update_s",
+    "eval_cost", "eval_violation_share", "eval_worst_violation_pu", "eval_device_violation",
+)
 
 
 @dataclass(frozen=True)
-class SSLConfig(GradMAPConfig):
-    """GradMAP's configuration with one update per rollout and no trust region, plus the penalty variant.
+class SSLConfig:
+    """Self-supervised learning's settings; the sections mean what they mean for GradMAP (`gradmap_agent.config`).
+    Defaults: GradMAP's rollout, network, optimiser and multiplier settings."""
 
-    The budget, rollout, policy, optimiser, multiplier, normalisation and checkpoint fields mean what they
-    mean in `GradMAPConfig`; ``reuse``, ``minibatches``, ``clip_radius`` and ``prox_eta`` are fixed to
-    1, 1, None, None.
-    """
-
-    reuse: int = 1
-    minibatches: int = 1
-    clip_radius: float | None = None
-    prox_eta: float | None = None
+    run: RunConfig = section(RunConfig)
+    """Budget, seed, checkpoints, periodic evaluation, failure limit."""
+    optim: OptimConfig = section(OptimConfig)
+    """Adam, learning-rate schedule, per-agent gradient clipping."""
+    normalizer: NormalizerConfig = section(NormalizerConfig)
+    """Running observation statistics."""
+    policy: PolicyConfig = section(PolicyConfig)
+    """Every agent's network."""
+    lagrangian: LagrangianConfig = section(LagrangianConfig)
+    """Multipliers and dual ascent (``ssl``; ``ssl-penalty`` keeps the multipliers at its two penalties)."""
+    batch_days: int = 8
+    """B: training days per rollout."""
     bptt_window: int | None = 4
     """Truncated BPTT: the observations' graph is cut every this many steps (4: two hours), so a gradient
     passes through at most this many policies in a row (the devices' and network's own dynamics stay
@@ -50,18 +81,16 @@ class SSLConfig(GradMAPConfig):
     fixed_penalties: bool = False
     """True: ``ssl-penalty`` (the multipliers stay at the two penalties below; no dual ascent)."""
     # GradMAP's dual ascent starts from these weights (its initial multipliers), so they are defined once.
-    device_penalty: float = GradMAPConfig.device_multiplier_init
+    device_penalty: float = LagrangianConfig.device_multiplier_init
     """(ssl-penalty) $ per unit of device violation (kW or K) per agent-step (10)."""
-    voltage_penalty: float = GradMAPConfig.voltage_multiplier_init
+    voltage_penalty: float = LagrangianConfig.voltage_multiplier_init
     """(ssl-penalty) $ per pu of voltage violation per node-step (outside the margin-tightened band; 1e4)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         problems = []
-        if not (self.reuse == 1 and self.minibatches == 1 and self.clip_radius is None and self.prox_eta is None):
-            problems.append("self-supervised learning takes one update per rollout without trust region: reuse=1, "
-                            f"minibatches=1, clip_radius=None, prox_eta=None; got {self.reuse}, {self.minibatches}, "
-                            f"{self.clip_radius}, {self.prox_eta}")
+        for name in ("batch_days",):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.bptt_window is not None and not (isinstance(self.bptt_window, int) and self.bptt_window >= 1):
             problems.append(f"bptt_window must be a positive integer or None, got {self.bptt_window!r}")
         for name in ("device_penalty", "voltage_penalty"):
@@ -78,7 +107,7 @@ class SSLConfig(GradMAPConfig):
 
 def ssl_config(**fields) -> SSLConfig:
     """``ssl``: primal-dual self-supervised learning. Raises ValueError naming unknown or invalid fields."""
-    return SSLConfig(**check_fields(SSLConfig, fields))
+    return build_config(SSLConfig, fields)
 
 
 def ssl_penalty_config(**fields) -> SSLConfig:
@@ -86,38 +115,118 @@ def ssl_penalty_config(**fields) -> SSLConfig:
     return ssl_config(**{"fixed_penalties": True, **fields})
 
 
-class SSLTrainer(GradMAPTrainer):
-    """GradMAP's trainer with the graph through the policies and one update per rollout (module docstring)."""
+class SSLTrainer:
+    """Everything one SSL run holds (policies, optimiser, normaliser, multipliers, RNG, history) and one
+    iteration (`iterate`): a rollout with the graph through the policies, one backward, one clipped Adam step,
+    the dual step."""
+
+    metric_fields: tuple[str, ...] = METRIC_FIELDS
+    """Columns of metrics.csv."""
 
     def __init__(self, sim, config: SSLConfig):
         if not isinstance(config, SSLConfig):
             raise ValueError(f"SSLTrainer needs an SSLConfig, got {type(config).__name__}")
-        super().__init__(sim, config)
-        if config.fixed_penalties:
-            self.multipliers.device_raw.fill_(config.device_penalty)
-            self.multipliers.voltage.fill_(config.voltage_penalty)
+        self.sim, self.config = sim, config
+        self.pdtype = config.policy.dtype
+        self.gen = torch.Generator().manual_seed(int(config.run.seed))  # initialisation, then rollouts and noise
+        self.policy = StackedMLPPolicy.from_config(sim.n_agents, OBS_DIM, config.policy, generator=self.gen,
+                                                   device=sim.device)
+        self.normalizer = ObsNormalizer.from_config(sim.n_agents, OBS_DIM, config.normalizer, device=sim.device)
+        self.optimizer = config.optim.adam(self.policy.parameters())
+        fixed = config.fixed_penalties
+        self.multipliers = Multipliers(
+            sim.n_agents, sim.n_steps, sim.n_nodes,
+            device_init=config.device_penalty if fixed else config.lagrangian.device_multiplier_init,
+            voltage_init=config.voltage_penalty if fixed else config.lagrangian.voltage_multiplier_init,
+            device=sim.device)
+        self.iteration = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict] = []
 
-    def act(self, obs: torch.Tensor, noise: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The action with its graph through the policy and the observation; the observation is detached at
-        the start of every `SSLConfig.bptt_window` steps (truncated BPTT)."""
-        window = self.config.bptt_window
-        if window is not None and t % window == 0:
-            obs = obs.detach()
-        x = self.normalizer.normalize(obs).to(self.pdtype)
-        a = self.policy.act(x, noise)
-        return x, a, a.to(self.sim.dtype)
-
-    def action_gradient(self, leaves: list[torch.Tensor]) -> None:
-        """Nothing to collect: the backward has put ``dL/dtheta`` into the policy's ``.grad``."""
-        return None
-
-    def update_policy(self, roll: dict, lr: float) -> dict:
-        """One clipped Adam step on the BPTT gradient of the rollout's Lagrangian."""
-        self.set_lr(lr)
-        norms = self.clipped_step()
+    def iterate(self) -> dict:
+        """One full iteration; returns its metrics row (without wall_s and eval columns)."""
+        cfg = self.config
+        lr = cfg.optim.lr_at(cfg.run.progress(self.iteration, self.elapsed_s))
+        t0 = time.perf_counter()
+        roll = self.rollout()  # its backward leaves dL/dtheta in the policy's .grad
+        t1 = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        norms = clip_grad_norm_per_agent_(list(self.policy.parameters()), cfg.optim.max_grad_norm)
+        if not bool(torch.isfinite(norms).all()):
+            raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # the next rollout's backward accumulates from zero
-        return self.update_stats(norms, roll["x"][0])
+        upd = update_stats(self, norms, roll["x0"])
+        if not cfg.fixed_penalties:
+            dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"],
+                        roll["converged"].sum(dim=1), cfg.lagrangian)
+        self.normalizer.update(roll["raw_obs"])
+        t2 = time.perf_counter()
+        return {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
+                "rollout_s": t1 - t0, "update_s": t2 - t1}
 
-    def dual_step(self, roll: dict) -> None:
-        if not self.config.fixed_penalties:
-            super().dual_step(roll)
+    def rollout(self) -> dict:
+        """B training days with the actions' graph through the policies and the observations (cut every
+        `bptt_window` steps), then one backward of the rollout's Lagrangian."""
+        sim, cfg, lag = self.sim, self.config, self.config.lagrangian
+        batch, n_steps = cfg.batch_days, sim.n_steps
+        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
+        noise = noise.to(dtype=self.pdtype, device=sim.device)
+        state = sim.reset(batch, seed=reset_seed, split="train")
+        v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
+        raw_obs, dev_viol, volt_viol, converged = [], [], [], []
+        x0 = None
+        total = torch.zeros((), dtype=sim.dtype, device=sim.device)
+        metrics = RolloutMetrics(sim)
+        for t in range(n_steps):
+            raw_obs.append(state.obs.detach())
+            obs = state.obs
+            if cfg.bptt_window is not None and t % cfg.bptt_window == 0:
+                obs = obs.detach()  # truncated BPTT: no gradient into earlier steps' policies from here
+            x = self.normalizer.normalize(obs).to(self.pdtype)
+            x0 = x.detach() if x0 is None else x0
+            a = self.policy.act(x, noise[t])
+            r = sim.step(state, a.to(sim.dtype))
+            term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu,
+                                           lag.voltage_quadratic)
+            total = total + term
+            state = r.state
+            dev_viol.append(dev)
+            volt_viol.append(w)
+            converged.append(r.converged)
+            metrics.add(r)
+        lagrangian = total / batch
+        if not bool(torch.isfinite(lagrangian.detach())):
+            raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
+        lagrangian.backward()
+        if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
+            raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
+                                  f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})")
+        return {"x0": x0, "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
+                "voltage_violation": torch.stack(volt_viol), "converged": torch.stack(converged),
+                "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)}}
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            **common_state(self, CHECKPOINT_FORMAT),
+            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "optimizer": clone_tree(self.optimizer.state_dict()),
+            "normalizer": self.normalizer.state_dict(),
+            "multipliers": self.multipliers.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        restore_common(self, state, CHECKPOINT_FORMAT)
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.multipliers.load_state_dict(state["multipliers"])
+
+    def params(self) -> dict:
+        """The trained policies: stacked weights and the normaliser (what `make_policy` takes)."""
+        return {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+                "normalizer": self.normalizer.state_dict()}

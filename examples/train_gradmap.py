@@ -15,7 +15,7 @@ import time
 import torch
 
 from baselines.rules import RULES
-from gradmap_agent import GradMAPConfig
+from gradmap_agent import gradmap_config
 from gridedge_env import make_sim
 from gridedge_run import evaluate_policy, obs_policy, train
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sim = make_sim(feeder=args.feeder, n_agents=args.agents)
     budget = {"iterations": args.iterations} if args.iterations else {"minutes": args.minutes}
-    config = GradMAPConfig(seed=args.seed, **budget)
+    config = gradmap_config(seed=args.seed, **budget)
 
     def progress(row: dict) -> None:  # training-rollout figures every 10 iterations
         if row["iteration"] % 10 == 1:

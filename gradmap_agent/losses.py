@@ -27,49 +27,29 @@ __all__ = [
 
 
 class Multipliers:
-    """Lagrange multipliers: ``device`` [N] $ per unit of device violation and step (one per agent, or one
-    per agent type broadcast to its agents), ``voltage`` [T, n] $ per pu of voltage violation and step, per
-    node and time of day. All float64 and >= 0.
+    """Lagrange multipliers: ``device`` [N] $ per unit of device violation and step (one per agent),
+    ``voltage`` [T, n] $ per pu of voltage violation and step, per node and time of day. All float64 and >= 0.
 
     Args:
         n_agents, n_steps, n_nodes: Shapes.
-        agent_type_index: [N] int64 type index of every agent (0..n_types-1).
-        granularity: "agent" (one device multiplier per agent) or "type" (one per agent type).
         device_init, voltage_init: Initial values.
     """
 
-    def __init__(self, n_agents: int, n_steps: int, n_nodes: int, agent_type_index: torch.Tensor,
-                 granularity: str = "agent", device_init: float = 0.0, voltage_init: float = 0.0,
-                 device: str | torch.device = "cpu"):
-        if granularity not in ("agent", "type"):
-            raise ValueError(f"device multiplier granularity must be 'agent' or 'type', got {granularity!r}")
-        self.granularity = granularity
-        self.agent_type_index = agent_type_index.to(device)
-        n_dev = n_agents if granularity == "agent" else int(agent_type_index.max()) + 1
-        self.device_raw = torch.full((n_dev,), float(device_init), dtype=torch.float64, device=device)
+    def __init__(self, n_agents: int, n_steps: int, n_nodes: int, device_init: float = 0.0,
+                 voltage_init: float = 0.0, device: str | torch.device = "cpu"):
+        self.device = torch.full((n_agents,), float(device_init), dtype=torch.float64, device=device)
         self.voltage = torch.full((n_steps, n_nodes), float(voltage_init), dtype=torch.float64, device=device)
 
-    @property
-    def device(self) -> torch.Tensor:
-        """[N] device multiplier of every agent."""
-        if self.granularity == "agent":
-            return self.device_raw
-        return self.device_raw[self.agent_type_index]
-
     def state_dict(self) -> dict:
-        return {"granularity": self.granularity, "device": self.device_raw.clone(), "voltage": self.voltage.clone()}
+        return {"device": self.device.clone(), "voltage": self.voltage.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["granularity"] != self.granularity:
-            raise ValueError(f"checkpoint has {state['granularity']!r} device multipliers, config says "
-                             f"{self.granularity!r}")
-        self.device_raw = state["device"].clone().to(self.device_raw.device)
+        self.device = state["device"].clone().to(self.device.device)
         self.voltage = state["voltage"].clone().to(self.voltage.device)
 
     def summary(self) -> dict[str, float]:
         """Mean and max of both kinds (for metrics)."""
-        dev = self.device
-        return {"device_multiplier_mean": float(dev.mean()), "device_multiplier_max": float(dev.max()),
+        return {"device_multiplier_mean": float(self.device.mean()), "device_multiplier_max": float(self.device.max()),
                 "voltage_multiplier_mean": float(self.voltage.mean()),
                 "voltage_multiplier_max": float(self.voltage.max())}
 
@@ -109,8 +89,7 @@ def step_lagrangian(result, t: int, multipliers: Multipliers, v_min_pu: float, v
 
 
 def dual_update(multipliers: Multipliers, device_violation: torch.Tensor, voltage_violation_: torch.Tensor,
-                n_rows: torch.Tensor, device_lr: float, voltage_lr: float, max_multiplier: float,
-                device_budget: float = 0.0, voltage_budget: float = 0.0) -> None:
+                n_rows: torch.Tensor, config) -> None:
     """Projected dual ascent: ``lam <- clip(lam + rho * (violation - budget), 0, max)`` (in place).
 
     The constraints are ``E[violation] <= budget``: with a zero budget the multipliers can only grow (the
@@ -122,49 +101,38 @@ def dual_update(multipliers: Multipliers, device_violation: torch.Tensor, voltag
         device_violation: [T, B, N] masked device violations of the rollout.
         voltage_violation_: [T, B, n] masked (margin-tightened) voltage violations.
         n_rows: [T] number of converged rows per step (>= 0).
-        device_lr: Dual step on the device multipliers, per unit of violation summed over a day.
-        voltage_lr: Dual step on the network multipliers, per pu of violation (mean over days).
-        max_multiplier: Upper bound of every multiplier (guards against runaway duals).
-        device_budget: Allowed device violation per agent and day (unit-steps).
-        voltage_budget: Allowed voltage violation per node and step (pu, mean over days).
+        config: `gradmap_agent.config.LagrangianConfig`: the dual steps (``device_dual_lr`` per unit of
+            violation summed over a day, ``voltage_dual_lr`` per pu of violation, mean over days), the
+            budgets (``device_violation_budget`` per agent and day, ``voltage_violation_budget`` per node and
+            step) and the upper bound ``max_multiplier``.
 
-    The device step uses each agent's violation summed over the day and averaged over the rows (for "type"
-    granularity, also averaged over the agents of the type); the network step the violation of node ``n``
-    at step ``t`` averaged over the converged rows.
+    The device step uses each agent's violation summed over the day and averaged over the rows; the network
+    step the violation of node ``n`` at step ``t`` averaged over the converged rows.
     """
     rows = n_rows.to(torch.float64).clamp_min(1.0)
     day_dev = (device_violation.to(torch.float64).sum(dim=1) / rows[:, None]).sum(dim=0)  # [N] per day
-    if multipliers.granularity == "type":
-        idx = multipliers.agent_type_index
-        n_types = multipliers.device_raw.shape[0]
-        sums = torch.zeros(n_types, dtype=torch.float64, device=day_dev.device).index_add(0, idx, day_dev)
-        counts = torch.zeros(n_types, dtype=torch.float64, device=day_dev.device).index_add(
-            0, idx, torch.ones_like(day_dev))
-        day_dev = sums / counts.clamp_min(1.0)
-    multipliers.device_raw = (multipliers.device_raw + device_lr * (day_dev - device_budget)).clamp(
-        0.0, max_multiplier)
+    multipliers.device = (multipliers.device + config.device_dual_lr * (day_dev - config.device_violation_budget)
+                          ).clamp(0.0, config.max_multiplier)
     mean_w = voltage_violation_.to(torch.float64).sum(dim=1) / rows[:, None]  # [T, n]
-    multipliers.voltage = (multipliers.voltage + voltage_lr * (mean_w - voltage_budget)).clamp(0.0, max_multiplier)
+    multipliers.voltage = (multipliers.voltage + config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
+                           ).clamp(0.0, config.max_multiplier)
 
 
-def proximal_surrogate(a_new: torch.Tensor, a_old: torch.Tensor, grad: torch.Tensor, clip_radius: float | None,
-                       prox_eta: float | None, prox_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+def proximal_surrogate(a_new: torch.Tensor, a_old: torch.Tensor, grad: torch.Tensor,
+                       clip_radius: float | None) -> tuple[torch.Tensor, dict]:
     """GradMAP's surrogate, linear in the action change, with a trust region on the actions.
 
-    ``S = sum max(g * da, g * clip(da, -r, r)) + prox_weight * sum da^2 / (2 eta)`` with ``da = a_new -
-    a_old``. The max is the pessimistic (upper) bound for a minimisation, as in PPO's clip: an action that
-    has moved more than ``r`` in the direction that lowers the Lagrangian gets no further gradient, one
-    that moved the wrong way is still pulled back. ``clip_radius=None`` drops the clip, ``prox_eta=None``
-    the penalty; with neither, ``dS/dtheta = sum g * da/dtheta`` is the chain rule of the Lagrangian
-    (GradMA).
+    ``S = sum max(g * da, g * clip(da, -r, r))`` with ``da = a_new - a_old``. The max is the pessimistic
+    (upper) bound for a minimisation, as in PPO's clip: an action that has moved more than ``r`` in the
+    direction that lowers the Lagrangian gets no further gradient, one that moved the wrong way is still
+    pulled back. ``clip_radius=None`` drops the clip: ``dS/dtheta = sum g * da/dtheta`` is then the chain
+    rule of the Lagrangian (GradMA).
 
     Args:
         a_new: [..., N] actions of the current policy on the stored observations and noise (with graph).
         a_old: [..., N] the rollout's actions.
         grad: [..., N] dL/da of the rollout.
         clip_radius: Trust-region radius r on every action (None: no clipping).
-        prox_eta: Proximal step eta (None: no penalty).
-        prox_weight: Weight of the penalty's sum (the trainer uses 1/B, matching L's mean over days).
 
     Returns:
         ``(S, stats)`` with stats ``action_change`` (mean |da|) and ``clip_fraction`` (share of actions
@@ -175,8 +143,6 @@ def proximal_surrogate(a_new: torch.Tensor, a_old: torch.Tensor, grad: torch.Ten
     if clip_radius is not None:
         lin = torch.maximum(lin, grad * da.clamp(-clip_radius, clip_radius))
     s = lin.sum()
-    if prox_eta is not None:
-        s = s + prox_weight * (da * da).sum() / (2.0 * prox_eta)
     with torch.no_grad():
         stats = {"action_change": float(da.abs().mean()),
                  "clip_fraction": float((da.abs() > clip_radius).to(torch.float64).mean())

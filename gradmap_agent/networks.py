@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "hidden_tanh", "make_policy"]
+__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "clone_tree", "hidden_tanh", "make_policy"]
 
 #: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
@@ -93,6 +93,13 @@ class StackedMLPPolicy(nn.Module):
         self.hidden = hidden
         self.layers = layers
 
+
+    @classmethod
+    def from_config(cls, n_agents: int, obs_dim: int, config, generator: torch.Generator | None = None,
+                    device: str | torch.device = "cpu") -> StackedMLPPolicy:
+        """The policies of a `gradmap_agent.config.PolicyConfig` (width, depth, initial log std, dtype)."""
+        return cls(n_agents, obs_dim, hidden=config.hidden, layers=config.layers, init_log_std=config.init_log_std,
+                   generator=generator, dtype=config.dtype, device=device)
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std before squashing, each [B, N], for (normalised) observations [B, N, d]."""
         if obs.dim() != 3 or obs.shape[1:] != (self.n_agents, self.obs_dim):
@@ -145,6 +152,12 @@ class ObsNormalizer:
         self.std_min = float(std_min)
         self.clip = float(clip)
         self.enabled = bool(enabled)
+
+    @classmethod
+    def from_config(cls, n_agents: int, obs_dim: int, config, device: str | torch.device = "cpu") -> ObsNormalizer:
+        """A normaliser with the settings of a `gradmap_agent.config.NormalizerConfig`."""
+        return cls(n_agents, obs_dim, std_min=config.obs_std_min, clip=config.obs_clip, enabled=config.normalize_obs,
+                   device=device)
 
     @property
     def std(self) -> torch.Tensor:
@@ -220,3 +233,17 @@ def make_policy(params: dict, deterministic: bool = True) -> Callable[[torch.Ten
     policy.n_agents = net.n_agents  # type: ignore[attr-defined]
     policy.obs_dim = net.obs_dim  # type: ignore[attr-defined]
     return policy
+
+
+def clone_tree(obj):
+    """A detached copy of ``obj`` (tensors cloned inside dicts, lists and tuples; other values as they are):
+    policy weights and optimiser states in checkpoints."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clone_tree(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(clone_tree(v) for v in obj)
+    return obj

@@ -140,8 +140,8 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
                 raise ValueError(f"cannot resume: --{flag} {value!r} differs from the run's "
                                  f"{saved['sim_config'][key]!r}")
         seed = fields.get("seed")
-        if seed is not None and seed != saved["config"]["seed"]:
-            raise ValueError(f"cannot resume: --seed {seed} differs from the run's {saved['config']['seed']}")
+        if seed is not None and seed != saved["seed"]:
+            raise ValueError(f"cannot resume: --seed {seed} differs from the run's {saved['seed']}")
         config = TRAIN_METHODS[method].make_config(**{**saved["config"], **fields})
         sim = make_sim(**saved["sim_config"])
     else:
@@ -150,7 +150,7 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
         sim = make_sim(**sim_options)
         config = TRAIN_METHODS[method].make_config(**{"seed": 0, **fields})
 
-    line = ProgressLine(method, config.iterations) if progress is None else None
+    line = ProgressLine(method, config.run.iterations) if progress is None else None
     try:
         _, _, metrics = train(sim, config, progress_fn=progress or line, out_dir=out, resume=resume, method=method)
     finally:

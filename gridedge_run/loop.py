@@ -1,11 +1,11 @@
 """The training loop of every method: budget, checkpoints, resume, periodic evaluation, run-directory files.
 
 `train(env_or_config, config, ...)` drives any trainer of the registry (`gridedge_run.methods`): it calls
-``trainer.iterate()`` until the budget (``config.iterations`` and/or ``config.minutes``) is spent, evaluates
-the deterministic policies on test days every ``config.eval_every`` iterations, writes ``metrics.csv``
-after every iteration and a checkpoint every ``config.checkpoint_every``, and on divergence or interruption
-saves the last consistent state before re-raising. A resumed run continues bit for bit as the
-uninterrupted one would have.
+``trainer.iterate()`` until the budget (``config.run.iterations`` and/or ``config.run.minutes``) is spent,
+evaluates the deterministic policies on test days every ``config.run.eval_every`` iterations, writes
+``metrics.csv`` after every iteration and a checkpoint every ``config.run.checkpoint_every``, and on
+divergence or interruption saves the last consistent state before re-raising. A resumed run continues bit
+for bit as the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from gradmap_agent.config import flatten_config
 from gradmap_agent.networks import make_policy
 from gradmap_agent.train import DivergenceError, GradMAPConfig
 from gridedge_env.core import SimConfig, make_sim, sim_config_dict
@@ -37,16 +38,10 @@ from gridedge_run.rundir import (
     write_metrics_csv,
 )
 
-__all__ = ["LEGACY_FIELD_VALUES", "RESUMABLE_CHANGES", "DivergenceError", "train"]
+__all__ = ["RESUMABLE_CHANGES", "DivergenceError", "train"]
 
 #: Fields of the config that may change when a run is resumed (the budget); all others must match.
-RESUMABLE_CHANGES = ("iterations", "minutes", "checkpoint_every", "eval_every", "eval_days")
-
-#: Fields added to the config after runs were written, with the value that reproduces those older runs: a
-#: checkpoint that lacks one is compared as if it held this value, so resuming it with the field's new default
-#: is refused with a message naming the field (resume with ``--set FIELD=VALUE`` to continue it exactly).
-LEGACY_FIELD_VALUES = {"voltage_quadratic": 0.0, "hard_day_share": 0.0, "hard_day_power": 1.0,
-                       "policy_average": 0.0, "hard_scenario_share": 0.0, "hard_scenario_pool": 32}
+RESUMABLE_CHANGES = ("run.iterations", "run.minutes", "run.checkpoint_every", "run.eval_every", "run.eval_days")
 
 
 def _as_sim(env_or_config):
@@ -62,15 +57,15 @@ def _as_sim(env_or_config):
                      f"got {type(env_or_config).__name__}")
 
 
-def _check_resume_config(saved: dict, config: GradMAPConfig) -> None:
-    current = dataclasses.asdict(config)
-    saved = {**LEGACY_FIELD_VALUES, **saved}
+def _check_resume_config(saved: dict, config) -> None:
+    current = flatten_config(config)
+    saved = {f"{key}.{k}" if isinstance(value, dict) else key: v
+             for key, value in saved.items() for k, v in (value.items() if isinstance(value, dict) else [(key, value)])}
     diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
         raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
                          "checkpoint's values with --set KEY=VALUE to continue it")
-
 
 
 def train(
@@ -124,7 +119,7 @@ def train(
             if state["sim_config"] != sim_config_dict(sim):
                 raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
             trainer.load_state_dict(state)
-        run_info = {"method": method, "seed": config.seed, "config": dataclasses.asdict(config),
+        run_info = {"method": method, "seed": config.run.seed, "config": dataclasses.asdict(config),
                     "sim_config": sim_config_dict(sim), "versions": versions(),
                     "n_agents": sim.n_agents, "agents_per_type": dict(sim.n_per_type),
                     "resumed_at_iteration": trainer.iteration if resume else None}
@@ -142,17 +137,19 @@ def train(
         export_policies(out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim,
                         method, state["iteration"])
 
+    run = config.run
+
     def budget_left() -> bool:
-        if config.iterations is not None and trainer.iteration >= config.iterations:
+        if run.iterations is not None and trainer.iteration >= run.iterations:
             return False
-        return config.minutes is None or trainer.elapsed_s < 60.0 * config.minutes
+        return run.minutes is None or trainer.elapsed_s < 60.0 * run.minutes
 
     eval_fn = None
-    if config.eval_every:
+    if run.eval_every:
 
         def eval_fn() -> dict:
             policy = make_policy(trainer.params())
-            return evaluate_policy(sim, obs_policy(policy), split="test", days=config.eval_days)
+            return evaluate_policy(sim, obs_policy(policy), split="test", days=run.eval_days)
 
     wall0 = time.perf_counter()
     snapshot = None
@@ -164,7 +161,7 @@ def train(
             trainer.elapsed_s += time.perf_counter() - t0
             trainer.iteration += 1
             row["wall_s"] = trainer.elapsed_s
-            if eval_fn is not None and (trainer.iteration % config.eval_every == 0 or not budget_left()):
+            if eval_fn is not None and (trainer.iteration % run.eval_every == 0 or not budget_left()):
                 ev = eval_fn()
                 row.update(eval_cost=ev["cost"], eval_violation_share=ev["violation_share"],
                            eval_worst_violation_pu=ev["worst_violation_pu"],
@@ -173,15 +170,15 @@ def train(
             snapshot = None  # the trainer is consistent again
             if out is not None:
                 append_metrics_csv(out / METRICS_NAME, row, trainer.metric_fields)
-                if trainer.iteration % config.checkpoint_every == 0:
+                if trainer.iteration % run.checkpoint_every == 0:
                     save()
             if progress_fn is not None:
                 rate = trainer.elapsed_s / max(len(trainer.history), 1)
                 left = []
-                if config.iterations is not None:
-                    left.append((config.iterations - trainer.iteration) * rate)
-                if config.minutes is not None:
-                    left.append(60.0 * config.minutes - trainer.elapsed_s)
+                if run.iterations is not None:
+                    left.append((run.iterations - trainer.iteration) * rate)
+                if run.minutes is not None:
+                    left.append(60.0 * run.minutes - trainer.elapsed_s)
                 progress_fn({**row, "time_left_s": max(min(left), 0.0) if left else 0.0})
     except (DivergenceError, KeyboardInterrupt):
         if out is not None:

@@ -61,9 +61,9 @@ def _rule(name: str) -> Callable:
 def _oracle(progress: Callable[[int, int], None] | None = None, **config) -> Callable:
     """The perfect-foresight optimum; ``config``: `baselines.oracle.OracleConfig` fields."""
     from baselines.oracle import OracleConfig, PerfectForesightPolicy
-    from gradmap_agent.train import check_fields
+    from gradmap_agent.config import build_config
 
-    return PerfectForesightPolicy(OracleConfig(**check_fields(OracleConfig, config)), progress=progress)
+    return PerfectForesightPolicy(build_config(OracleConfig, config), progress=progress)
 
 
 #: ``gridedge evaluate --method NAME``: name -> ``make(progress=None, **config) -> policy(sim, state)``;

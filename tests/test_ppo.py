@@ -147,7 +147,7 @@ def test_bad_inputs_give_clear_errors(sim13):
     with pytest.raises(ValueError, match="num_envs must be an integer >= 1"):
         ippo_config(num_envs=0)
     with pytest.raises(ValueError, match="set iterations or minutes"):
-        PPOConfig(iterations=None)
+        ippo_config(iterations=None)
     with pytest.raises(ValueError, match="gamma must be in"):
         mappo_config(gamma=1.5)
     with pytest.raises(ValueError, match="net_scope"):

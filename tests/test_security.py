@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from gradmap_agent import GradMAPConfig
+from gradmap_agent import gradmap_config
 from gridedge_env import make_sim
 from gridedge_run import load_policies, train
 
@@ -39,7 +39,7 @@ def test_crafted_checkpoint_is_refused_on_resume_without_running(tmp_path):
     _crafted(tmp_path / "checkpoint.pt", marker, format="gridedge-checkpoint")
     sim = make_sim(feeder="ieee13", n_agents=6)
     with pytest.raises(pickle.UnpicklingError):
-        train(sim, GradMAPConfig(iterations=1, batch_days=1, hidden=4), out_dir=tmp_path, resume=True)
+        train(sim, gradmap_config(iterations=1, batch_days=1, hidden=4), out_dir=tmp_path, resume=True)
     assert not marker.exists()
 
 

@@ -1,0 +1,298 @@
+"""The configuration pieces every trainer composes, and how flat ``KEY=VALUE`` settings reach them.
+
+A trainer's config (`gradmap_agent.GradMAPConfig`, `baselines.ssl.SSLConfig`, `baselines.ppo.PPOConfig`)
+holds its own algorithm's fields and these sections:
+
+- `RunConfig` (``run``): budget, seed, checkpoints, periodic evaluation, failure limit: what the run
+  layer's loop (`gridedge_run.loop.train`) reads;
+- `OptimConfig` (``optim``): Adam, the learning-rate schedule over the budget, per-agent gradient clipping;
+- `NormalizerConfig` (``normalizer``): the running observation statistics (`gradmap_agent.ObsNormalizer`);
+- `PolicyConfig` (``policy``): every agent's network (`gradmap_agent.StackedMLPPolicy`);
+- `LagrangianConfig` (``lagrangian``, gradient-based methods): multipliers and dual ascent.
+
+`build_config(cls, fields)` builds any of them from flat names (``lr=1e-3``, ``eval_days=8``: each name
+belongs to exactly one section or to the config itself), dotted names (``optim.lr=1e-3``) or whole sections
+as dicts (a saved ``config.json``), and names unknown fields in its error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+__all__ = [
+    "LR_SCHEDULES",
+    "LagrangianConfig",
+    "NormalizerConfig",
+    "OptimConfig",
+    "PolicyConfig",
+    "RunConfig",
+    "build_config",
+    "flatten_config",
+    "route_fields",
+    "section",
+]
+
+#: Learning-rate schedules over the budget.
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _raise(cls: type, problems: list[str]) -> None:
+    if problems:
+        raise ValueError(f"invalid {cls.__name__}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run does around the algorithm: budget, seed, checkpoints, evaluation, failure limit."""
+
+    iterations: int | None = 300
+    """Number of iterations (rollouts); None: no limit (then `minutes` must be set)."""
+    minutes: float | None = None
+    """Training-time budget in minutes (rollouts and updates; checkpoints and evaluations not counted)."""
+    seed: int = 0
+    """Seed of the initialisation, the rollout days, the exploration noise and the minibatches."""
+    checkpoint_every: int = 25
+    """Write a checkpoint every this many iterations (and at the end)."""
+    eval_every: int = 0
+    """Evaluate the deterministic policies on `eval_days` test days every this many iterations (0: off)."""
+    eval_days: int = 8
+    """Test days of the periodic evaluation (evenly spaced over the test split)."""
+    max_pf_failure_share: float = 0.5
+    """Stop (divergence) when more than this share of a rollout's power flows fail."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.iterations is None and self.minutes is None:
+            problems.append("set iterations or minutes (the training budget)")
+        if self.iterations is not None and self.iterations < 0:
+            problems.append(f"iterations must be >= 0, got {self.iterations}")
+        if self.minutes is not None and not (self.minutes >= 0):
+            problems.append(f"minutes must be >= 0, got {self.minutes}")
+        for name in ("checkpoint_every", "eval_days"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
+        if not 0 <= self.max_pf_failure_share <= 1:
+            problems.append(f"max_pf_failure_share must be in [0, 1], got {self.max_pf_failure_share}")
+        _raise(RunConfig, problems)
+
+    def progress(self, iteration: int, elapsed_s: float) -> float:
+        """Share of the budget used after ``iteration`` iterations and ``elapsed_s`` seconds of training: the
+        larger of the iterations' and the minutes' shares (1 when there is no budget)."""
+        parts = []
+        if self.iterations:
+            parts.append(iteration / self.iterations)
+        if self.minutes:
+            parts.append(elapsed_s / (60.0 * self.minutes))
+        return max(parts) if parts else 1.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam on the per-agent networks, its learning-rate schedule and per-agent gradient clipping."""
+
+    lr: float = 3e-3
+    """Adam learning rate at the start of the schedule."""
+    lr_schedule: str = "cosine"
+    """"constant", "linear" or "cosine" decay over the budget (iterations, or minutes if that ends first)."""
+    lr_final_fraction: float = 0.1
+    """Learning rate at the end of the schedule, as a fraction of `lr`."""
+    adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam's second-moment decay."""
+    max_grad_norm: float | None = 1.0
+    """Per-agent gradient-norm clip (each agent's own parameter slice; None: off)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.lr_final_fraction <= 1:
+            problems.append(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        _raise(OptimConfig, problems)
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate at ``progress`` in [0, 1] of the budget (clipped to that range)."""
+        p = min(max(progress, 0.0), 1.0)
+        f = self.lr_final_fraction
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "linear":
+            return self.lr * (1.0 - (1.0 - f) * p)
+        return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+    def adam(self, params):
+        """A ``torch.optim.Adam`` over ``params`` with these settings."""
+        import torch
+
+        return torch.optim.Adam(params, lr=self.lr, betas=(self.adam_beta1, self.adam_beta2))
+
+
+@dataclass(frozen=True)
+class NormalizerConfig:
+    """Running per-agent, per-feature observation statistics (`gradmap_agent.ObsNormalizer`)."""
+
+    normalize_obs: bool = True
+    """Normalise observations per agent and feature with running statistics."""
+    obs_std_min: float = 0.05
+    """Lower bound of the normaliser's standard deviation."""
+    obs_clip: float = 5.0
+    """Normalised observations are clipped to [-obs_clip, obs_clip]."""
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be > 0, got {getattr(self, name)}" for name in ("obs_std_min", "obs_clip")
+                    if not getattr(self, name) > 0]
+        _raise(NormalizerConfig, problems)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every agent's own network: an MLP with a Gaussian head, stacked over the agents."""
+
+    hidden: int = 16
+    """Hidden width of every agent's MLP."""
+    layers: int = 2
+    """Hidden layers of every agent's MLP."""
+    init_log_std: float = -2.0
+    """Initial log standard deviation of the Gaussian (before tanh); -2: std 0.14."""
+    policy_dtype: str = "float32"
+    """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("hidden", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if self.policy_dtype not in ("float32", "float64"):
+            problems.append(f"policy_dtype must be 'float32' or 'float64', got {self.policy_dtype!r}")
+        _raise(PolicyConfig, problems)
+
+    @property
+    def dtype(self):
+        """The torch dtype of `policy_dtype`."""
+        import torch
+
+        return getattr(torch, self.policy_dtype)
+
+
+@dataclass(frozen=True)
+class LagrangianConfig:
+    """Multipliers of the device and network constraints and their projected dual ascent."""
+
+    device_multiplier_init: float = 10.0
+    """Initial device multiplier, $ per unit of device violation (kW or K) per step (the scale of ssl-penalty's
+    fixed weight: dual ascent then starts where a penalty already works, instead of at 0)."""
+    device_dual_lr: float = 0.1
+    """Dual step of the device multipliers per unit of an agent's daily violation (unit-steps)."""
+    voltage_multiplier_init: float = 1e4
+    """Initial network multiplier, $ per pu of voltage violation per node and step (ssl-penalty's weight)."""
+    voltage_dual_lr: float = 2e3
+    """Dual step of the network multipliers per pu of violation (node, time of day; mean over days)."""
+    device_violation_budget: float = 0.1
+    """Allowed device violation per agent and day (unit-steps): device multipliers fall when below it."""
+    voltage_violation_budget: float = 1e-5
+    """Allowed (margin-tightened) voltage violation per node-step, pu: network multipliers fall below it."""
+    voltage_margin_pu: float = 0.01
+    """Training constraint uses [v_min + margin, v_max - margin] (metrics always use the true band); the margin
+    absorbs the deterministic policy's and the test days' difference from the training rollouts."""
+    voltage_quadratic: float = 1e9
+    """rho of the augmented Lagrangian's (rho / 2) w^2 per node-step, $ per pu^2 of margin-tightened voltage
+    violation w: a gradient that grows with the excursion, so the worst nodes weigh most (0: off)."""
+    max_multiplier: float = 1e6
+    """Upper bound of every multiplier."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for f in dataclasses.fields(self):
+            if not 0 <= getattr(self, f.name) < float("inf"):
+                problems.append(f"{f.name} must be finite and >= 0, got {getattr(self, f.name)}")
+        for name in ("device_multiplier_init", "voltage_multiplier_init"):
+            if getattr(self, name) > self.max_multiplier:
+                problems.append(f"{name} ({getattr(self, name)}) must be at most max_multiplier "
+                                f"({self.max_multiplier})")
+        _raise(LagrangianConfig, problems)
+
+
+def section(cls: type, **defaults):
+    """A composed section field of a config dataclass: ``cls(**defaults)`` unless given."""
+    return field(default_factory=lambda: cls(**defaults))
+
+
+def _section_defaults(cls: type) -> dict:
+    """Composed sections of the config dataclass ``cls``: field name -> the section's default instance."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            out[f.name] = default
+    return out
+
+
+def _sections(cls: type) -> dict[str, type]:
+    """Composed sections of the config dataclass ``cls``: field name -> section class."""
+    return {name: type(default) for name, default in _section_defaults(cls).items()}
+
+
+def route_fields(cls: type, fields: dict) -> dict:
+    """``fields`` routed to ``cls``'s own fields and its sections (``{name: value}`` and ``{section: {name:
+    value}}``); a ValueError names unknown or ambiguous names and lists the known ones."""
+    sections = _sections(cls)
+    own = {f.name for f in dataclasses.fields(cls)} - set(sections)
+    owner = {}
+    for name, sec in sections.items():
+        for f in dataclasses.fields(sec):
+            owner.setdefault(f.name, []).append(name)
+    routed: dict = {name: {} for name in sections}
+    unknown = []
+    for key, value in fields.items():
+        if key in sections and isinstance(value, dict):
+            routed[key].update(value)
+        elif "." in key and key.split(".", 1)[0] in sections:
+            name, sub = key.split(".", 1)
+            if sub not in {f.name for f in dataclasses.fields(sections[name])}:
+                unknown.append(key)
+            routed[name][sub] = value
+        elif key in own:
+            routed[key] = value
+        elif len(owner.get(key, [])) == 1:
+            routed[owner[key][0]][key] = value
+        else:
+            unknown.append(key)
+    for name, sec in sections.items():
+        known = {f.name for f in dataclasses.fields(sec)}
+        unknown += [f"{name}.{k}" for k in routed[name] if k not in known and f"{name}.{k}" not in unknown]
+    if unknown:
+        known = sorted(own | set(owner))
+        raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: {known} (also as "
+                         f"SECTION.FIELD with SECTION in {sorted(sections)})")
+    return routed
+
+
+def build_config(cls: type, fields: dict):
+    """``cls(**...)`` from flat, dotted or sectioned ``fields`` (`config_problems`)."""
+    routed = route_fields(cls, fields)
+    defaults = _section_defaults(cls)
+    kwargs = {k: v for k, v in routed.items() if k not in defaults}
+    for name, default in defaults.items():
+        kwargs[name] = dataclasses.replace(default, **routed[name])
+    return cls(**kwargs)
+
+
+def flatten_config(config) -> dict:
+    """``{"name": value, "section.name": value}`` of a config dataclass (what resume checks compare)."""
+    out = {}
+    for key, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
