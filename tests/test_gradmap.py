@@ -1,7 +1,7 @@
 """GradMAP / GradMA trainer: smoke runs, exact resume, decentralisation, clipping, GradMA == GradMAP(K=1), CLI.
 
 Everything in the default suite runs on IEEE-13 with 20 agents and 2-day rollouts; the learning test on
-50 agents is marked slow.
+a feasible 1,000-agent IEEE-13 task is marked slow.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_policy_average_is_the_moving_average_of_the_iterates(sim13, tmp_path):
             iterates.append({k: v.detach().clone() for k, v in self.policy.state_dict().items()})
             super().average_policy()
 
-    initial = train_module.GradMAPTrainer(sim13, tiny(policy_average=beta))._policy_weights()
+    initial = train_module.GradMAPTrainer(sim13, tiny(policy_average=beta)).policy_weights()
     _, params, _ = train(sim13, tiny(policy_average=beta), out_dir=tmp_path, trainer_cls=Recording)
     assert len(iterates) == 3
     exported = torch.load(tmp_path / "policies.pt", weights_only=True)["params"]["policy"]
@@ -398,27 +398,30 @@ def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
     assert json.loads(buf.getvalue())["method"] == "price-seeking"
 
 
-@pytest.mark.slow
-def test_gradmap_learns_on_ieee13_50_agents():
-    """About 2 minutes on 2 cores (150 iterations).
+#: A small feasible task: light load and little PV, so the rules' violations come from the devices' own
+#: schedules, and a coordinated schedule without them exists (the optimum's test in test_baselines.py).
+FEASIBLE = dict(feeder="ieee13", n_agents=1000, load_scale=0.5, pv_kwp_per_kw=1.0, source_v_pu=1.0, step_minutes=60)
 
-    On IEEE-13 fifty small agents cannot remove the feeder's own voltage violations (about 15 % of
-    node-steps under every rule), so the network constraints are infeasible and the multipliers would grow
-    without bound, buying tiny voltage gains at any cost; they start at and are capped at 100 $ per pu-step
-    here, and the augmented quadratic term (which no cap bounds) is off.
-    Measured (seed 0, all 73 test days, 2026-12-02): GradMAP cost 23.0 $/day, violation share 0.1504; price-seeking
-    6.6 and 0.1513; doing nothing 70.4 and 0.1516.
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_gradmap_learns_a_feasible_task():
+    """About 2 minutes on 2 cores (80 iterations of 4 days, 1,000 agents, 24 steps).
+
+    Measured (seed 0, 16 evenly spaced test days): GradMAP 575 $/day with no node-step outside the band;
+    doing nothing 1,314 $/day at 1.01 %, price-seeking 110 at 2.12 %, droop 910 at 0.73 %. The assertions
+    keep wide margins: no more than a quarter of the best rule's violation share, and a cost below the
+    droop rule's (the rule with the fewest violations) and a quarter below doing nothing's.
     """
-    sim = make_sim(feeder="ieee13", n_agents=50)
-    config = gradmap_config(iterations=150, batch_days=8, max_multiplier=100.0, voltage_multiplier_init=100.0,
-                            voltage_quadratic=0.0)
-    make_policy, params, _ = train(sim, config)
-    learned = evaluate_policy(sim, obs_policy(make_policy(params)), split="test")
-    rule = evaluate_policy(sim, RULES["price-seeking"], split="test")
-    noop = evaluate_policy(sim, RULES["noop"], split="test")
+    sim = make_sim(**FEASIBLE)
+    make_policy, params, _ = train(sim, gradmap_config(iterations=80, batch_days=4, seed=0))
+    learned = evaluate_policy(sim, obs_policy(make_policy(params)), split="test", days=16)
+    rules = {name: evaluate_policy(sim, RULES[name], split="test", days=16) for name in ("noop", "price-seeking",
+                                                                                         "droop")}
     assert learned["pf_failures"] == 0
-    assert learned["violation_share"] < rule["violation_share"]
-    assert learned["cost"] < noop["cost"]
+    assert learned["violation_share"] <= 0.25 * min(r["violation_share"] for r in rules.values())
+    assert learned["cost"] < rules["droop"]["cost"]
+    assert learned["cost"] < 0.75 * rules["noop"]["cost"]
 
 
 def test_docs_example_runs_and_config_table_is_complete():
