@@ -212,7 +212,7 @@ def make_policy(params: dict, deterministic: bool = True) -> Callable[[torch.Ten
     """A decentralised policy from trained ``params`` (``{"policy": state_dict, "normalizer": state}``).
 
     Args:
-        params: As returned by `gradmap_agent.train` or loaded by `gradmap_agent.load_policies`.
+        params: As returned by `gridedge_run.train` or loaded by `gridedge_run.load_policies`.
         deterministic: True: the squashed mean ``tanh(mean)`` (evaluation). False: a fresh Gaussian sample
             per call (``torch.randn``, the global RNG).
 
