@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import torch
@@ -23,9 +24,25 @@ def _progress(label: str):
     return show
 
 
+def json_text(obj, **dumps_options) -> str:
+    """``obj`` as standard JSON: NaN and infinities become ``null`` (Python's ``json`` would write the
+    non-standard tokens ``NaN`` and ``Infinity``, which strict parsers reject)."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), allow_nan=False, **dumps_options)
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result))
+        print(json_text(result))
         return
     for key, value in result.items():
         if isinstance(value, float):
