@@ -227,7 +227,10 @@ class StepResult:
 
 def _prepare_feeder(config: SimConfig) -> Feeder:
     if isinstance(config.feeder, Feeder):
+        from gridedge_env.network.checks import validate_feeder
+
         feeder = config.feeder
+        validate_feeder(feeder, f"feeder {feeder.name!r}")  # files are validated when read; a Feeder built in code here
     elif isinstance(config.feeder, str) and config.feeder.lower().endswith(".json"):
         feeder = Feeder.load(config.feeder)  # gridedge's own format, e.g. written by Feeder.save
     elif isinstance(config.feeder, str) and config.feeder.lower().endswith(".dss"):

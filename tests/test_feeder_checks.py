@@ -97,3 +97,12 @@ def test_shipped_feeders_pass_validation():
 
     for name in ("ieee13", "ieee34", "ieee123"):
         validate_feeder(load_feeder(name), name)
+
+
+def test_make_sim_validates_a_feeder_built_in_code():
+    import gridedge_env
+
+    feeder = load_feeder("ieee13")
+    cut = feeder.replace(lines=tuple(ln for ln in feeder.lines if ln.name != "650632"))
+    with pytest.raises(FeederError, match=r"feeder 'ieee13': 13 buses .* are not connected to the source"):
+        gridedge_env.make_sim(feeder=cut, n_agents=6)
