@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -278,13 +280,44 @@ def route_fields(cls: type, fields: dict) -> dict:
 
 
 def build_config(cls: type, fields: dict):
-    """``cls(**...)`` from flat, dotted or sectioned ``fields`` (`config_problems`)."""
+    """``cls(**...)`` from flat, dotted or sectioned ``fields``; a ValueError names a field whose value has the
+    wrong type (``lr='abc'``) or an unknown field."""
     routed = route_fields(cls, fields)
     defaults = _section_defaults(cls)
     kwargs = {k: v for k, v in routed.items() if k not in defaults}
+    _check_types(cls, kwargs)
     for name, default in defaults.items():
+        _check_types(type(default), routed[name], prefix=f"{name}.")
         kwargs[name] = dataclasses.replace(default, **routed[name])
     return cls(**kwargs)
+
+
+def _check_types(cls: type, values: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    problems = [f"{prefix}{name} must be {_type_name(hints[name])}, got {value!r}"
+                for name, value in values.items() if name in hints and not _has_type(value, hints[name])]
+    _raise(cls, problems)
+
+
+def _has_type(value, expected) -> bool:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected in (bool, str):
+        return isinstance(value, expected)
+    return True  # sections and other types are checked by their own constructors
+
+
+def _type_name(expected) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(expected))
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "none"}
+    return names.get(expected, getattr(expected, "__name__", str(expected)))
 
 
 def flatten_config(config) -> dict:

@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
 
     try:
         result = args.run(args)
-    except (FeederError, ValueError) as exc:
-        print(f"gridedge {args.command}: error: {exc}", file=sys.stderr)
+    except (FeederError, ValueError, OSError) as exc:  # the user's input or files: a message, no traceback
+        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"gridedge {args.command}: error: {' '.join(message.split())}", file=sys.stderr)  # one line
         return 2
     _emit(result, args.json)
     return 0

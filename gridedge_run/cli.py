@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--iterations", type=int, default=None, help="number of rollouts (default: the config's)")
     p.add_argument("--seed", type=int, default=None, help="trainer seed (default 0)")
     p.add_argument("--out", required=True, help="run directory (must be new or empty unless --resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    start.add_argument("--restart", action="store_true",
+                       help="start again a run in --out that stopped before its first checkpoint (replaces its files)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate on test days every N iterations")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the method's config")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")

@@ -102,17 +102,19 @@ def _sim_options(sim_set: list[str] | None, feeder: str | None, agents: int | No
 
 
 def train_method(method: str, out: str | Path, *, sim_options: dict | None = None, fields: dict | None = None,
-                 resume: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
+                 resume: bool = False, restart: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``method`` (a name of `TRAIN_METHODS`) into the run directory ``out``.
 
     Args:
         method: The method's name.
-        out: Run directory; must be new or empty unless ``resume``.
+        out: Run directory; must be new or empty unless ``resume`` or ``restart``.
         sim_options: `make_sim` options of a new run (ignored when resuming, except that a given
             ``feeder``, ``n_agents`` or ``seed`` must match the run's).
         fields: Fields of the method's config; when resuming, they override the saved config (only the
             budget fields may differ from the checkpoint's).
         resume: Continue the run in ``out`` from its checkpoint.
+        restart: Start a new run in ``out`` although it holds the files of a run that stopped before its first
+            checkpoint (they are replaced); a directory with a checkpoint or with other files is refused.
         progress: Called with every iteration's metrics row (default: a `ProgressLine` on stderr).
 
     Returns:
@@ -120,18 +122,23 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
     """
     from gridedge_env.core import make_sim, sim_config_dict
     from gridedge_run.loop import train
-    from gridedge_run.rundir import CONFIG_NAME
+    from gridedge_run.rundir import CHECKPOINT_NAME, CONFIG_NAME
 
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown method {method!r}; known: {list(TRAIN_METHODS)}")
     out = Path(out)
     fields = dict(fields or {})
     sim_options = dict(sim_options or {})
+    if resume and restart:
+        raise ValueError("--resume continues a run and --restart starts it again: pass one of them")
     if resume:
         cfg_path = out / CONFIG_NAME
         if not cfg_path.is_file():
             raise ValueError(f"cannot resume: {cfg_path} not found")
-        saved = json.loads(cfg_path.read_text())
+        if not (out / CHECKPOINT_NAME).is_file():
+            raise ValueError(f"cannot resume: {out} holds no {CHECKPOINT_NAME} (the run stopped before its first "
+                             "checkpoint); start it again with --restart")
+        saved = _read_run_config(cfg_path)
         if saved.get("method") != method:
             raise ValueError(f"cannot resume: {out} holds a {saved.get('method')!r} run, not {method!r}")
         for key, flag in (("feeder", "feeder"), ("n_agents", "agents"), ("seed", "sim-seed")):
@@ -145,8 +152,7 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
         config = TRAIN_METHODS[method].make_config(**{**saved["config"], **fields})
         sim = make_sim(**saved["sim_config"])
     else:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} exists and is not empty; choose a new --out or pass --resume to continue it")
+        _prepare_new_run_dir(out, restart)
         sim = make_sim(**sim_options)
         config = TRAIN_METHODS[method].make_config(**{"seed": 0, **fields})
 
@@ -173,6 +179,48 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
     return summary
 
 
+def _read_run_config(path: Path) -> dict:
+    """A run's config.json, with a ValueError naming the file when it is not one."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the run's config ({exc})") from exc
+    missing = [k for k in ("method", "seed", "config", "sim_config") if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ValueError(f"{path}: not a gridedge run config (missing {missing})")
+    return saved
+
+
+def _prepare_new_run_dir(out: Path, restart: bool) -> None:
+    """Create ``out`` for a new run: it must be new or empty, or, with ``restart``, hold only the files of a
+    run that stopped before its first checkpoint (they are removed)."""
+    from gridedge_run.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, POLICIES_NAME
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and not restart:
+        hint = ("pass --resume to continue it" if CHECKPOINT_NAME in present else
+                "it holds no checkpoint: pass --restart to start that run again" if CONFIG_NAME in present else
+                "choose a new --out")
+        raise ValueError(f"{out} exists and is not empty; {hint}")
+    if present:
+        if CHECKPOINT_NAME in present:
+            raise ValueError(f"cannot restart: {out} holds a {CHECKPOINT_NAME}; continue it with --resume, or "
+                             "delete the directory to start over")
+        run_files = {CONFIG_NAME, METRICS_NAME, POLICIES_NAME}
+        run_files |= {f"{name}.tmp" for name in (*run_files, CHECKPOINT_NAME)}
+        others = [name for name in present if name not in run_files]
+        if others:
+            raise ValueError(f"cannot restart: {out} holds files no run writes ({others[:5]}); choose a new --out")
+        for name in present:
+            (out / name).unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the run directory --out {out}: {exc.strerror or exc}") from exc
+
+
 def run_train(args) -> dict:
     """``gridedge train METHOD ...``: `train_method` with the flags; returns the summary printed by the CLI."""
     from gradmap_agent.train import DivergenceError
@@ -184,22 +232,42 @@ def run_train(args) -> dict:
         fields.update(iterations=args.iterations, minutes=None)
     if args.seed is not None:
         fields["seed"] = args.seed
-    if args.eval_every is not None and not args.resume:
+    if args.eval_every is not None:  # a budget field: a resumed run takes the new value too
         fields["eval_every"] = args.eval_every
     if args.resume:
+        if args.sim_set:
+            raise ValueError("--sim-set cannot change a resumed run: it keeps the simulator in its config.json")
         sim_options = {"feeder": args.feeder, "n_agents": args.agents, "seed": args.sim_seed}
     else:
         sim_options = _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed)
     out = Path(args.out)
     try:
-        return train_method(args.method, out, sim_options=sim_options, fields=fields, resume=args.resume)
+        return train_method(args.method, out, sim_options=sim_options, fields=fields, resume=args.resume,
+                            restart=args.restart)
     except DivergenceError as exc:
         print(f"gridedge train: training stopped: {exc}. The last good state is in {out}/checkpoint.pt "
               f"(and policies.pt); metrics.csv ends at its iteration.", file=sys.stderr)
         raise SystemExit(3) from exc
     except KeyboardInterrupt:
-        print(f"gridedge train: interrupted; checkpoint written to {out}; continue with --resume", file=sys.stderr)
+        print(f"gridedge train: interrupted; {_interrupted_state(out)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _interrupted_state(out: Path) -> str:
+    """What an interrupted run left in ``out``, and how to go on from there."""
+    from gridedge_run.rundir import CHECKPOINT_NAME, load_run_file
+
+    checkpoint = out / CHECKPOINT_NAME
+    if checkpoint.is_file():
+        try:
+            iteration = load_run_file(checkpoint, "checkpoint").get("iteration")
+        except ValueError:
+            iteration = None
+        at = f" (iteration {iteration})" if iteration is not None else ""
+        return f"checkpoint written to {checkpoint}{at}; continue with --resume"
+    if out.is_dir() and any(out.iterdir()):
+        return f"stopped before the first checkpoint: nothing to resume in {out}; start it again with --restart"
+    return f"stopped before anything was written to {out}"
 
 
 def stderr_progress(label: str, every: int) -> Callable[[int, int], None]:
@@ -228,8 +296,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", days: int | None =
         raise ValueError(f"policies for {policy.n_agents} agents, simulator has {sim.n_agents}")
     result = evaluate_policy(sim, obs_policy(policy), split=split, days=days, batch=batch, seed=seed,
                              progress=progress)
-    return {"method": info.get("method", "gradmap"), **result, "run_dir": str(run_dir),
-            "iteration": info.get("iteration")}
+    return {"method": info.get("method", "gradmap"), "feeder": info["sim_config"].get("feeder"),
+            "n_agents": sim.n_agents, **result, "run_dir": str(run_dir), "iteration": info.get("iteration")}
 
 
 def evaluate_reference(method: str, sim_options: dict, *, config: dict | None = None, split: str = "test",
@@ -239,6 +307,7 @@ def evaluate_reference(method: str, sim_options: dict, *, config: dict | None = 
     """Evaluate a method that needs no training (`REFERENCE_POLICIES`: a rule or the optimum, with
     ``config``, the optimum's `OracleConfig` fields) on the simulator of ``sim_options``."""
     from gridedge_env import make_sim
+    from gridedge_env.core import sim_config_dict
     from gridedge_run.evaluate import evaluate_policy
 
     if method not in REFERENCE_POLICIES:
@@ -247,7 +316,7 @@ def evaluate_reference(method: str, sim_options: dict, *, config: dict | None = 
     sim = make_sim(**sim_options)
     policy_fn = REFERENCE_POLICIES[method](progress=plan_progress, **(config or {}))
     result = evaluate_policy(sim, policy_fn, split=split, days=days, batch=batch, seed=seed, progress=progress)
-    return {"method": method, **result}
+    return {"method": method, "feeder": sim_config_dict(sim)["feeder"], "n_agents": sim.n_agents, **result}
 
 
 def run_evaluate(args) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gridedge_env.cli import json_text
 from gridedge_env.core import make_sim
 from gridedge_env.episodes import reset_days, select_days
 from gridedge_run.commands import (
@@ -132,7 +133,7 @@ def _train(method: str, preset: Preset, minutes: float, out: Path) -> dict:
         fields.update(seed=preset.seed, eval_days=preset.curve_days, eval_every=preset.eval_every.get(method, 10))
         sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
     summary = train_method(method, run_dir, sim_options=sim_options, fields=fields, resume=resume)
-    atomic_write_text(json.dumps(summary, indent=2, default=str), done)
+    atomic_write_text(json_text(summary, indent=2, default=str), done)
     return summary
 
 
@@ -148,7 +149,7 @@ def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: st
         result = evaluate_reference(method, sim_options, config=_reference_config(method, preset), split="test",
                                     days=days, progress=stderr_progress("evaluate days", 1),
                                     plan_progress=stderr_progress(f"{method} plan step", 25))
-    atomic_write_text(json.dumps(result, indent=2, default=str), path)
+    atomic_write_text(json_text(result, indent=2, default=str), path)
     return result
 
 
@@ -282,7 +283,7 @@ def _fmt(value, key: str) -> str:
 
 
 def _write_results(out: Path, rows: list[dict], header: dict) -> None:
-    atomic_write_text(json.dumps({**header, "results": rows}, indent=2), out / "results.json")
+    atomic_write_text(json_text({**header, "results": rows}, indent=2), out / "results.json")
     tmp = out / "results.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

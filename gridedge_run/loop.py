@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from gradmap_agent.config import flatten_config
 from gradmap_agent.networks import make_policy
 from gradmap_agent.train import DivergenceError, GradMAPConfig
@@ -34,6 +32,7 @@ from gridedge_run.rundir import (
     atomic_save,
     atomic_write_text,
     export_policies,
+    load_run_file,
     versions,
     write_metrics_csv,
 )
@@ -114,7 +113,11 @@ def train(
         if resume:
             if not ckpt_path.is_file():
                 raise ValueError(f"cannot resume: no {CHECKPOINT_NAME} in {out}")
-            state = torch.load(ckpt_path, map_location=sim.device, weights_only=True)
+            state = load_run_file(ckpt_path, "checkpoint", map_location=sim.device)
+            if not {"config", "sim_config"} <= state.keys():
+                raise ValueError(f"{ckpt_path}: not a gridedge checkpoint (no config or sim_config)")
+            if state.get("method", method) != method:
+                raise ValueError(f"cannot resume: {ckpt_path} was written by {state['method']!r}, not {method!r}")
             _check_resume_config(state["config"], config)
             if state["sim_config"] != sim_config_dict(sim):
                 raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
@@ -132,7 +135,7 @@ def train(
         if out is None:
             return
         state = trainer.state_dict() if state is None else state
-        atomic_save(state, out / CHECKPOINT_NAME)
+        atomic_save({**state, "method": method}, out / CHECKPOINT_NAME)  # the method names the file's writer
         weights = state["policy_average"] if state.get("policy_average") is not None else state["policy"]
         export_policies(out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim,
                         method, state["iteration"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import platform
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "export_policies",
     "load_policies",
+    "load_run_file",
     "versions",
     "write_metrics_csv",
 ]
@@ -95,6 +97,31 @@ def export_policies(path: Path, params: dict, sim, method: str, iteration: int) 
     }, path)
 
 
+def load_run_file(path: Path, what: str, map_location="cpu") -> dict:
+    """Read a checkpoint or policies file written by `atomic_save`.
+
+    Loaded with ``torch.load(..., weights_only=True)``: tensors, numbers, strings and plain containers only,
+    so a file crafted to run code when unpickled is refused before anything it names is called.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read, holds other objects, or is not a dict.
+    """
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # names a class or function the file would call
+            raise ValueError(f"{path}: refused: the {what} holds objects other than tensors and plain data "
+                             "(loading it could run code)") from exc
+        raise ValueError(f"{path}: cannot read the {what}: the file is truncated, corrupted or not written by "
+                         "gridedge (UnpicklingError)") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated or garbage files raise many kinds of errors
+        raise ValueError(f"{path}: cannot read the {what}: the file is truncated, corrupted or not written by "
+                         f"gridedge ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a gridedge {what} (it holds a {type(data).__name__})")
+    return data
+
+
 def load_policies(path: str | os.PathLike, deterministic: bool = True):
     """Load exported policies (a ``policies.pt`` file or a run directory holding one).
 
@@ -107,7 +134,10 @@ def load_policies(path: str | os.PathLike, deterministic: bool = True):
         path = path / POLICIES_NAME
     if not path.is_file():
         raise ValueError(f"no exported policies at {path}")
-    info = torch.load(path, map_location="cpu", weights_only=True)
+    info = load_run_file(path, "policies file")
     if info.get("format") != POLICIES_FORMAT:
         raise ValueError(f"{path} is not a GradMAP policies file (format {info.get('format')!r})")
-    return make_policy(info["params"], deterministic=deterministic), info
+    try:
+        return make_policy(info["params"], deterministic=deterministic), info
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: the policies file's weights are missing or malformed ({exc!r})") from exc

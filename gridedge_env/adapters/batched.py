@@ -91,7 +91,7 @@ def split_config(cfg: dict) -> tuple[dict, RewardConfig, dict]:
     return sim_cfg, reward, rest
 
 
-def reset_days(options) -> list[int] | None:
+def reset_option_days(options) -> list[int] | None:
     """The day an adapter's ``reset(options={"day": d})`` asks for (None: drawn).
 
     A malformed ``day`` or options that are not a dict are a ValueError; other keys are not used and get a

@@ -32,7 +32,7 @@ from gridedge_env.adapters.batched import (
     clip_obs,
     global_state,
     global_state_bounds,
-    reset_days,
+    reset_option_days,
     split_config,
 )
 from gridedge_env.core import check_seed, make_sim, real_array
@@ -64,7 +64,7 @@ class GridEdgeCentralEnv(gym.Env):
         self._state = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        days = reset_days(options)
+        days = reset_option_days(options)
         if seed is not None:  # checked before the episode generator is replaced
             check_seed(seed)
         super().reset(seed=seed)

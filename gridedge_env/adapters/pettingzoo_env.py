@@ -139,7 +139,7 @@ from gridedge_env.adapters.batched import (
     global_state,
     global_state_bounds,
     network_terms,
-    reset_days,
+    reset_option_days,
     split_config,
 )
 from gridedge_env.core import OBS_DIM, check_seed, make_sim, real_array
@@ -219,7 +219,7 @@ class GridEdgeParallelEnv(ParallelEnv):
     # -- episode --------------------------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        days = reset_days(options)
+        days = reset_option_days(options)
         # a rejected seed or option leaves the episode generator as it was
         rng = self._rng if seed is None else np.random.default_rng(check_seed(seed))
         episode_seed = int(rng.integers(2**31 - 1)) if seed is None else int(seed)
