@@ -321,9 +321,11 @@ def _type_name(expected) -> str:
 
 
 def flatten_config(config) -> dict:
-    """``{"name": value, "section.name": value}`` of a config dataclass (what resume checks compare)."""
+    """``{"name": value, "section.name": value}`` of a config dataclass or of its ``dataclasses.asdict``
+    (what resume checks compare)."""
     out = {}
-    for key, value in dataclasses.asdict(config).items():
+    items = config if isinstance(config, dict) else dataclasses.asdict(config)
+    for key, value in items.items():
         if isinstance(value, dict):
             out.update({f"{key}.{k}": v for k, v in value.items()})
         else:

@@ -57,9 +57,7 @@ def _as_sim(env_or_config):
 
 
 def _check_resume_config(saved: dict, config) -> None:
-    current = flatten_config(config)
-    saved = {f"{key}.{k}" if isinstance(value, dict) else key: v
-             for key, value in saved.items() for k, v in (value.items() if isinstance(value, dict) else [(key, value)])}
+    current, saved = flatten_config(config), flatten_config(saved)
     diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
@@ -105,6 +103,8 @@ def train(
     config = GradMAPConfig() if config is None else config
     sim = _as_sim(env_or_config)
     method = method or config.method
+    if trainer_cls is None and method not in TRAIN_METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {list(TRAIN_METHODS)}")
     trainer = (trainer_cls or TRAIN_METHODS[method].trainer_cls())(sim, config)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
