@@ -15,7 +15,8 @@ comparison tables, docs):
 - ``pf_failures``: number of (row, step) power flows that did not converge (their voltages are left out);
 
 Beside them `summary` reports ``cost_per_agent_day``, ``cost_by_type``, ``device_violation_by_type``,
-``v_min_pu``, ``v_max_pu`` (extremes over the converged rows) and ``days``.
+``violation_share_over`` and ``violation_share_under`` (above v_max_pu, below v_min_pu), ``v_min_pu``,
+``v_max_pu`` (extremes over the converged rows) and ``days``.
 
 `run_episode(sim, state, policy, metrics)` rolls a ``policy(sim, state) -> actions [B, N]`` out to the end
 of the episode without gradient, adding every step to ``metrics``.
@@ -44,6 +45,7 @@ class RolloutMetrics:
         self.device_by_agent = torch.zeros(sim.n_agents, dtype=torch.float64)
         self.row_steps = 0
         self.outside = 0
+        self.over = 0
         self.node_steps = 0
         self.violation_sum = 0.0
         self.worst = 0.0
@@ -63,7 +65,9 @@ class RolloutMetrics:
         if bool(ok.any()):
             v = result.v_mag_pu.detach()[ok]
             excess = torch.relu(v - self.v_max_pu) + torch.relu(self.v_min_pu - v)
-            self.outside += int(((v > self.v_max_pu) | (v < self.v_min_pu)).sum())
+            over = int((v > self.v_max_pu).sum())
+            self.over += over
+            self.outside += over + int((v < self.v_min_pu).sum())
             self.node_steps += v.numel()
             self.violation_sum += float(excess.sum())
             self.worst = max(self.worst, float(excess.max()))
@@ -93,6 +97,8 @@ class RolloutMetrics:
             "device_violation_by_type": {name: float(self.device_by_agent[sl].sum() / max((sl.stop - sl.start)
                                                                                           * steps, 1))
                                          for name, sl in self.agent_slices.items()},
+            "violation_share_over": self.over / max(self.node_steps, 1),
+            "violation_share_under": (self.outside - self.over) / max(self.node_steps, 1),
             "v_min_pu": self.v_min,
             "v_max_pu": self.v_max,
         }

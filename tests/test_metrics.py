@@ -32,6 +32,7 @@ def test_two_steps_of_two_rows_by_hand():
     assert s["cost"] == pytest.approx((6.0 + 1.0 + 3.0 + 2.0) / 2)
     # converged node-steps: 3 + 3 + 3 = 9, outside: 0.94, 1.07, 1.051, 0.90
     assert s["violation_share"] == pytest.approx(4 / 9)
+    assert s["violation_share_over"] == pytest.approx(2 / 9) and s["violation_share_under"] == pytest.approx(2 / 9)
     assert s["violation_sum_pu"] == pytest.approx((0.01 + 0.02 + 0.001 + 0.05) / 2)
     assert s["worst_violation_pu"] == pytest.approx(0.05)
     assert s["pf_failures"] == 1
