@@ -124,6 +124,9 @@ class SimConfig:
     """Power-flow iteration limit per step; rows that hit it are flagged not converged."""
     pf_adjoint_tol: float | None = None
     """Relative tolerance of the power flow's backward adjoint (None: 1e-10 in float64, 1e-5 in float32)."""
+    load_voltage_limits: bool = False
+    """Feeder loads switch law outside their vminpu/vmaxpu as OpenDSS's do (False: the benchmark task's
+    loads keep their nominal law at every voltage; docs/powerflow.md)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,7 +347,8 @@ class Sim:
         self.dtype = config.dtype
         self.device = torch.device(config.device)
         feeder = _prepare_feeder(config)
-        self.compiled = powerflow.compile(feeder, dtype=config.dtype, device=self.device)
+        self.compiled = powerflow.compile(feeder, dtype=config.dtype, device=self.device,
+                                          load_voltage_limits=config.load_voltage_limits)
         c = self.compiled
         self.node_names: list[str] = list(c.node_names)
         self.load_node_names: list[str] = list(c.injection_node_names)

@@ -1,11 +1,13 @@
 """Power flow: agreement with OpenDSS, physics, implicit gradients, failures and bad input.
 
 Reference numbers come from OpenDSS through OpenDSSDirect.py 0.9.x (DSS C-API), solved in the same test with
-tolerance 1e-12, the same fixed regulator taps, controls off and load vminpu/vmaxpu widened (see
+tolerance 1e-12, the same fixed regulator taps, controls off and the loads' own voltage limits (see
 `gridedge_env.network.opendss.OpenDSSReference`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -44,6 +46,24 @@ def test_agrees_with_model_written_by_to_opendss(name):
     assert result["max_abs_err_pu"] <= 1e-6, result
 
 
+def _opendss_load_power(load, p, q, v):
+    """Power of a load at voltage v (pu of its rating), as OpenDSS's Load.pas states it in currents: the
+    nominal law inside vminpu..vmaxpu; above, the impedance S / vmaxpu^2 (model 5: S / vmaxpu); between
+    vlowpu and vminpu a current magnitude linear from vlowpu (nominal impedance) to vminpu (impedance
+    S / vminpu^2; model 5: nominal current); below, the nominal impedance. Model 2 never switches."""
+    s = torch.complex(p, q)
+    nominal = torch.complex(p * v ** load.p_exponent, q * v ** load.q_exponent)
+    if load.model == 2:
+        return nominal
+    vmin, vmax, vlow = load.vminpu, load.vmaxpu, load.vlowpu
+    current_at_vmin = 1.0 if load.model == 5 else 1.0 / vmin
+    current = vlow + (current_at_vmin - vlow) * (v - vlow) / (vmin - vlow)  # pu of S / V_rated
+    high = s * v ** 2 / (vmax if load.model == 5 else vmax ** 2)
+    out = torch.where(v > vmax, high, nominal)
+    out = torch.where(v <= vmin, s * v * current, out)
+    return torch.where(v <= vlow, s * v ** 2, out)
+
+
 @pytest.mark.parametrize("name", FEEDERS)
 def test_power_balance_source_equals_loads_plus_losses(name, compiled):
     """Power from the source = power drawn by loads and injections + power absorbed by every element."""
@@ -74,9 +94,8 @@ def test_power_balance_source_equals_loads_plus_losses(name, compiled):
             v_nom = load.kv * 1e3
         for a, b in pairs:
             u = v[:, index[(bus, a)]] - (v[:, index[(bus, b)]] if b else 0)
-            ratio = u.abs() / v_nom
-            loads += torch.complex(pts["load_p_kw"][:, li] * ratio ** load.p_exponent,
-                                   pts["load_q_kvar"][:, li] * ratio ** load.q_exponent) / len(pairs)
+            loads += _opendss_load_power(load, pts["load_p_kw"][:, li], pts["load_q_kvar"][:, li],
+                                         u.abs() / v_nom) / len(pairs)
     loads += torch.complex(pts["injection_p_kw"].sum(1), pts["injection_q_kvar"].sum(1))
     source = torch.complex(r.source_p_kw, r.source_q_kvar)
     mismatch = (source - loads - absorbed).abs()
@@ -267,3 +286,84 @@ def test_bad_input_is_rejected_with_a_clear_message(compiled, kwargs, message):
 def test_compile_rejects_unknown_injection_node():
     with pytest.raises(ValueError, match="no nodes"):
         powerflow.compile(load_feeder("ieee13"), injection_nodes=["nosuchbus.1"])
+
+
+LIMITS_MODEL = """
+Clear
+New Circuit.limits basekv=12.47 pu=1.07 phases=3 bus1=src r1=0.01 x1=0.05 r0=0.01 x0=0.05
+New Line.l1 phases=3 bus1=src bus2=a length=1 units=km r1=0.3 x1=0.6 r0=0.6 x0=1.5 c1=10 c0=5
+New Line.l2 phases=3 bus1=a bus2=b length=4 units=km r1=0.3 x1=0.6 r0=0.6 x0=1.5 c1=10 c0=5
+New Load.m1 bus1=b.1 phases=1 kv=7.2 kw=900 kvar=300 model=1 vminpu=0.97 vlowpu=0.93
+New Load.m2 bus1=b.2 phases=1 kv=7.2 kw=900 kvar=300 model=2
+New Load.m3 bus1=b.3 phases=1 kv=7.2 kw=900 kvar=300 model=3 vminpu=0.9 vlowpu=0.7
+New Load.m5 bus1=a.1 phases=1 kv=7.2 kw=300 kvar=100 model=5 vmaxpu=1.02
+New Load.m4 bus1=a.2 phases=1 kv=7.2 kw=300 kvar=100 model=4 cvrwatts=1 cvrvars=2 vmaxpu=1.03
+New Load.d1 bus1=b.1.2 phases=1 conn=delta kv=12.47 kw=500 kvar=100 model=1 vlowpu=0.8 vminpu=0.9
+New Load.w3 bus1=a.3 phases=1 kv=7.2 kw=200 kvar=50 model=1 vmaxpu=1.0
+Set VoltageBases=[12.47]
+CalcVoltageBases
+"""
+
+
+@pytest.fixture(scope="module")
+def limits_model(tmp_path_factory):
+    from gridedge_env.network import from_opendss
+
+    path = tmp_path_factory.mktemp("limits") / "limits.dss"
+    path.write_text(LIMITS_MODEL)
+    return from_opendss(path), path
+
+
+def test_load_voltage_limits_match_opendss_in_every_region(limits_model):
+    """Models 1-5 above vmaxpu, inside, between vlowpu and vminpu and below vlowpu agree with OpenDSS's own
+    (unwidened) limits to 1e-9 pu."""
+    from gridedge_env.network.opendss import OpenDSSReference
+
+    feeder, path = limits_model
+    assert {ld.name: (ld.vminpu, ld.vmaxpu, ld.vlowpu) for ld in feeder.loads}["m3"] == (0.9, 1.05, 0.7)
+    c = powerflow.compile(feeder)
+    scales = np.array([0.05, 0.5, 1.0, 2.0, 3.0, 4.0])
+    p, q = np.outer(scales, c.load_p_kw.numpy()), np.outer(scales, c.load_q_kvar.numpy())
+    r = powerflow.solve(c, torch.tensor(p), torch.tensor(q), tol=1e-12, max_iter=500)
+    assert r.converged.all()
+    ref = OpenDSSReference(feeder, path, c.injection_node_names, tolerance=1e-12)
+    zero = np.zeros(c.n_injections)
+    v = r.v_volts(c).numpy()
+    index = {name: i for i, name in enumerate(c.node_names)}
+    regions = set()
+    for k in range(len(scales)):
+        v_ref, converged = ref.solve(p[k], q[k], zero, zero)
+        assert converged
+        assert np.max(np.abs(v[k] - v_ref) / c.v_base_v.numpy()) < 1e-9
+        for ld in feeder.loads:
+            if ld.model == 2 or ld.conn == "delta":
+                continue
+            u = abs(v[k][index[f"{ld.terminal.bus}.{ld.terminal.nodes[0]}"]]) / (ld.kv * 1e3)
+            regions.add("low" if u <= ld.vlowpu else "interp" if u <= ld.vminpu else "high" if u > ld.vmaxpu
+                        else "inside")
+    assert regions == {"low", "interp", "high", "inside"}
+
+
+def test_load_voltage_limits_gradient_is_exact_away_from_switching(limits_model):
+    feeder, _ = limits_model
+    c = powerflow.compile(feeder)
+    scales = torch.tensor([[0.05], [1.0], [3.0], [4.0]], dtype=torch.float64)
+
+    def f(p, q):
+        return powerflow.solve(c, p, q, tol=1e-13, max_iter=500).v_mag_pu
+
+    p = (c.load_p_kw * scales).requires_grad_(True)
+    q = (c.load_q_kvar * scales).requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (p, q), eps=1e-4, atol=1e-7, rtol=1e-5)
+
+
+def test_loads_keep_their_law_when_limits_are_off(limits_model):
+    feeder, _ = limits_model
+    on, off = powerflow.compile(feeder), powerflow.compile(feeder, load_voltage_limits=False)
+    nominal = feeder.replace(loads=tuple(dataclasses.replace(ld, vminpu=0.0, vlowpu=0.0, vmaxpu=1e9)
+                                         for ld in feeder.loads))
+    wide = powerflow.compile(nominal)
+    p, q = off.load_p_kw * 3.0, off.load_q_kvar * 3.0
+    v_off, v_wide, v_on = (powerflow.solve(x, p, q, tol=1e-13).v_pu for x in (off, wide, on))
+    assert torch.allclose(v_off, v_wide, atol=1e-12, rtol=0)
+    assert (v_off - v_on).abs().max() > 1e-3

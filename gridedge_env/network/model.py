@@ -124,6 +124,10 @@ class Load:
     power (OpenDSS model 1), 1 constant current magnitude (model 5), 2 constant impedance (model 2).
     `kv` is OpenDSS's load kV: line-to-line for wye loads of 2+ phases and for delta loads, the rated
     voltage for single-phase wye loads.
+
+    Outside `vminpu`..`vmaxpu` (pu of that rated voltage) the law changes as OpenDSS's does: above
+    `vmaxpu` a constant impedance, between `vlowpu` and `vminpu` a current interpolated linearly in the
+    voltage magnitude, below `vlowpu` the impedance of the nominal power (see docs/powerflow.md).
     """
 
     name: str
@@ -136,6 +140,9 @@ class Load:
     model: int
     p_exponent: float
     q_exponent: float
+    vminpu: float = 0.95
+    vmaxpu: float = 1.05
+    vlowpu: float = 0.50
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,9 @@ def _read_loads(origin: str) -> list[Load]:
             out.append(Load(name=name, terminal=terminal, phases=dss.Loads.Phases(),
                             conn="delta" if dss.Loads.IsDelta() else "wye", kv=dss.Loads.kV(),
                             p_kw=dss.Loads.kW(), q_kvar=dss.Loads.kvar(), model=model,
-                            p_exponent=float(exponents[0]), q_exponent=float(exponents[1])))
+                            p_exponent=float(exponents[0]), q_exponent=float(exponents[1]),
+                            vminpu=dss.Loads.Vminpu(), vmaxpu=dss.Loads.Vmaxpu(),
+                            vlowpu=float(_property(f"Load.{name}", "vlowpu"))))
         i = dss.Loads.Next()
     return out
 
@@ -381,7 +383,8 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
     for ld in feeder.loads:
         cvr = f" cvrwatts={_fmt(ld.p_exponent)} cvrvars={_fmt(ld.q_exponent)}" if ld.model == 4 else ""
         lines.append(f"New Load.{ld.name} bus1={_bus_spec(ld.terminal)} phases={ld.phases} conn={ld.conn} "
-                     f"kv={_fmt(ld.kv)} kw={_fmt(ld.p_kw)} kvar={_fmt(ld.q_kvar)} model={ld.model}{cvr}")
+                     f"kv={_fmt(ld.kv)} kw={_fmt(ld.p_kw)} kvar={_fmt(ld.q_kvar)} model={ld.model}{cvr} "
+                     f"vminpu={_fmt(ld.vminpu)} vmaxpu={_fmt(ld.vmaxpu)} vlowpu={_fmt(ld.vlowpu)}")
     # build the bus list with OpenDSS's own base-voltage estimate, then pin each bus to the feeder's base
     bases_ll = sorted({round(b.kv_base_ln * math.sqrt(3.0), 6) for b in feeder.buses})
     lines.append(f"Set VoltageBases=[{', '.join(_fmt(v) for v in bases_ll)}]")
@@ -401,8 +404,9 @@ class OpenDSSReference:
     """OpenDSS solving the same operating points as gridedge, for validation and benchmarks.
 
     Compiles `model_path` (a reference model, or one written by `write_opendss`), fixes every transformer
-    tap to the feeder's, turns controls off, tightens the tolerance, widens the loads' `vminpu`/`vmaxpu`
-    so that no load switches model, and adds one zero single-phase constant-power load per injection node.
+    tap to the feeder's, turns controls off, tightens the tolerance, and adds one zero single-phase
+    constant-power load per injection node (limits 0.3-3 pu: constant power wherever gridedge's injections are
+    compared). The model's own loads keep their voltage limits.
     """
 
     def __init__(self, feeder: Feeder, model_path: str | Path, injection_nodes: list[str], tolerance=1e-12):
@@ -412,8 +416,7 @@ class OpenDSSReference:
         for t in feeder.transformers:
             for w, wdg in enumerate(t.windings, start=1):
                 _command(f"Transformer.{t.name}.wdg={w} tap={_fmt(wdg.tap_pu)}", origin)
-        for cmd in ("Set ControlMode=OFF", f"Set Tolerance={tolerance}", "Set MaxIterations=200",
-                    "Batchedit Load..* vminpu=0.3 vmaxpu=3.0 vlowpu=0.01"):
+        for cmd in ("Set ControlMode=OFF", f"Set Tolerance={tolerance}", "Set MaxIterations=200"):
             _command(cmd, origin)
         self.injection_names = []
         for k, node in enumerate(injection_nodes):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gridedge_env.network.model import Feeder, FeederError
+from gridedge_env.network.model import Feeder, FeederError, Load
 from gridedge_env.network.opendss import source_emf_v
 from gridedge_env.powerflow.admittance import assemble_ybus, element_yprims, node_index, source_yprim
 
@@ -31,8 +31,9 @@ class CompiledFeeder:
 
     Loads enter as *slots*: each active node (its wye-to-ground loads and injections) and each ungrounded
     load branch (a delta phase pair, or a wye phase to an ungrounded neutral), s = m + d slots in all. A slot
-    draws `s(u) = S_P + S_I |u| + S_Z |u|^2` (kVA, u in pu): loads are aggregated per slot into constant
-    power, current and impedance coefficients once per solve, so the iteration never loops over loads.
+    draws `s(u) = S_P + S_I |u| + S_Z |u|^2` (kVA, u in pu) inside its loads' voltage limits, and the laws of
+    `load_law` outside them: loads are aggregated per slot into N_ROWS coefficient rows once per solve, so the
+    iteration never loops over loads.
     """
 
     feeder: Feeder
@@ -43,8 +44,14 @@ class CompiledFeeder:
     z_active: torch.Tensor  # [m, m] Z_TT, pu (complex)
     w_all: torch.Tensor  # [n] no-load voltages, pu (complex)
     z_all_active: torch.Tensor  # [n, m] Z_:T, pu (complex)
-    p_to_slots: torch.Tensor  # [n_loads, 3 * s] load kW -> (constant P, I, Z) coefficient of each slot
-    q_to_slots: torch.Tensor  # [n_loads, 3 * s] load kvar -> the same, for reactive power
+    p_columns: torch.Tensor  # [e] load kW -> slot coefficients (rows N_ROWS x s, flattened): column ...
+    p_loads: torch.Tensor  # [e] ... load ...
+    p_weights: torch.Tensor  # [e] ... and weight of each entry
+    q_columns: torch.Tensor  # the same for load kvar
+    q_loads: torch.Tensor
+    q_weights: torch.Tensor
+    inverse_limits: torch.Tensor | None  # [3, s] 1 / switching magnitude (low, lower, upper); None: never
+    injection_columns: torch.Tensor  # [j] flattened coefficient column of each injection's constant power
     delta_from: torch.Tensor  # [d] active-node position of each ungrounded branch's first end
     delta_to: torch.Tensor  # [d] active-node position of its second end
     injection_nodes: torch.Tensor  # [j] active-node positions of the injection nodes
@@ -74,12 +81,26 @@ class CompiledFeeder:
         return self.w_active.shape[0] + self.delta_from.shape[0]
 
     @property
+    def n_rows(self) -> int:
+        """Coefficient rows per slot: N_ROWS when some load switches law at its voltage limits, else 3."""
+        return 3 if self.inverse_limits is None else N_ROWS
+
+    @property
     def n_injections(self) -> int:
         return len(self.injection_node_names)
 
 
+#: Coefficient rows of a slot's law s(r) (kVA; r = |u|, pu of the node base): inside its loads' voltage
+#: limits S_P + S_I r + S_Z r^2 (rows 0-2); above the upper limit a constant impedance (row 3); between the
+#: low and the lower limit a current interpolated linearly in r, i.e. constant current plus impedance (rows 4,
+#: 5); below the low limit the impedance of the nominal power (row 6); injections, constant power at every
+#: voltage (row 7).
+N_ROWS = 8
+ROW_HIGH_Z, ROW_INTERP_I, ROW_INTERP_Z, ROW_LOW_Z, ROW_INJECTION = 3, 4, 5, 6, 7
+
+
 def _load_branches(feeder: Feeder, index: dict, v_base: np.ndarray):
-    """Expand every load into branches: (from node, to node or -1, load index, share, v_nominal_pu, exps)."""
+    """Expand every load into branches: (from node, to node or -1, load index, share, v_nominal_pu)."""
     branches = []
     for li, load in enumerate(feeder.loads):
         if load.p_exponent not in (0.0, 1.0, 2.0) or load.q_exponent not in (0.0, 1.0, 2.0):
@@ -101,9 +122,40 @@ def _load_branches(feeder: Feeder, index: dict, v_base: np.ndarray):
                 raise FeederError(f"element Load.{load.name}: connection {bus}.{a}-{b} is not a node of the feeder")
             ia = index[(bus, a)]
             ib = index[(bus, b)] if b else -1
-            branches.append((ia, ib, li, 1.0 / len(pairs), v_nominal / v_base[ia], load.p_exponent,
-                             load.q_exponent))
+            branches.append((ia, ib, li, 1.0 / len(pairs), v_nominal / v_base[ia]))
     return branches
+
+
+def load_law(load: Load, v_nominal: float, limits: bool) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    """OpenDSS's law of one load branch as coefficient rows (see N_ROWS) of its P and of its Q, and its
+    switching magnitudes (low, lower, upper; pu of the node base), None when it never switches.
+
+    With v = r / v_nominal: inside vminpu < v <= vmaxpu, p = P v^a and q = Q v^b. Outside (OpenDSS's
+    `Load.pas`, models 1, 3, 4, 5; model 2 never switches): above vmaxpu s = S v^2 / vmaxpu^2 (model 5:
+    / vmaxpu); between vlowpu and vminpu the current magnitude runs linearly from its value at vlowpu on the
+    nominal impedance to its value at vminpu on the impedance S / vminpu^2 (model 5: the nominal current),
+    which is s = S (vlowpu (1 - k) v + k v^2); at or below vlowpu s = S v^2.
+    """
+    p, q = np.zeros(N_ROWS - 1), np.zeros(N_ROWS - 1)
+    p[int(load.p_exponent)] = v_nominal ** -load.p_exponent
+    q[int(load.q_exponent)] = v_nominal ** -load.q_exponent
+    if load.model == 2 or not limits:
+        if load.model == 2:  # the same impedance in every region, so that it can share a switching slot
+            p[[ROW_HIGH_Z, ROW_INTERP_Z, ROW_LOW_Z]] = q[[ROW_HIGH_Z, ROW_INTERP_Z, ROW_LOW_Z]] = v_nominal ** -2.0
+        return p, q, None
+    vmin, vmax, vlow = load.vminpu, load.vmaxpu, load.vlowpu
+    outside = np.zeros(N_ROWS - 1)
+    if vmax > 0:
+        outside[ROW_HIGH_Z] = v_nominal ** -2.0 / (vmax if load.model == 5 else vmax ** 2)
+    else:  # OpenDSS: no upper limit given means the nominal impedance above it
+        outside[ROW_HIGH_Z] = v_nominal ** -2.0
+    if vmin > vlow:
+        i_at_vmin = 1.0 if load.model == 5 else (1.0 / vmin if vmin > 0 else 0.0)
+        k = (i_at_vmin - vlow) / (vmin - vlow)
+        outside[ROW_INTERP_I] = vlow * (1.0 - k) / v_nominal
+        outside[ROW_INTERP_Z] = k * v_nominal ** -2.0
+    outside[ROW_LOW_Z] = v_nominal ** -2.0
+    return p + outside, q + outside, (vlow * v_nominal, vmin * v_nominal, vmax * v_nominal)
 
 
 def compile(
@@ -112,6 +164,7 @@ def compile(
     injection_nodes: list[str] | None = None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
+    load_voltage_limits: bool = True,
 ) -> CompiledFeeder:
     """Build the power-flow tensors of `feeder`.
 
@@ -121,6 +174,8 @@ def compile(
             (devices, PV). Default: every node that a load is connected to.
         dtype: torch.float64 (default) or torch.float32; voltages are complex of matching precision.
         device: torch device.
+        load_voltage_limits: loads follow OpenDSS's law outside their `vminpu`/`vmaxpu` (default); False:
+            every load keeps its nominal law at every voltage.
     """
     if dtype not in _COMPLEX:
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -173,20 +228,40 @@ def compile(
             current_names.append(f"{name}.{k + 1}")
 
     # slot of every branch: its node for wye-to-ground branches, m + k for the k-th ungrounded branch
-    ungrounded = [b for b in branches if b[1] >= 0]
+    ungrounded = [br for br in branches if br[1] >= 0]
     n_slots = m + len(ungrounded)
-    p_to_slots = np.zeros((len(feeder.loads), 3, n_slots))
-    q_to_slots = np.zeros((len(feeder.loads), 3, n_slots))
+    p_entries, q_entries = [], []  # (coefficient column row * n_slots + slot, load index, weight)
+    switching = np.full((3, n_slots), np.nan)  # each slot's switching magnitudes (low, lower, upper)
+    switch_owner = {}
     k_delta = 0
-    for ia, ib, li, share, v_nominal, p_exp, q_exp in branches:
+    for ia, ib, li, share, v_nominal in branches:
         if ib >= 0:
             slot = m + k_delta
             k_delta += 1
         else:
             slot = pos[ia]
-        # s = p (|u| / v_nominal)^k: the coefficient of |u|^k is p / v_nominal^k
-        p_to_slots[li, int(p_exp), slot] += share / v_nominal ** p_exp
-        q_to_slots[li, int(q_exp), slot] += share / v_nominal ** q_exp
+        load = feeder.loads[li]
+        p_rows, q_rows, limits = load_law(load, v_nominal, load_voltage_limits)
+        if limits is not None:
+            if slot in switch_owner and not np.array_equal(switching[:, slot], limits):
+                raise FeederError(f"element Load.{load.name}: its voltage limits differ from those of "
+                                  f"Load.{switch_owner[slot]} on the same node {names[ia]}; gridedge needs the "
+                                  "loads of one node to switch at the same voltages")
+            switching[:, slot] = limits
+            switch_owner[slot] = load.name
+        for entries, law in ((p_entries, p_rows), (q_entries, q_rows)):
+            entries += [(r * n_slots + slot, li, share * w) for r, w in enumerate(law) if w]
+    has_limits = bool(switch_owner)
+    # injections: constant power at every voltage, so row 0 of a slot that never switches, else row 7; a
+    # feeder without switching slots needs only rows 0-2
+    n_rows = N_ROWS if has_limits else 3
+    injection_columns = [(ROW_INJECTION if pos[i] in switch_owner else 0) * n_slots + pos[i] for i in inj]
+    p_entries = [e for e in p_entries if e[0] < n_rows * n_slots]
+    q_entries = [e for e in q_entries if e[0] < n_rows * n_slots]
+    # 1 / magnitude at each switch (the iteration works with inverse magnitudes); a slot that never switches
+    # gets limits no magnitude reaches
+    with np.errstate(divide="ignore"):
+        inverse_limits = 1.0 / np.where(np.isnan(switching), [[0.0], [0.0], [np.inf]], switching)
 
     cplx = _COMPLEX[dtype]
     as_c = lambda a: torch.as_tensor(np.asarray(a), dtype=cplx, device=device)  # noqa: E731
@@ -202,8 +277,14 @@ def compile(
         z_active=as_c(z_pu[np.ix_(active_np, active_np)]),
         w_all=as_c(w / v_base),
         z_all_active=as_c(z_pu[:, active_np]),
-        p_to_slots=as_r(p_to_slots.reshape(len(feeder.loads), -1)),
-        q_to_slots=as_r(q_to_slots.reshape(len(feeder.loads), -1)),
+        p_columns=as_i([e[0] for e in p_entries]),
+        p_loads=as_i([e[1] for e in p_entries]),
+        p_weights=as_r([e[2] for e in p_entries]),
+        q_columns=as_i([e[0] for e in q_entries]),
+        q_loads=as_i([e[1] for e in q_entries]),
+        q_weights=as_r([e[2] for e in q_entries]),
+        inverse_limits=as_r(inverse_limits) if has_limits else None,
+        injection_columns=as_i(injection_columns),
         delta_from=as_i([pos[b[0]] for b in ungrounded]),
         delta_to=as_i([pos[b[1]] for b in ungrounded]),
         injection_nodes=as_i([pos[i] for i in inj]),

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gridedge_env.powerflow.compile import CompiledFeeder
+from gridedge_env.powerflow.compile import (
+    ROW_HIGH_Z,
+    ROW_INJECTION,
+    ROW_INTERP_I,
+    ROW_INTERP_Z,
+    ROW_LOW_Z,
+    CompiledFeeder,
+)
 
 # an iteration that moves a voltage by more than this (pu), or to NaN, marks its row as diverging
 _DIVERGED_STEP_PU = 10.0
@@ -55,40 +62,72 @@ class PowerFlowResult:
         return self.v_pu * compiled.v_base_v
 
 
-def _slot_factor(coef: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """K(r) = a / r^2 + b / r + c for coefficients coef [B, 3, s] and magnitudes r [B, s]."""
-    x = r.reciprocal()
-    return (coef[:, 0] * x + coef[:, 1]) * x + coef[:, 2]
+def _limits(c: CompiledFeeder, part: slice) -> torch.Tensor | None:
+    return None if c.inverse_limits is None else c.inverse_limits[:, part]
+
+
+def _regions(x: torch.Tensor, inverse_limits: torch.Tensor | None):
+    """Masks (high, interp, low) [B, k] of the slots whose magnitude 1/x is above their upper limit, between
+    their low and lower limits, at or below their low limit; None when every slot is inside its limits."""
+    if inverse_limits is None:
+        return None
+    below = x >= inverse_limits[1]
+    high = x < inverse_limits[2]
+    if not bool((below | high).any()):
+        return None
+    low = x >= inverse_limits[0]
+    return high, below & ~low, low
+
+
+def _slot_factor(coef: torch.Tensor, x: torch.Tensor, regions) -> torch.Tensor:
+    """K with i = u K(|u|), for coefficient rows coef [N_ROWS, B, k] and x = 1/|u| (complex dtype), ordinary
+    autograd: (a x + b) x + c inside the limits, the outside rows where `regions` say, plus the injections'
+    constant power (row 7) x^2."""
+    k = (coef[0] * x + coef[1]) * x + coef[2]
+    if regions is not None:
+        high, interp, low = regions
+        outside = torch.where(high, coef[ROW_HIGH_Z],
+                              torch.where(interp, coef[ROW_INTERP_I] * x + coef[ROW_INTERP_Z], coef[ROW_LOW_Z]))
+        k = torch.where(high | interp | low, outside, k)
+    return k + coef[ROW_INJECTION] * x * x if coef.shape[0] > ROW_INJECTION else k
 
 
 def _injected_current(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """Current injected at each active node, [B, m] (pu: s_kva = v * conj(i)), for voltages v [B, m].
 
-    `coef` [B, 3, s] holds minus the conjugated (constant P, I, Z) power coefficients of each slot, so that a
-    slot with voltage u injects `u * K(|u|)`: a load drawing s(u) = S_P + S_I |u| + S_Z |u|^2 injects
-    -conj(s / u) = u * (-conj(S_P) / |u|^2 - conj(S_I) / |u| - conj(S_Z)).
+    `coef` [B, N_ROWS, s] holds minus the conjugated power coefficients of each slot, so that a slot with
+    voltage u injects `u * K(|u|)`: a load drawing s(u) = S_P + S_I |u| + S_Z |u|^2 injects
+    -conj(s / u) = u * (-conj(S_P) / |u|^2 - conj(S_I) / |u| - conj(S_Z)). Ordinary autograd (the reference
+    the implicit gradient is tested against).
     """
     m = v.shape[1]
-    i = v * _slot_factor(coef[:, :, :m], v.abs())
+    coef = coef.transpose(0, 1)
+    x = _inverse_magnitude(v)
+    i = v * _slot_factor(coef[:, :, :m], x.to(v.dtype), _regions(x, _limits(c, slice(0, m))))
     if c.delta_from.numel():
         u = v[:, c.delta_from] - v[:, c.delta_to]
-        j = u * _slot_factor(coef[:, :, m:], u.abs())  # injected at the first end, drawn from the second
+        xd = _inverse_magnitude(u)
+        j = u * _slot_factor(coef[:, :, m:], xd.to(u.dtype), _regions(xd, _limits(c, slice(m, None))))
         i = i.index_add(1, c.delta_from, j).index_add(1, c.delta_to, -j)
     return i
 
 
 def slot_coefficients(c: CompiledFeeder, load_p_kw, load_q_kvar, injection_p_kw, injection_q_kvar) -> torch.Tensor:
-    """Aggregate loads [B, n_loads] and injections [B, j] into slot coefficients [B, 3, s] (complex).
+    """Aggregate loads [B, n_loads] and injections [B, j] into slot coefficients [B, N_ROWS, s] (complex).
 
     Returned negated and conjugated (-P + iQ), as `_injected_current` expects; differentiable by ordinary
     autograd. The sign is applied to the (small) inputs and the real and imaginary parts are assembled once,
-    which keeps both passes free of complex-valued copies of the [B, 3, s] result.
+    which keeps both passes free of complex-valued copies of the result.
     """
     batch = load_p_kw.shape[0]
-    # injections enter the constant-power coefficient (the first s columns) of their slot
-    minus_p = torch.mm(-load_p_kw, c.p_to_slots).index_add_(1, c.injection_nodes, -injection_p_kw)
-    plus_q = torch.mm(load_q_kvar, c.q_to_slots).index_add_(1, c.injection_nodes, injection_q_kvar)
-    return torch.complex(minus_p, plus_q).view(batch, 3, c.n_slots)
+    size = c.n_rows * c.n_slots
+    minus_p = load_p_kw.new_zeros(batch, size)
+    minus_p.index_add_(1, c.p_columns, load_p_kw[:, c.p_loads] * -c.p_weights)
+    minus_p.index_add_(1, c.injection_columns, -injection_p_kw)
+    plus_q = load_q_kvar.new_zeros(batch, size)
+    plus_q.index_add_(1, c.q_columns, load_q_kvar[:, c.q_loads] * c.q_weights)
+    plus_q.index_add_(1, c.injection_columns, injection_q_kvar)
+    return torch.complex(minus_p, plus_q).view(batch, c.n_rows, c.n_slots)
 
 
 def _fixed_point_map(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
@@ -97,12 +136,24 @@ def _fixed_point_map(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> 
 
 
 def _inverse_magnitude(v: torch.Tensor) -> torch.Tensor:
-    """1/|v| as a complex tensor, from the real and imaginary parts (much faster than complex abs)."""
-    return (v * v.conj()).real.rsqrt().to(v.dtype)
+    """1/|v| (real), from the real and imaginary parts (much faster than complex abs)."""
+    return (v * v.conj()).real.rsqrt()
+
+
+def _fused_factor(coef_t: torch.Tensor, x: torch.Tensor, regions) -> torch.Tensor:
+    """`_slot_factor` for the tape-free passes: fused in-place operations on fresh tensors."""
+    k = torch.addcmul(coef_t[1], coef_t[0], x).mul_(x).add_(coef_t[2])
+    if regions is not None:
+        high, interp, low = regions
+        outside = torch.where(interp, torch.addcmul(coef_t[ROW_INTERP_Z], coef_t[ROW_INTERP_I], x),
+                              coef_t[ROW_LOW_Z])
+        outside = torch.where(high, coef_t[ROW_HIGH_Z], outside)
+        k = torch.where(high | interp | low, outside, k)
+    return k.addcmul_(coef_t[ROW_INJECTION], x * x) if coef_t.shape[0] > ROW_INJECTION else k
 
 
 def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
-    """Forward fixed point, no tape, coefficients `coef_t` [3, B, s]. Returns (v [B,m], converged [B],
+    """Forward fixed point, no tape, coefficients `coef_t` [N_ROWS, B, s]. Returns (v [B,m], converged [B],
     iterations [B])."""
     batch, m = v.shape
     w = c.w_active.expand(batch, m)
@@ -135,16 +186,27 @@ def _finite_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(torch.view_as_real(x)).all(dim=2).all(dim=1)
 
 
-def _local_jacobian(u: torch.Tensor, coef_t: torch.Tensor):
-    """For i = u K(|u|) with coefficients `coef_t` [3, B, k]: (conj(di/du), di/dconj(u)) elementwise, the two
-    Wirtinger derivatives, both materialised (a lazy conjugate would be copied again in every adjoint step).
+def _local_jacobian(u: torch.Tensor, coef_t: torch.Tensor, inverse_limits):
+    """For i = u K(|u|) with coefficient rows `coef_t` [N_ROWS, B, k]: (conj(di/du), di/dconj(u)) elementwise,
+    the two Wirtinger derivatives, both materialised (a lazy conjugate would be copied again in every adjoint
+    step).
 
-    With x = 1/|u| and K = (a x + b) x + c: r dK/dr / 2 = -(2 a x + b) x / 2, di/du = K + r dK/dr / 2 and
-    di/dconj(u) = (r dK/dr / 2) u^2 / r^2. Fused in-place operations, as in `_node_current`.
+    With x = 1/|u|: di/du = K + r dK/dr / 2 and di/dconj(u) = (r dK/dr / 2) u^2 / r^2, where r dK/dr / 2 is
+    -(2 a x + b) x / 2 inside the limits (K = (a x + b) x + c), -b' x / 2 between the low and lower limits
+    (K = b' x + c'), 0 where the law is an impedance, and -e x^2 for the injections (K = e x^2). Exact away
+    from the switching magnitudes; at one, the side the forward chose (the region tests of `_regions`).
     """
-    x = _inverse_magnitude(u)
+    xr = _inverse_magnitude(u)
+    x = xr.to(u.dtype)
+    regions = _regions(xr, inverse_limits)
     half_r_dk = torch.addcmul(coef_t[1], coef_t[0], x, value=2.0).mul_(x).mul_(-0.5)
-    k = torch.addcmul(coef_t[1], coef_t[0], x).mul_(x).add_(coef_t[2])
+    if regions is not None:
+        high, interp, low = regions
+        outside = torch.where(interp, coef_t[ROW_INTERP_I] * x * -0.5, torch.zeros_like(x))
+        half_r_dk = torch.where(high | interp | low, outside, half_r_dk)
+    if coef_t.shape[0] > ROW_INJECTION:
+        half_r_dk.addcmul_(coef_t[ROW_INJECTION], x * x, value=-1.0)
+    k = _fused_factor(coef_t, x, regions)
     di_du_conj = k.add_(half_r_dk).conj().resolve_conj()
     di_dconj = half_r_dk.mul_(u).mul_(u).mul_(x).mul_(x)
     return di_du_conj, di_dconj
@@ -152,24 +214,41 @@ def _local_jacobian(u: torch.Tensor, coef_t: torch.Tensor):
 
 def _node_current(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor) -> torch.Tensor:
     """`_injected_current` for the tape-free forward: fused in-place operations on coefficients laid out
-    `coef_t` [3, B, s] (contiguous per coefficient), about twice as fast on a CPU."""
+    `coef_t` [N_ROWS, B, s] (contiguous per coefficient), about twice as fast on a CPU."""
     m = v.shape[1]
     x = _inverse_magnitude(v)
-    i = torch.addcmul(coef_t[1, :, :m], coef_t[0, :, :m], x).mul_(x).add_(coef_t[2, :, :m]).mul_(v)
+    i = _fused_factor(coef_t[:, :, :m], x.to(v.dtype), _regions(x, _limits(c, slice(0, m)))).mul_(v)
     if c.delta_from.numel():
         u = v[:, c.delta_from] - v[:, c.delta_to]
         xd = _inverse_magnitude(u)
-        j = torch.addcmul(coef_t[1, :, m:], coef_t[0, :, m:], xd).mul_(xd).add_(coef_t[2, :, m:]).mul_(u)
+        j = _fused_factor(coef_t[:, :, m:], xd.to(u.dtype), _regions(xd, _limits(c, slice(m, None)))).mul_(u)
         i.index_add_(1, c.delta_from, j).index_add_(1, c.delta_to, j, alpha=-1)
     return i
 
 
-def _coefficient_grad(out: torch.Tensor, u: torch.Tensor, mu: torch.Tensor) -> None:
-    """Fill out [3, B, k] with the gradient of i = u (a / r^2 + b / r + c) w.r.t. (a, b, c), given mu."""
-    r_inv = _inverse_magnitude(u)
-    torch.mul(u.conj(), mu, out=out[2])
-    torch.mul(out[2], r_inv, out=out[1])
-    torch.mul(out[1], r_inv, out=out[0])
+def _coefficient_grad(out: torch.Tensor, u: torch.Tensor, mu: torch.Tensor, inverse_limits) -> None:
+    """Fill out [N_ROWS, B, k] with the gradient of i = u K(|u|) w.r.t. the coefficient rows, given mu: each
+    row's factor of K (x^2, x, 1 inside the limits; 1; x, 1; 1 outside; x^2 for the injections) times
+    conj(u) mu, in the rows of the region each slot is in."""
+    xr = _inverse_magnitude(u)
+    x = xr.to(u.dtype)
+    regions = _regions(xr, inverse_limits)
+    base = torch.mul(u.conj(), mu)
+    torch.mul(base, x, out=out[1])
+    torch.mul(out[1], x, out=out[0])
+    out[2].copy_(base)
+    if out.shape[0] > ROW_INJECTION:
+        out[ROW_INJECTION].copy_(out[0])
+        out[ROW_HIGH_Z:ROW_INJECTION].zero_()
+    if regions is not None:
+        high, interp, low = regions
+        zero = torch.zeros((), dtype=u.dtype, device=u.device)
+        out[ROW_HIGH_Z] = torch.where(high, base, zero)
+        out[ROW_INTERP_I] = torch.where(interp, out[1], zero)
+        out[ROW_INTERP_Z] = torch.where(interp, base, zero)
+        out[ROW_LOW_Z] = torch.where(low, base, zero)
+        inside = ~(high | interp | low)
+        out[:3] = torch.where(inside, out[:3], zero)
 
 
 #: The adjoint's first steps run in single precision until its estimated error is below this (relative;
@@ -271,10 +350,10 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             # failed rows get zero gradient; linearise them at the no-load voltages so that no factor of
             # theirs is infinite (0 * inf would put NaN into their adjoint and stall its stopping test)
             v = torch.where(mask, v, c.w_active)
-        a_node, b_node = _local_jacobian(v, coef_t[:, :, :m])
+        a_node, b_node = _local_jacobian(v, coef_t[:, :, :m], _limits(c, slice(0, m)))
         if has_delta:
             u = v[:, c.delta_from] - v[:, c.delta_to]
-            a_delta, b_delta = _local_jacobian(u, coef_t[:, :, m:])
+            a_delta, b_delta = _local_jacobian(u, coef_t[:, :, m:], _limits(c, slice(m, None)))
 
         else:
             a_delta = b_delta = None
@@ -296,12 +375,13 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         if not bool(keep.all() and converged.all()):
             mu = torch.where(keep & mask, mu, zero)
         # coefficient gradient: i = u (a / r^2 + b / r + c) is linear in the coefficients
-        # written through a [3, B, s] view into the [B, 3, s] layout of coef, which autograd passes on as is
-        grad = coef_t.new_empty((coef_t.shape[1], 3, coef_t.shape[2]))
+        # written through a [rows, B, s] view into the [B, rows, s] layout of coef, which autograd passes on
+        grad = coef_t.new_empty((coef_t.shape[1], coef_t.shape[0], coef_t.shape[2]))
         grad_t = grad.transpose(0, 1)
-        _coefficient_grad(grad_t[:, :, :m], v, mu)
+        _coefficient_grad(grad_t[:, :, :m], v, mu, _limits(c, slice(0, m)))
         if has_delta:
-            _coefficient_grad(grad_t[:, :, m:], u, mu[:, c.delta_from] - mu[:, c.delta_to])
+            _coefficient_grad(grad_t[:, :, m:], u, mu[:, c.delta_from] - mu[:, c.delta_to],
+                              _limits(c, slice(m, None)))
         return grad, None, None, None, None, None, None
 
 
