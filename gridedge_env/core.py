@@ -125,8 +125,7 @@ class SimConfig:
     pf_adjoint_tol: float | None = None
     """Relative tolerance of the power flow's backward adjoint (None: 1e-10 in float64, 1e-5 in float32)."""
     load_voltage_limits: bool = False
-    """Feeder loads switch law outside their vminpu/vmaxpu as OpenDSS's do (False: the benchmark task's
-    loads keep their nominal law at every voltage; docs/powerflow.md)."""
+    """True: feeder loads switch law outside their vminpu/vmaxpu as OpenDSS's do (docs/powerflow.md)."""
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -152,10 +152,10 @@ def _opendss_network_elements() -> set[str]:
     """Enabled elements of the compiled circuit that belong in the admittance matrix, lower case."""
     out = set()
     for full in dss.Circuit.AllElementNames():
-        if full.split(".")[0].lower() in {"vsource", "line", "transformer", "capacitor"}:
+        if full.split(".")[0].lower() in {"vsource", "line", "transformer", "capacitor", "reactor"}:
             dss.Circuit.SetActiveElement(full)
             if dss.CktElement.Enabled():
-                out.add(full.lower())
+                out.add(full.lower().replace("reactor.", "line.reactor_"))  # series reactors import as lines
     return out
 
 
@@ -169,7 +169,7 @@ def _assert_yprims_match_opendss(feeder: Feeder) -> int:
     ours = element_yprims(feeder)
     assert {name.lower() for name, _, _ in ours} == _opendss_network_elements()
     for name, y, conductors in ours:
-        ref, ref_conductors = _opendss_element(name)
+        ref, ref_conductors = _opendss_element(name.replace("Line.reactor_", "Reactor."))
         n = len(conductors)
         assert y.shape == (n, n), name
         if name.split(".")[0] in ("Vsource", "Capacitor") and ref.shape == (2 * n, 2 * n):
@@ -455,14 +455,19 @@ UNSUPPORTED = {
         "New PVSystem.pv1 bus1=a phases=3 kv=12.47 kva=100 pmpp=100\n",
         r"element PVSystem\.pv1 cannot be represented by gridedge",
     ),
-    "three-winding": (
-        "New Transformer.t3 phases=3 windings=3 buses=[a c d] conns=[wye wye wye] "
-        "kvs=[12.47 12.47 12.47] kvas=[500 500 500]\n",
-        r"element Transformer\.t3: only two-winding transformers are supported",
+    "four-winding": (
+        "New Transformer.t4 phases=3 windings=4 buses=[a c d e] conns=[wye wye wye wye] "
+        "kvs=[12.47 12.47 12.47 12.47] kvas=[500 500 500 500]\n",
+        r"element Transformer\.t4: only two- and three-winding transformers are supported",
     ),
-    "magnetising": (
-        "New Transformer.tm phases=3 windings=2 buses=[a c] conns=[wye wye] kvs=[12.47 12.47] kvas=[500 500] %imag=1\n",
-        r"element Transformer\.tm: magnetising branch \(%imag\) not supported",
+    "neutral-impedance": (
+        "New Transformer.tn phases=3 windings=2 buses=[a c.1.2.3.4] conns=[wye wye] kvs=[12.47 12.47] "
+        "kvas=[500 500] wdg=2 rneut=5\n",
+        r"element Transformer\.tn: winding 2's neutral impedance",
+    ),
+    "shunt-reactor": (
+        "New Reactor.shunt bus1=a phases=3 kvar=100 kv=12.47\n",
+        r"element Reactor\.shunt: only series reactors",
     ),
     "load-model-8": (
         "New Load.zipv bus1=a.1 phases=1 kv=7.2 kw=10 kvar=3 model=8\n",
@@ -666,3 +671,53 @@ def test_readme_set_up_commands_and_ci_agree() -> None:
     assert os.access(REPO / ".ci" / "run", os.X_OK)
     regenerate = "python -m gridedge_env.network.build_shipped --data ../shared/data"
     assert regenerate in readme and regenerate in (REPO / "docs" / "feeders.md").read_text(encoding="utf-8")
+
+
+# ----- element types beyond the IEEE 13/34/123 feeders: small synthetic cases -------------------------------
+NEW_ELEMENTS = """
+New Reactor.sub bus1=a bus2=r phases=3 r=0.01 x=0.4
+New Transformer.yd phases=3 windings=2 buses=[r.1.2.3.0 yd] conns=[wye delta] kvs=[12.47 4.16] kvas=[500 500] xhl=6
+New Transformer.dy phases=3 windings=2 buses=[r dy] conns=[delta wye] kvs=[12.47 0.48] kvas=[300 300] xhl=5
+New Transformer.dyl phases=3 windings=2 buses=[r dyl] conns=[delta wye] kvs=[12.47 0.48] kvas=[300 300] leadlag=lead
+New Transformer.oda phases=1 windings=2 buses=[r.1.0 od.1.2] conns=[wye delta] kvs=[7.2 4.16] kvas=[200 200] xhl=3
+New Transformer.odb phases=1 windings=2 buses=[r.2.0 od.2.3] conns=[wye delta] kvs=[7.2 4.16] kvas=[200 200] xhl=3
+New Transformer.ct phases=1 windings=3 buses=[r.3 ct.1.0 ct.0.2] kvs=[7.2 0.12 0.12] kvas=[25 25 25]
+~ %rs=[0.6 1.2 1.2] xhl=2.04 xht=2.04 xlt=1.36 %imag=0.5 %noloadloss=0.2
+New Line.tpx phases=2 bus1=ct.1.2 bus2=house.1.2 length=30 units=m rmatrix=[0.5 0.2 | 0.2 0.5]
+~ xmatrix=[0.3 0.1 | 0.1 0.3]
+New Load.house bus1=house.1.2 phases=2 conn=wye kv=0.208 kw=6 kvar=2 vminpu=0.88
+New Load.od bus1=od.1.2.3 phases=3 conn=delta kv=4.16 kw=150 kvar=50
+New Load.yd bus1=yd.1.2.3 phases=3 conn=delta kv=4.16 kw=300 kvar=100
+New Load.dy bus1=dy phases=3 kv=0.48 kw=100 kvar=30
+New Load.dyl bus1=dyl phases=3 kv=0.48 kw=100 kvar=30
+New Capacitor.stab bus1=od phases=3 kv=4.16 kvar=50
+"""
+
+
+def test_new_element_types_match_opendss(tmp_path: Path) -> None:
+    """Series reactor, wye-delta and delta-wye (ANSI and lead), open-wye/open-delta bank, centre-tapped
+    three-winding service transformer with magnetising branch, triplex line and split-phase load: YPrims to
+    1e-12 and voltages (the model's own load limits) to 1e-8 pu of OpenDSS on every row."""
+    path = _write(tmp_path, SMALL_MODEL.format(extra=NEW_ELEMENTS).replace(
+        "Set VoltageBases=[12.47]", "Set VoltageBases=[12.47, 4.16, 0.48, 0.208]"), "new_elements.dss")
+    feeder = from_opendss(path)
+    assert any(t.hv_leads_lv for t in feeder.transformers)
+    ct = next(t for t in feeder.transformers if t.name == "ct")
+    assert len(ct.windings) == 3 and ct.imag_percent == 0.5 and ct.xlt_percent == 1.36
+    assert "reactor_sub" in {ln.name for ln in feeder.lines}
+    _assert_yprims_match_opendss(feeder)
+    result = validate(feeder, reference=path, samples=8)
+    assert result["both_converged"] == result["samples"] and result["max_abs_err_pu"] <= 1e-8, result
+    back = from_opendss(feeder.to_opendss(tmp_path / "back.dss"))
+    assert [t.name for t in back.transformers] == [t.name for t in feeder.transformers]
+    assert next(t for t in back.transformers if t.name == "ct") == ct
+
+
+@pytest.mark.slow
+def test_ieee8500_yprims_match_opendss(shared_data: Path) -> None:
+    """Every element of the IEEE 8500-node feeder (reactor, delta-wye substation, regulators, 1,177
+    centre-tapped service transformers, triplex lines) against OpenDSS's YPrim."""
+    feeder = from_opendss(shared_data / "ieee8500" / "Master.dss")
+    assert sum(len(t.windings) == 3 for t in feeder.transformers) == 1177
+    checked = _assert_yprims_match_opendss(feeder)
+    assert checked == 1 + len(feeder.lines) + len(feeder.transformers) + len(feeder.capacitors)

@@ -8,6 +8,7 @@ tolerance 1e-12, the same fixed regulator taps, controls off and the loads' own 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,7 +170,9 @@ def test_adjoint_stops_at_once_when_the_loss_ignores_the_voltages(compiled, monk
 
 
 def test_non_convergence_is_flagged_and_gradients_stay_finite(compiled):
-    c = compiled["ieee13"]
+    # constant-power loads at every voltage (with their limits, loads turn into impedances at low voltage
+    # and a solution exists however large they are)
+    c = powerflow.compile(load_feeder("ieee13"), load_voltage_limits=False)
     p = c.load_p_kw.expand(3, -1).clone()
     p[1] *= 1000.0  # absurd: no operating point exists
     p = p.requires_grad_(True)
@@ -187,7 +190,7 @@ def test_non_convergence_is_flagged_and_gradients_stay_finite(compiled):
 def test_failed_rows_are_frozen_and_every_row_equals_its_solve_alone(dtype):
     """Rows that diverge stay at the iterate they failed in: each row's output, flag and gradient are those
     of the same row solved alone, and everything is finite, whatever the other rows do."""
-    c = powerflow.compile(load_feeder("ieee13"), dtype=dtype)
+    c = powerflow.compile(load_feeder("ieee13"), dtype=dtype, load_voltage_limits=False)
     tol = 1e-10 if dtype == torch.float64 else 1e-6
     scales = torch.tensor([1.0, 200.0, 0.5, 1000.0, 1.5, 50.0], dtype=dtype)
     p = (c.load_p_kw * scales[:, None]).requires_grad_(True)
@@ -199,7 +202,8 @@ def test_failed_rows_are_frozen_and_every_row_equals_its_solve_alone(dtype):
         alone = powerflow.solve(c, q, tol=tol, max_iter=80)
         (alone.v_mag_pu.sum() + alone.v_pu.real.sum()).backward()
         assert alone.converged[0] == together.converged[row]
-        assert alone.iterations[0] == together.iterations[row]
+        # float32 rounding differs with the batch's shape, which can move a failed row's last step by one
+        assert abs(int(alone.iterations[0]) - int(together.iterations[row])) <= (0 if dtype == torch.float64 else 2)
         # float32 rounding differs with the batch's shape (relative to a failed row's large voltages)
         atol, rtol = (1e-12, 1e-9) if dtype == torch.float64 else (1e-5, 1e-5)
         assert torch.allclose(alone.v_pu[0], together.v_pu[row], atol=atol, rtol=rtol)
@@ -367,3 +371,80 @@ def test_loads_keep_their_law_when_limits_are_off(limits_model):
     v_off, v_wide, v_on = (powerflow.solve(x, p, q, tol=1e-13).v_pu for x in (off, wide, on))
     assert torch.allclose(v_off, v_wide, atol=1e-12, rtol=0)
     assert (v_off - v_on).abs().max() > 1e-3
+
+
+# ----- every public OpenDSS feeder under ../shared/data, as the user would validate it ---------------------
+PUBLIC_MODELS = {
+    "4bus-yd-bal": ("4bus-yd-bal/4Bus-YD-Bal.DSS", 20),
+    "4bus-oyod-bal": ("4bus-oyod-bal/4Bus-OYOD-Bal.DSS", 20),
+    "ieee8500": ("ieee8500/Master.dss", 4),
+}
+
+
+def test_every_public_feeder_has_a_correspondence_test(shared_data):
+    from gridedge_env.network.shipped import SHIPPED_FEEDERS
+
+    folders = {p.name for p in shared_data.iterdir() if p.is_dir() and any(p.glob("*.[dD][sS][sS]"))}
+    covered = {Path(v.master).parts[0] for v in SHIPPED_FEEDERS.values()} | {
+        Path(v[0]).parts[0] for v in PUBLIC_MODELS.values()}
+    assert folders <= covered, folders - covered
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ieee8500" else n
+                                  for n in PUBLIC_MODELS])
+def test_public_feeder_agrees_with_its_unmodified_opendss_model(name, shared_data):
+    """The user's check: `gridedge validate --feeder M --reference M` on the model as published (its own
+    load limits, controls off), every row compared."""
+    from gridedge_env.network import from_opendss
+
+    master, samples = PUBLIC_MODELS[name]
+    path = shared_data / master
+    result = validate(from_opendss(path), reference=path, samples=samples, seed=1)
+    assert result["all_converged"] and result["both_converged"] == samples, result
+    assert result["max_abs_err_pu"] <= 1e-6, result
+
+
+@pytest.mark.parametrize("master", ["4bus-yd-bal/4Bus-YD-Bal.DSS", "4bus-oyod-bal/4Bus-OYOD-Bal.DSS"])
+def test_heavy_transformer_cases_converge_wherever_opendss_does(master, shared_data):
+    """The 4-node cases at 0.25-2.5 times their loads: every load OpenDSS solves, gridedge solves too (the
+    fixed point, then Newton on rows that stall or diverge) and agrees to 1e-8 pu."""
+    from gridedge_env.network import from_opendss
+    from gridedge_env.network.opendss import OpenDSSReference
+
+    path = shared_data / master
+    feeder = from_opendss(path)
+    c = powerflow.compile(feeder)
+    scales = np.array([0.25, 0.5, 1.0, 1.4, 1.8, 2.0, 2.2, 2.5])
+    p, q = np.outer(scales, c.load_p_kw.numpy()), np.outer(scales, c.load_q_kvar.numpy())
+    r = powerflow.solve(c, torch.tensor(p), torch.tensor(q), tol=1e-10, max_iter=500)
+    ref = OpenDSSReference(feeder, path, c.injection_node_names, tolerance=1e-10)
+    zero = np.zeros(c.n_injections)
+    solved_by_opendss = 0
+    for k in range(len(scales)):
+        v_ref, converged = ref.solve(p[k], q[k], zero, zero)
+        if converged:
+            solved_by_opendss += 1
+            assert r.converged[k], scales[k]
+            assert np.max(np.abs(r.v_volts(c)[k].numpy() - v_ref) / c.v_base_v.numpy()) < 1e-8
+    assert solved_by_opendss >= 5 and bool(r.converged[-1])  # and beyond, where OpenDSS stops
+
+
+def test_newton_rows_have_the_same_implicit_gradient(limits_model):
+    """A row near the nose (constant power, 4.1 times the loads) where the fixed point stalls is solved by
+    Newton; its gradient (a direct adjoint solve) matches finite differences, beside a row the fixed point
+    solves."""
+    feeder, _ = limits_model
+    c = powerflow.compile(feeder, load_voltage_limits=False)
+    scales = torch.tensor([[1.0], [4.1]], dtype=torch.float64)
+    plain = powerflow.solve(c, c.load_p_kw * scales, c.load_q_kvar * scales, tol=1e-12, max_iter=40,
+                            fallback=False)
+    assert plain.converged.tolist() == [True, False]
+
+    def f(p, q):
+        return powerflow.solve(c, p, q, tol=1e-13, max_iter=40).v_mag_pu
+
+    p = (c.load_p_kw * scales).requires_grad_(True)
+    q = (c.load_q_kvar * scales).requires_grad_(True)
+    r = powerflow.solve(c, p, q, tol=1e-13, max_iter=40)
+    assert r.converged.all() and r.iterations[1] > 40
+    assert torch.autograd.gradcheck(f, (p, q), eps=1e-4, atol=1e-6, rtol=1e-4)

@@ -90,19 +90,29 @@ class Winding:
 
 @dataclass(frozen=True)
 class Transformer:
-    """Two-winding transformer (OpenDSS model, no magnetising branch); regulators are transformers too.
+    """Two- or three-winding transformer as OpenDSS models it; regulators are transformers too.
 
     `tap_step_pu` is the size of one regulator step (0.00625 pu for the standard 32-step, +/-10 %
     regulator); `regulated_winding` names the winding whose tap a regulator moves (0 when not a regulator).
+    Short-circuit reactances are % on winding 1's kVA: `xhl_percent` between windings 1 and 2,
+    `xht_percent` 1 and 3, `xlt_percent` 2 and 3 (three windings only). The magnetising branch
+    (`imag_percent`, `noloadloss_percent`, % on winding 1's kVA) sits on winding 2, as in OpenDSS.
+    `hv_leads_lv` is OpenDSS's `leadlag=lead` (European vector groups); False is ANSI (the default), and
+    together with the windings it fixes how delta coils are wired.
     """
 
     name: str
     phases: int
-    windings: tuple[Winding, Winding]
+    windings: tuple[Winding, ...]
     xhl_percent: float
     ppm_antifloat: float = 0.0
     regulated_winding: int = 0
     tap_step_pu: float = 0.00625
+    xht_percent: float = 0.0
+    xlt_percent: float = 0.0
+    imag_percent: float = 0.0
+    noloadloss_percent: float = 0.0
+    hv_leads_lv: bool = False
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ _LOAD_MODEL_EXPONENTS = {1: (0.0, 0.0), 2: (2.0, 2.0), 3: (0.0, 2.0), 5: (1.0, 1
 
 # element classes that carry no network physics once regulator taps are fixed
 _IGNORED_CLASSES = {"regcontrol", "energymeter", "monitor", "capcontrol"}
-_SUPPORTED_CLASSES = {"vsource", "line", "transformer", "capacitor", "load"}
+_SUPPORTED_CLASSES = {"vsource", "line", "transformer", "capacitor", "load", "reactor"}
 
 
 def _dss():
@@ -153,6 +153,38 @@ def _read_lines() -> list[Line]:
     return lines
 
 
+def _read_reactors(origin: str, frequency_hz: float) -> list[Line]:
+    """Series reactors as lines of 1 km with the reactor's series impedance per km and no capacitance,
+    named `reactor_<name>`; a reactor whose admittance is not exactly that (a shunt reactor, a parallel
+    resistance) is rejected."""
+    from gridedge_env.powerflow.admittance import line_yprim
+
+    dss = _dss()
+    out = []
+    for full in dss.Circuit.AllElementNames():
+        cls, _, name = full.partition(".")
+        if cls.lower() != "reactor":
+            continue
+        dss.Circuit.SetActiveElement(full)
+        if not dss.CktElement.Enabled():
+            continue
+        n = dss.CktElement.NumPhases()
+        terminals = _terminals(dss.CktElement.NumConductors())
+        flat = np.asarray(dss.CktElement.YPrim())
+        y = (flat[0::2] + 1j * flat[1::2]).reshape(2 * n, 2 * n) if len(terminals) == 2 else None
+        if y is None or not any(terminals[1].nodes):
+            raise FeederError(f"{origin}: element {full}: only series reactors (bus2 given) are supported")
+        z = np.linalg.inv(y[:n, :n])
+        line = Line(name=f"reactor_{name.lower()}", terminal1=terminals[0], terminal2=terminals[1], length_km=1.0,
+                    r_ohm_per_km=z.real.tolist(), x_ohm_per_km=z.imag.tolist(), c_nf_per_km=np.zeros((n, n)).tolist())
+        ours, _ = line_yprim(line, frequency_hz)
+        if np.abs(ours - y).max() > 1e-9 * np.abs(y).max():
+            raise FeederError(f"{origin}: element {full}: only a plain series impedance is supported (no parallel "
+                              "resistance or shunt part)")
+        out.append(line)
+    return out
+
+
 def _read_transformers(origin: str) -> list[Transformer]:
     dss = _dss()
     regulated = {}
@@ -166,24 +198,32 @@ def _read_transformers(origin: str) -> list[Transformer]:
         name = dss.Transformers.Name().lower()
         element = f"Transformer.{name}"
         if dss.CktElement.Enabled():
-            if dss.Transformers.NumWindings() != 2:
-                raise FeederError(f"{origin}: element {element}: only two-winding transformers are supported")
-            for prop in ("%imag", "%noloadloss"):
-                if float(_property(element, prop)) != 0.0:
-                    raise FeederError(f"{origin}: element {element}: magnetising branch ({prop}) not supported")
+            n_windings = dss.Transformers.NumWindings()
+            if n_windings not in (2, 3):
+                raise FeederError(f"{origin}: element {element}: only two- and three-winding transformers are "
+                                  "supported")
             terminals = _terminals(dss.CktElement.NumConductors())
             windings = []
-            for w in (1, 2):
+            for w in range(1, n_windings + 1):
                 dss.Transformers.Wdg(w)
                 windings.append(Winding(terminal=terminals[w - 1],
                                         conn="delta" if dss.Transformers.IsDelta() else "wye",
                                         kv=dss.Transformers.kV(), kva=dss.Transformers.kVA(),
                                         r_percent=dss.Transformers.R(), tap_pu=dss.Transformers.Tap()))
+                neutral = terminals[w - 1].nodes[-1]
+                if windings[-1].conn == "wye" and neutral and dss.Transformers.Rneut() >= 0:
+                    raise FeederError(f"{origin}: element {element}: winding {w}'s neutral impedance (rneut, "
+                                      "xneut) is not supported")
             step = (dss.Transformers.MaxTap() - dss.Transformers.MinTap()) / dss.Transformers.NumTaps()
             out.append(Transformer(name=name, phases=dss.CktElement.NumPhases(), windings=tuple(windings),
                                    xhl_percent=dss.Transformers.Xhl(),
                                    ppm_antifloat=float(_property(element, "ppm_antifloat")),
-                                   regulated_winding=regulated.get(name, 0), tap_step_pu=step))
+                                   regulated_winding=regulated.get(name, 0), tap_step_pu=step,
+                                   xht_percent=dss.Transformers.Xht() if n_windings == 3 else 0.0,
+                                   xlt_percent=dss.Transformers.Xlt() if n_windings == 3 else 0.0,
+                                   imag_percent=float(_property(element, "%imag")),
+                                   noloadloss_percent=float(_property(element, "%noloadloss")),
+                                   hv_leads_lv=_property(element, "leadlag").lower() in ("lead", "euro")))
         i = dss.Transformers.Next()
     return out
 
@@ -290,12 +330,13 @@ def from_opendss(
         if not dss.Solution.Converged():
             raise FeederError(f"{origin}: the regulator-settling solve did not converge")
     _check_classes(origin)
+    frequency_hz = float(_command("Get DefaultBaseFrequency", origin))
     feeder = Feeder(
         name=(name or dss.Circuit.Name()).lower(),
-        frequency_hz=float(_command("Get DefaultBaseFrequency", origin)),
+        frequency_hz=frequency_hz,
         source=_read_source(origin),
         buses=tuple(_read_buses(origin)),
-        lines=tuple(_read_lines()),
+        lines=tuple(_read_lines() + _read_reactors(origin, frequency_hz)),
         transformers=tuple(_read_transformers(origin)),
         capacitors=tuple(_read_capacitors(origin)),
         loads=tuple(_read_loads(origin)),
@@ -367,8 +408,11 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
         else:
             lines.append(f"{header} {impedance}")
     for t in feeder.transformers:
-        lines.append(f"New Transformer.{t.name} phases={t.phases} windings=2 xhl={_fmt(t.xhl_percent)} "
-                     f"ppm_antifloat={_fmt(t.ppm_antifloat)} %imag=0 %noloadloss=0")
+        three = (f" xht={_fmt(t.xht_percent)} xlt={_fmt(t.xlt_percent)}" if len(t.windings) == 3 else "")
+        lines.append(f"New Transformer.{t.name} phases={t.phases} windings={len(t.windings)} "
+                     f"xhl={_fmt(t.xhl_percent)}{three} ppm_antifloat={_fmt(t.ppm_antifloat)} "
+                     f"%imag={_fmt(t.imag_percent)} %noloadloss={_fmt(t.noloadloss_percent)} "
+                     f"leadlag={'lead' if t.hv_leads_lv else 'lag'}")
         for w, wdg in enumerate(t.windings, start=1):
             lines.append(f"~ wdg={w} bus={_bus_spec(wdg.terminal)} conn={wdg.conn} kv={_fmt(wdg.kv)} "
                          f"kva={_fmt(wdg.kva)} %r={_fmt(wdg.r_percent)} tap={_fmt(wdg.tap_pu)}")

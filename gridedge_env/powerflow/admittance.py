@@ -2,7 +2,8 @@
 
 Each function returns `(yprim, conductors)`: `yprim` is the element's complex admittance over its
 conductors and `conductors` lists `(bus, node)` for each row (node 0 = ground). `assemble_ybus` adds
-them into the system admittance matrix over the feeder's nodes, dropping ground.
+them into the system admittance matrix over the feeder's nodes, dropping ground (sparse:
+`assemble_ybus_sparse`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse
 
 from gridedge_env.network.model import Capacitor, Feeder, Line, Source, Terminal, Transformer
 
@@ -63,50 +65,76 @@ def capacitor_yprim(cap: Capacitor, frequency_hz: float) -> tuple[np.ndarray, Co
     return yprim, _conductors(cap.terminal)
 
 
-def transformer_yprim(t: Transformer) -> tuple[np.ndarray, Conductors]:
-    """Two-winding transformer as OpenDSS models it: one coil per phase and winding.
+def _delta_direction(t: Transformer) -> int:
+    """OpenDSS's DeltaDirection: +1 wires delta coil k to the next phase, -1 to the previous one."""
+    first, second = t.windings[0], t.windings[1]
+    if first.conn == second.conn:
+        return 1
+    high = first if first.kv >= second.kv else second
+    return (-1 if t.hv_leads_lv else 1) if high.conn == "wye" else (1 if t.hv_leads_lv else -1)
 
-    The short-circuit impedance (sum of winding %R, and %XHL, on winding 1's kVA) gives a 2x2 coil
-    admittance on a one-volt basis; dividing by the turn voltages (rated coil kV times tap) refers it to
-    each coil. A wye coil lies between its phase conductor and the terminal's neutral conductor; a delta
-    coil between consecutive phase conductors.
+
+def _rotate(k: int, direction: int, phases: int) -> int:
+    """OpenDSS's RotatePhases, 0-based: the conductor delta coil k ends on (a two-phase delta is open: its
+    coils end on the third conductor)."""
+    r = k + direction
+    if phases > 2:
+        return r % phases
+    return 2 if r < 0 else r
+
+
+def transformer_yprim(t: Transformer) -> tuple[np.ndarray, Conductors]:
+    """A transformer of two or three windings as OpenDSS models it (`Transformer.pas`), phase by phase.
+
+    The short-circuit impedances (winding %R, and %XHL, %XHT, %XLT, on winding 1's kVA per phase) give
+    the windings' admittance on a one-volt basis, `A^T ZB^-1 A`; the magnetising branch (%noloadloss,
+    %imag) adds a shunt on winding 2. Dividing by the turn voltages (rated coil kV times tap) refers both to
+    each coil's two ends: a wye coil lies between its phase conductor and the terminal's neutral, a delta
+    coil between phase conductor k and the next or previous one (`_delta_direction`); a single-phase coil
+    between the terminal's two conductors. OpenDSS's anti-float susceptance sits at both ends of every
+    coil, and once more on the neutral of a wye winding.
     """
-    nph = t.phases
+    nph, nw = t.phases, len(t.windings)
     nc = nph + 1  # conductors per terminal
-    va_per_phase = t.windings[0].kva * 1e3 / nph
-    z_1volt = (sum(w.r_percent for w in t.windings) / 100 + 1j * t.xhl_percent / 100) / va_per_phase
-    y = 1 / z_1volt
-    y_1volt = np.array([[y, -y], [-y, y]])
-    v_turn = np.array([
-        w.kv * 1e3 / (math.sqrt(3.0) if (w.conn == "wye" and nph > 1) else 1.0) * w.tap_pu for w in t.windings
-    ])
-    y_coil = y_1volt / np.outer(v_turn, v_turn)
-    yprim = np.zeros((2 * nc, 2 * nc), complex)
+    va_1ph = t.windings[0].kva * 1e3 / nph
+    r = [w.r_percent / 100 for w in t.windings]
+    xsc = [t.xhl_percent / 100, t.xht_percent / 100, t.xlt_percent / 100][: nw * (nw - 1) // 2]
+    zb = np.zeros((nw - 1, nw - 1), complex)
+    for i in range(nw - 1):
+        zb[i, i] = (r[0] + r[i + 1] + 1j * xsc[i]) / va_1ph
+    k = nw - 1
+    for i in range(nw - 1):
+        for j in range(i + 1, nw - 1):
+            zb[i, j] = zb[j, i] = (zb[i, i] + zb[j, j] - (r[i + 1] + r[j + 1] + 1j * xsc[k]) / va_1ph) / 2
+            k += 1
+    a = np.zeros((nw - 1, nw))
+    a[:, 0] = -1.0
+    a[np.arange(nw - 1), np.arange(1, nw)] = 1.0
+    y_1volt = a.T @ np.linalg.inv(zb) @ a
+    y_1volt[1, 1] += (t.noloadloss_percent / 100 - 1j * t.imag_percent / 100) * va_1ph
+    v_base = np.array([w.kv * 1e3 / (math.sqrt(3.0) if (w.conn == "wye" and nph > 1) else 1.0) for w in t.windings])
+    turns = np.zeros((nw, 2 * nw))
+    for i, w in enumerate(t.windings):
+        turns[i, 2 * i], turns[i, 2 * i + 1] = 1.0 / (v_base[i] * w.tap_pu), -1.0 / (v_base[i] * w.tap_pu)
+    y_term = turns.T @ y_1volt @ turns
+    y_ppm = -t.ppm_antifloat * 1e-6 / (v_base**2 / va_1ph) / 2.0
+    y_term[np.arange(2 * nw), np.arange(2 * nw)] += 1j * np.repeat(y_ppm, 2)
+    direction = _delta_direction(t)
+    yprim = np.zeros((nw * nc, nw * nc), complex)
     for k in range(nph):
-        ends = []  # (from conductor, to conductor) of phase k's coil on each winding
+        ends = []  # the two conductors of phase k's coil on each winding
         for w, wdg in enumerate(t.windings):
             base = w * nc
-            if wdg.conn == "wye":
-                ends.append((base + k, base + nph))
+            if nph == 1:
+                ends += [base, base + 1]
+            elif wdg.conn == "wye":
+                ends += [base + k, base + nph]
             else:
-                # OpenDSS wires delta coil k from phase conductor k back to conductor k-1
-                ends.append((base + k, base + (k - 1) % nph if nph > 1 else base + 1))
-        incidence = np.zeros((2, 2 * nc))
-        for w, (a, b) in enumerate(ends):
-            incidence[w, a] += 1.0
-            incidence[w, b] -= 1.0
-        yprim += incidence.T @ y_coil @ incidence
-    if t.ppm_antifloat:
-        # OpenDSS ties each winding to ground through a tiny susceptance (ppm of the winding's VA per phase
-        # at its coil voltage) so that no winding floats. The split below (half on each wye phase conductor,
-        # (phases+1)/2 on the neutral; the whole on each delta phase conductor) reproduces OpenDSS's YPrim,
-        # which tests/test_network.py checks element by element.
-        for w, wdg in enumerate(t.windings):
-            b = t.ppm_antifloat * 1e-6 * (wdg.kva * 1e3 / nph) / (v_turn[w] / wdg.tap_pu) ** 2
-            for k in range(nph):
-                yprim[w * nc + k, w * nc + k] -= 1j * b * (0.5 if wdg.conn == "wye" else 1.0)
-            if wdg.conn == "wye":
-                yprim[w * nc + nph, w * nc + nph] -= 1j * b * (nph + 1) / 2
+                ends += [base + k, base + _rotate(k, direction, nph)]
+        yprim[np.ix_(ends, ends)] += y_term
+    for w, wdg in enumerate(t.windings):
+        if wdg.conn == "wye" and t.ppm_antifloat:  # an open neutral is tied down once more
+            yprim[w * nc + nph, w * nc + nph] += 1j * y_ppm[w]
     return yprim, _conductors(*(w.terminal for w in t.windings))
 
 
@@ -124,12 +152,23 @@ def node_index(feeder: Feeder) -> dict[tuple[str, int], int]:
     return {(b.name, n): i for i, (b, n) in enumerate((b, n) for b in feeder.buses for n in b.nodes)}
 
 
-def assemble_ybus(feeder: Feeder) -> np.ndarray:
-    """System admittance matrix (siemens) over the feeder's nodes, source Norton admittance included."""
+def assemble_ybus_sparse(feeder: Feeder, yprims=None) -> scipy.sparse.csc_matrix:
+    """System admittance matrix (siemens, sparse) over the feeder's nodes, source Norton admittance included;
+    `yprims` (from `element_yprims`) saves computing the element matrices again."""
     index = node_index(feeder)
-    y = np.zeros((len(index), len(index)), complex)
-    for _, yprim, conductors in element_yprims(feeder):
-        rows = np.array([index.get(c, -1) if c[1] else -1 for c in conductors])
-        keep = rows >= 0
-        y[np.ix_(rows[keep], rows[keep])] += yprim[np.ix_(keep, keep)]
-    return y
+    rows, cols, values = [], [], []
+    for _, yprim, conductors in (yprims if yprims is not None else element_yprims(feeder)):
+        at = np.array([index.get(c, -1) if c[1] else -1 for c in conductors])
+        keep = np.flatnonzero(at >= 0)
+        rows.append(np.repeat(at[keep], len(keep)))
+        cols.append(np.tile(at[keep], len(keep)))
+        values.append(yprim[np.ix_(keep, keep)].ravel())
+    n = len(index)
+    # duplicate entries are summed
+    return scipy.sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                                   shape=(n, n))
+
+
+def assemble_ybus(feeder: Feeder) -> np.ndarray:
+    """System admittance matrix (siemens, dense) over the feeder's nodes, source Norton admittance included."""
+    return assemble_ybus_sparse(feeder).toarray()

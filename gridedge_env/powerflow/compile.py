@@ -16,13 +16,45 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 
 from gridedge_env.network.model import Feeder, FeederError, Load
 from gridedge_env.network.opendss import source_emf_v
-from gridedge_env.powerflow.admittance import assemble_ybus, element_yprims, node_index, source_yprim
+from gridedge_env.powerflow.admittance import assemble_ybus_sparse, element_yprims, node_index, source_yprim
 
 _COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
+
+
+#: Feeders of at most this many nodes keep the dense [n, m] Z_:T (one matrix product recovers every node);
+#: larger ones recover through the sparse factorisation of Y, so memory grows with n + m, not n * m
+DENSE_RECOVERY_NODES = 3000
+_COLUMN_BLOCK = 256
+
+
+class SparseRecovery:
+    """`Z_:T x` and `Z_:T^H g` (pu) by solves with the sparse LU factors of Y, on the CPU.
+
+    With `D = diag(1 / V_base)`, `Z_pu = 1000 D Y^-1 D`: so `Z_:T x = 1000 D Y^-1 (D_T x scattered)` and
+    `Z_:T^H g = 1000 D_T [Y^-H D g]_T`.
+    """
+
+    def __init__(self, lu, v_base: np.ndarray, active: np.ndarray):
+        self.lu, self.v_base, self.active = lu, v_base, active
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, m] -> [B, n]."""
+        rhs = np.zeros((len(self.v_base), x.shape[0]), complex)
+        rhs[self.active] = (x.detach().cpu().numpy() / self.v_base[self.active]).T
+        out = 1e3 * self.lu.solve(rhs).T / self.v_base
+        return torch.as_tensor(out, dtype=x.dtype)
+
+    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """[B, n] -> [B, m]."""
+        rhs = (g.detach().cpu().numpy() / self.v_base).T
+        out = 1e3 * self.lu.solve(np.ascontiguousarray(rhs), trans="H")[self.active].T / self.v_base[self.active]
+        return torch.as_tensor(out, dtype=g.dtype)
 
 
 @dataclass(frozen=True)
@@ -43,7 +75,7 @@ class CompiledFeeder:
     w_active: torch.Tensor  # [m] no-load voltages at active nodes, pu (complex)
     z_active: torch.Tensor  # [m, m] Z_TT, pu (complex)
     w_all: torch.Tensor  # [n] no-load voltages, pu (complex)
-    z_all_active: torch.Tensor  # [n, m] Z_:T, pu (complex)
+    z_all_active: torch.Tensor | None  # [n, m] Z_:T, pu (complex); None on large feeders (see `recovery`)
     p_columns: torch.Tensor  # [e] load kW -> slot coefficients (rows N_ROWS x s, flattened): column ...
     p_loads: torch.Tensor  # [e] ... load ...
     p_weights: torch.Tensor  # [e] ... and weight of each entry
@@ -62,7 +94,10 @@ class CompiledFeeder:
     source_y_s: torch.Tensor  # [3, 3] source Norton admittance, siemens
     source_emf_v: torch.Tensor  # [3] source EMF, volts
     current_names: list[str]  # names of the terminal-1 conductor currents, 'Element.name.k'
-    current_matrix: torch.Tensor  # [c, n] terminal-1 conductor currents (A) = current_matrix @ V (volts)
+    current_rows: torch.Tensor  # [e] terminal-1 conductor currents (A): sum over entries of ...
+    current_nodes: torch.Tensor  # [e] ... the voltage (V) at this node ...
+    current_admittances: torch.Tensor  # [e] ... times this admittance (S), into this row
+    recovery: SparseRecovery | None = None  # Z_:T products by sparse solves where z_all_active is None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -79,6 +114,14 @@ class CompiledFeeder:
     @property
     def n_slots(self) -> int:
         return self.w_active.shape[0] + self.delta_from.shape[0]
+
+    def recover(self, x: torch.Tensor) -> torch.Tensor:
+        """Z_:T x for x [B, m]: every node's voltage change from the active nodes' currents, [B, n]."""
+        return x @ self.z_all_active.T if self.recovery is None else self.recovery.apply(x)
+
+    def recover_adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """Z_:T^H g for g [B, n], [B, m]."""
+        return g @ self.z_all_active.conj() if self.recovery is None else self.recovery.adjoint(g)
 
     @property
     def n_rows(self) -> int:
@@ -182,14 +225,12 @@ def compile(
     index = node_index(feeder)
     names = [f"{b}.{n}" for (b, n) in index]
     v_base = np.array([feeder.bus(b).kv_base_ln * 1e3 for (b, _n) in index])
-    y = assemble_ybus(feeder)
+    yprims = element_yprims(feeder)
     try:
-        z = np.linalg.inv(y)
-    except np.linalg.LinAlgError as exc:
+        lu = scipy.sparse.linalg.splu(assemble_ybus_sparse(feeder, yprims))
+    except RuntimeError as exc:  # "Factor is exactly singular"
         raise FeederError(f"feeder {feeder.name!r}: admittance matrix is singular (an island without a "
                           "path to the source?)") from exc
-    if not np.all(np.isfinite(z)):
-        raise FeederError(f"feeder {feeder.name!r}: admittance matrix is singular")
 
     # source Norton current, then the no-load voltages
     y_s, s_conductors = source_yprim(feeder.source)
@@ -197,8 +238,9 @@ def compile(
     e = source_emf_v(feeder.source)
     i_source = np.zeros(len(index), complex)
     i_source[src_idx] = y_s @ e
-    w = z @ i_source
-    z_pu = 1e3 * z / np.outer(v_base, v_base)
+    w = lu.solve(i_source)
+    if not np.all(np.isfinite(w)):
+        raise FeederError(f"feeder {feeder.name!r}: admittance matrix is singular")
 
     branches = _load_branches(feeder, index, v_base)
     if injection_nodes is None:
@@ -213,19 +255,33 @@ def compile(
     pos = {node: p for p, node in enumerate(active)}
     m = len(active)
 
-    # terminal-1 conductor currents of every series element: I = Yprim[t1 rows, :] @ V_terminals
-    rows, current_names = [], []
-    for name, yprim, conductors in element_yprims(feeder):
+    # terminal-1 conductor currents of every series element: I = Yprim[t1 rows, :] @ V_terminals, kept as
+    # (row, node, admittance) entries
+    current_entries, current_names = [], []
+    terminals = {f"Transformer.{t.name}": len(t.windings) for t in feeder.transformers}
+    for name, yprim, conductors in yprims:
         if not (name.startswith("Line.") or name.startswith("Transformer.")):
             continue
-        n_t1 = len(conductors) // 2
+        n_t1 = len(conductors) // terminals.get(name, 2)
         for k in range(n_t1):
-            row = np.zeros(len(index), complex)
-            for c, cond in enumerate(conductors):
-                if cond[1] and cond in index:
-                    row[index[cond]] += yprim[k, c]
-            rows.append(row)
+            row = len(current_names)
+            current_entries += [(row, index[cond], yprim[k, c]) for c, cond in enumerate(conductors)
+                                if cond[1] and cond in index]
             current_names.append(f"{name}.{k + 1}")
+
+    # Z columns of the active nodes (pu), from the sparse factorisation in blocks of columns; all rows are kept
+    # only for feeders small enough that the dense recovery Z_:T costs less than a sparse solve
+    dense = len(index) <= DENSE_RECOVERY_NODES or torch.device(device).type != "cpu"
+    z_active = np.empty((m, m), complex)
+    z_all_active = np.empty((len(index), m), complex) if dense else None
+    for start in range(0, m, _COLUMN_BLOCK):
+        cols = np.arange(start, min(start + _COLUMN_BLOCK, m))
+        unit = np.zeros((len(index), len(cols)), complex)
+        unit[np.array(active)[cols], np.arange(len(cols))] = 1.0
+        block = lu.solve(unit) * (1e3 / np.outer(v_base, v_base[np.array(active)[cols]]))
+        z_active[:, cols] = block[active]
+        if dense:
+            z_all_active[:, cols] = block
 
     # slot of every branch: its node for wye-to-ground branches, m + k for the k-th ungrounded branch
     ungrounded = [br for br in branches if br[1] >= 0]
@@ -274,9 +330,10 @@ def compile(
         v_base_v=as_r(v_base),
         active_nodes=as_i(active_np),
         w_active=as_c(w[active_np] / v_base[active_np]),
-        z_active=as_c(z_pu[np.ix_(active_np, active_np)]),
+        z_active=as_c(z_active),
         w_all=as_c(w / v_base),
-        z_all_active=as_c(z_pu[:, active_np]),
+        z_all_active=as_c(z_all_active) if dense else None,
+        recovery=None if dense else SparseRecovery(lu, v_base, active_np),
         p_columns=as_i([e[0] for e in p_entries]),
         p_loads=as_i([e[1] for e in p_entries]),
         p_weights=as_r([e[2] for e in p_entries]),
@@ -295,5 +352,7 @@ def compile(
         source_y_s=as_c(y_s),
         source_emf_v=as_c(e),
         current_names=current_names,
-        current_matrix=as_c(np.array(rows).reshape(len(rows), len(index))),
+        current_rows=as_i([c[0] for c in current_entries]),
+        current_nodes=as_i([c[1] for c in current_entries]),
+        current_admittances=as_c([c[2] for c in current_entries]),
     )

@@ -178,7 +178,100 @@ def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
         converged = converged | (running & ~bad & (step < tol))
         if bool((converged | failed).all()):
             break
-    return v, converged, iterations
+    return v, converged, failed, iterations
+
+
+def _linearisation(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor):
+    """Per row, the complex [B, m, m] matrices (A, B) of the active-node currents' linearisation,
+    di = A dv + B conj(dv), at voltages v [B, m]."""
+    m = v.shape[1]
+    a_conj, b = _local_jacobian(v, coef_t[:, :, :m], _limits(c, slice(0, m)))
+    big_a, big_b = torch.diag_embed(a_conj.conj()), torch.diag_embed(b)
+    if c.delta_from.numel():
+        u = v[:, c.delta_from] - v[:, c.delta_to]
+        ad_conj, bd = _local_jacobian(u, coef_t[:, :, m:], _limits(c, slice(m, None)))
+        k = torch.arange(c.delta_from.numel(), device=v.device)
+        incidence = torch.zeros(len(k), m, dtype=v.dtype, device=v.device)
+        incidence[k, c.delta_from] = 1.0
+        incidence[k, c.delta_to] = -1.0
+        big_a = big_a + incidence.T @ (ad_conj.conj().unsqueeze(2) * incidence)
+        big_b = big_b + incidence.T @ (bd.unsqueeze(2) * incidence)
+    return big_a, big_b
+
+
+def _solve_conjugate_linear(m1: torch.Tensor, m2: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """x [B, m] with x - m1 x - m2 conj(x) = rhs (m1, m2 [B, m, m] complex), as one real 2m system per row;
+    NaN in the rows whose system is singular."""
+    m = rhs.shape[1]
+    eye = torch.eye(m, dtype=rhs.real.dtype, device=rhs.device)
+    r1, i1, r2, i2 = m1.real, m1.imag, m2.real, m2.imag
+    system = torch.cat([torch.cat([eye - r1 - r2, i1 - i2], dim=2),
+                        torch.cat([-i1 - i2, eye - r1 + r2], dim=2)], dim=1)
+    x, info = torch.linalg.solve_ex(system, torch.cat([rhs.real, rhs.imag], dim=1))
+    x = torch.complex(x[:, :m], x[:, m:])
+    return torch.where((info == 0).unsqueeze(1), x, torch.full_like(x, torch.nan))  # NaN rows: singular
+
+
+#: Newton steps a row that the fixed point could not solve gets, and halvings of a step that does not
+#: reduce the residual
+_NEWTON_MAX_ITER = 50
+_NEWTON_HALVINGS = 12
+_NEWTON_FORCED_STEPS = 5
+
+
+def _newton(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor, tol: float):
+    """Newton's method on F(v) = T(v) - v for rows where the fixed point stalls or diverges (a step is halved
+    until the residual falls). Returns (v, converged, iterations); converged as the fixed point's test:
+    every real and imaginary part of T(v) - v below tol."""
+    batch, m = v.shape
+    z = c.z_active
+
+    def residual(x):
+        f = torch.addmm(c.w_active.expand(x.shape[0], m), _node_current(c, x, coef_t), z.T) - x
+        size = torch.view_as_real(f).abs().amax(dim=(1, 2))
+        return f, torch.where(torch.isfinite(size), size, torch.full_like(size, torch.inf))
+
+    stuck = torch.zeros(batch, dtype=torch.bool, device=v.device)
+    iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
+    forced_steps = torch.zeros_like(iterations)
+    f, size = residual(v)
+    for _ in range(_NEWTON_MAX_ITER):
+        active = ~(size < tol) & ~stuck
+        if not bool(active.any()):
+            break
+        iterations += active.long()
+        big_a, big_b = _linearisation(c, v, coef_t)
+        dv = _solve_conjugate_linear(z @ big_a, z @ big_b, f)
+        stuck = stuck | (active & ~_finite_rows(dv))
+        active = active & ~stuck
+        dv = torch.where(active.unsqueeze(1), dv, torch.zeros_like(dv))
+        t = torch.ones(batch, dtype=size.dtype, device=v.device)
+        accepted = ~active
+        v_next, f_next, size_next = v, f, size
+        for _ in range(_NEWTON_HALVINGS):
+            trial = v + t.unsqueeze(1).to(v.dtype) * dv
+            f_trial, size_trial = residual(trial)
+            better = ~accepted & (size_trial < size)
+            v_next = torch.where(better.unsqueeze(1), trial, v_next)
+            f_next = torch.where(better.unsqueeze(1), f_trial, f_next)
+            size_next = torch.where(better, size_trial, size_next)
+            accepted = accepted | better
+            if bool(accepted.all()):
+                break
+            t = torch.where(accepted, t, t / 2)
+        # a row whose residual no step reduces takes the full step anyway, a few times (the load laws' kinks
+        # can make the residual rise on the way), and then stops
+        forced = ~accepted & (forced_steps < _NEWTON_FORCED_STEPS)
+        if bool(forced.any()):
+            trial = v + dv
+            f_trial, size_trial = residual(trial)
+            v_next = torch.where(forced.unsqueeze(1), trial, v_next)
+            f_next = torch.where(forced.unsqueeze(1), f_trial, f_next)
+            size_next = torch.where(forced, size_trial, size_next)
+            forced_steps += forced.long()
+        stuck = stuck | (~accepted & ~forced)
+        v, f, size = v_next, f_next, size_next
+    return v, size < tol, iterations
 
 
 def _finite_rows(x: torch.Tensor) -> torch.Tensor:
@@ -308,11 +401,22 @@ class _ImplicitFixedPoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, coef, v_init, compiled, tol, max_iter, adjoint_tol, adjoint_max_iter):
+    def forward(ctx, coef, v_init, compiled, tol, max_iter, adjoint_tol, adjoint_max_iter, fallback):
         coef_t = coef.transpose(0, 1).contiguous()
-        v, converged, iterations = _iterate(compiled, v_init, coef_t, tol, max_iter)
-        v_all = torch.addmm(compiled.w_all.expand(v.shape[0], -1), _node_current(compiled, v, coef_t),
-                            compiled.z_all_active.T)
+        v, converged, failed, iterations = _iterate(compiled, v_init, coef_t, tol, max_iter)
+        newton = ~converged & fallback
+        if bool(newton.any()):
+            # robust fallback: Newton's method on the rows that stalled (from where they stopped) or diverged
+            # (from the no-load voltages); the solution is the same fixed point, so the gradient is too
+            rows = newton.nonzero().flatten()
+            start = torch.where(failed[rows].unsqueeze(1), compiled.w_active, v[rows])
+            v_newton, ok, steps = _newton(compiled, start, coef_t[:, rows], tol)
+            solved = rows[ok]
+            iterations[solved] += steps[ok]  # a row Newton cannot solve reports its frozen fixed-point iterate
+            v[solved] = v_newton[ok]
+            converged[solved] = True
+            newton[rows[~ok]] = False
+        v_all = compiled.w_all + compiled.recover(_node_current(compiled, v, coef_t))
         finite = _finite_rows(v) & _finite_rows(v_all)
         if not bool(finite.all()):
             # a failed row whose last iterate has no finite currents (a zero branch voltage) reports the
@@ -321,9 +425,10 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             v = torch.where(keep, v, compiled.w_active)
             v_all = torch.where(keep, v_all, compiled.w_all)
             converged = converged & finite
+            newton = newton & finite
         # magnitudes here, so that their backward joins the adjoint's (cheaper than complex abs's own)
         v_mag = torch.linalg.vector_norm(torch.view_as_real(v_all), dim=-1)
-        ctx.save_for_backward(v, converged, coef_t, v_all, v_mag)
+        ctx.save_for_backward(v, converged, newton, coef_t, v_all, v_mag)
         ctx.compiled = compiled
         ctx.adjoint = (adjoint_tol, adjoint_max_iter)
         ctx.mark_non_differentiable(converged, iterations)
@@ -331,7 +436,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_all, grad_mag, grad_active, _grad_converged, _grad_iterations):
-        v, converged, coef_t, v_all, v_mag = ctx.saved_tensors
+        v, converged, newton, coef_t, v_all, v_mag = ctx.saved_tensors
         c = ctx.compiled
         adjoint_tol, adjoint_max_iter = ctx.adjoint
         m = v.shape[1]
@@ -342,14 +447,25 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         if grad_mag is not None:  # d|v|: the real gradient g becomes the complex g v / |v|
             from_mag = torch.view_as_complex(torch.view_as_real(v_all) * (grad_mag / v_mag).unsqueeze(-1))
             grad_all = from_mag if grad_all is None else grad_all + from_mag
-        h_all = (grad_all @ c.z_all_active.conj()) if grad_all is not None else torch.zeros_like(v)
+        h_all = c.recover_adjoint(grad_all) if grad_all is not None else torch.zeros_like(v)
         g_active = grad_active if grad_active is not None else torch.zeros_like(v)
-        if not bool(converged.all()):
+        direct = None
+        if bool(newton.any()):
+            # rows Newton solved: where the fixed point does not contract, neither does its adjoint, so
+            # their adjoint is solved directly, mu - Z^H (A' mu + B' conj(mu)) = h + Z^H g (see _newton)
+            direct = newton.nonzero().flatten()
+            big_a, big_b = _linearisation(c, v[direct], coef_t[:, direct])
+            z_h = z_conj.T
+            mu_direct = _solve_conjugate_linear(z_h @ big_a.conj(), z_h @ big_b,
+                                                h_all[direct] + g_active[direct] @ z_conj)
+            mask = (converged & ~newton).unsqueeze(1)
+        if not bool(mask.all()):
             h_all = torch.where(mask, h_all, zero)
             g_active = torch.where(mask, g_active, zero)
+        if not bool(converged.all()):
             # failed rows get zero gradient; linearise them at the no-load voltages so that no factor of
             # theirs is infinite (0 * inf would put NaN into their adjoint and stall its stopping test)
-            v = torch.where(mask, v, c.w_active)
+            v = torch.where(converged.unsqueeze(1), v, c.w_active)
         a_node, b_node = _local_jacobian(v, coef_t[:, :, :m], _limits(c, slice(0, m)))
         if has_delta:
             u = v[:, c.delta_from] - v[:, c.delta_to]
@@ -370,6 +486,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
                                            stop_at_rounding=True)
             mu = mu.to(v.dtype)
         mu, _ = _adjoint_iteration(c, mu, h_all, g_active, z_conj, factors, adjoint_tol, adjoint_max_iter, scale)
+        if direct is not None:
+            mu = mu.index_copy(0, direct, mu_direct)
+            mask = converged.unsqueeze(1)
         # rows that did not converge, or whose adjoint blew up, contribute nothing rather than a wrong gradient
         keep = _finite_rows(mu).unsqueeze(1)
         if not bool(keep.all() and converged.all()):
@@ -382,7 +501,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         if has_delta:
             _coefficient_grad(grad_t[:, :, m:], u, mu[:, c.delta_from] - mu[:, c.delta_to],
                               _limits(c, slice(m, None)))
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def solve(
@@ -401,6 +520,7 @@ def solve(
     return_source_power: bool = False,
     return_currents: bool = False,
     raise_on_failure: bool = False,
+    fallback: bool = True,
 ) -> PowerFlowResult:
     """Solve a batch of operating points; differentiable w.r.t. every power input.
 
@@ -420,6 +540,8 @@ def solve(
         return_source_power: also return the power drawn from the source.
         return_currents: also return the terminal-1 conductor currents of lines and transformers.
         raise_on_failure: raise PowerFlowError if any row fails to converge (instead of flagging it).
+        fallback: rows the fixed point cannot solve within max_iter (or that diverge) get Newton's method
+            (see docs/powerflow.md); False: they are flagged at once.
 
     Returns:
         PowerFlowResult.
@@ -459,7 +581,7 @@ def solve(
         v_init = torch.where(usable, v_init, c.w_active)
 
     v_all, v_mag, v_active, converged, iterations = _ImplicitFixedPoint.apply(
-        coef, v_init, c, tol, max_iter, adjoint_tol, adjoint_max_iter)
+        coef, v_init, c, tol, max_iter, adjoint_tol, adjoint_max_iter, fallback)
     if raise_on_failure and not bool(converged.all()):
         bad = (~converged).nonzero().flatten().tolist()
         raise PowerFlowError(f"power flow did not converge for batch rows {bad[:10]} "
@@ -474,5 +596,7 @@ def solve(
             s_src = (v_src * i_src.conj()).sum(dim=1) / 1e3
             result["source_p_kw"], result["source_q_kvar"] = s_src.real, s_src.imag
         if return_currents:
-            result["currents_a"] = v_volts @ c.current_matrix.T
+            currents = v_volts.new_zeros(batch, len(c.current_names))
+            result["currents_a"] = currents.index_add_(1, c.current_rows,
+                                                       v_volts[:, c.current_nodes] * c.current_admittances)
     return PowerFlowResult(**result)
