@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FEEDERS:
         feeder = import_shipped(name, args.data)
-        feeder.save(out / f"{name}.json")
+        path = out / SHIPPED_FEEDERS[name].file_name(name)
+        feeder.save(path)
         print(f"{name}: {len(feeder.buses)} buses, {len(feeder.lines)} lines, {len(feeder.transformers)} "
-              f"transformers, {len(feeder.loads)} loads -> {out / (name + '.json')}")
+              f"transformers, {len(feeder.loads)} loads -> {path}")
 
 
 if __name__ == "__main__":

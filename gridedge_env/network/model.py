@@ -14,6 +14,7 @@ The project's own file format is this model written as JSON (`Feeder.save` / `Fe
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,10 +209,14 @@ class Feeder:
         return {"format": "gridedge-feeder", "version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
-        """Write the feeder as JSON, atomically (a crash never leaves a half-written file)."""
+        """Write the feeder as JSON, atomically (a crash never leaves a half-written file); a path ending in
+        `.gz` gets compact, gzip-compressed JSON."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        if path.suffix == ".gz":
+            tmp.write_bytes(gzip.compress(json.dumps(self.to_dict(), separators=(",", ":")).encode(), mtime=0))
+        else:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
         tmp.replace(path)
 
     @classmethod
@@ -232,11 +237,13 @@ class Feeder:
 
     @classmethod
     def load(cls, path: str | Path) -> Feeder:
-        """Read a feeder written by `save`, validated (`FeederError` names the first problem)."""
+        """Read a feeder written by `save` (gzip-compressed when the path ends in `.gz`), validated
+        (`FeederError` names the first problem)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+            data = json.loads(text)
+        except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FeederError(f"{path}: cannot read feeder file: {exc}") from exc
         return cls.from_dict(data, origin=str(path))
 
