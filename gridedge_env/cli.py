@@ -75,11 +75,11 @@ def _cmd_bench(args) -> dict:
         batch = 32 if args.batch is None else args.batch
         return bench_sim(args.feeder, n_agents=args.agents, batch=batch, seed=args.seed, device=args.device,
                          dtype=dtype)
-    if args.batch is None:
-        args.batch = 1024
     from gridedge_env.validation import bench_gradient, bench_powerflow, resolve_feeder
 
     feeder, _ = resolve_feeder(args.feeder)
+    if args.batch is None:  # 1,024 operating points, 32 on feeders of thousands of nodes
+        args.batch = 1024 if len(feeder.node_names) <= 3000 else 32
     if args.what == "powerflow":
         dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
         return bench_powerflow(feeder, batch=args.batch, seed=args.seed, device=args.device, dtype=dtype)
@@ -101,7 +101,7 @@ def add_env_commands(sub) -> None:
                    help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward; "
                         "env: steps per second of the PettingZoo parallel env")
     p.add_argument("--feeder", default="ieee123")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 1024; 32 for sim)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow and sim)")

@@ -219,7 +219,9 @@ def _time(fn, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
 def bench_powerflow(feeder: Feeder, batch: int = 1024, seed: int = 0, opendss_points: int = 300,
                     tol: float = 1e-10, opendss_tol: float = 1e-8, device: str = "cpu",
                     dtype: torch.dtype = torch.float64) -> dict:
-    """gridedge batched solves per second against OpenDSS solving the same points, one at a time.
+    """gridedge batched solves per second against OpenDSS solving the same points, one at a time, and the
+    time of a batch's forward solve and of its backward (gradient of the summed voltage magnitudes w.r.t.
+    every input).
 
     OpenDSS is driven from Python as a user would: set every load and injection, solve, read all node
     voltages. It solves the first `opendss_points` operating points (its rate does not depend on the
@@ -238,6 +240,14 @@ def bench_powerflow(feeder: Feeder, batch: int = 1024, seed: int = 0, opendss_po
 
     result = run()
     t_torch = _time(run)
+
+    def run_backward():
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        powerflow.solve(compiled, **leaves, tol=tol).v_mag_pu.sum().backward()
+        if compiled.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t_forward_backward = _time(run_backward)
     n_ref = min(opendss_points, batch)
     with _WrittenModel(feeder, None) as model_path:
         ref = OpenDSSReference(feeder, model_path, compiled.injection_node_names, tolerance=opendss_tol)
@@ -260,6 +270,8 @@ def bench_powerflow(feeder: Feeder, batch: int = 1024, seed: int = 0, opendss_po
         "torch_threads": torch.get_num_threads(),
         "tolerance_pu": tol,
         "opendss_tolerance": opendss_tol,
+        "forward_s": t_torch,
+        "backward_s": t_forward_backward - t_torch,
         "torch_solves_per_s": torch_rate,
         "opendss_solves_per_s": 1.0 / t_ref,
         "speedup": torch_rate * t_ref,

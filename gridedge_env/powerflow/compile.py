@@ -61,8 +61,9 @@ class SparseRecovery:
 class CompiledFeeder:
     """Tensors of one feeder topology. Shapes: n nodes, m active nodes, d ungrounded load branches, j injections.
 
-    Loads enter as *slots*: each active node (its wye-to-ground loads and injections) and each ungrounded
-    load branch (a delta phase pair, or a wye phase to an ungrounded neutral), s = m + d slots in all. A slot
+    Loads enter as *slots*: each active node (its wye-to-ground loads and injections) and each branch slot
+    (a delta phase pair, a wye phase to an ungrounded neutral, or the wye-to-ground loads of a node that
+    switch at other voltages than the node's first), s = m + d slots in all. A slot
     draws `s(u) = S_P + S_I |u| + S_Z |u|^2` (kVA, u in pu) inside its loads' voltage limits, and the laws of
     `load_law` outside them: loads are aggregated per slot into N_ROWS coefficient rows once per solve, so the
     iteration never loops over loads.
@@ -86,6 +87,7 @@ class CompiledFeeder:
     injection_columns: torch.Tensor  # [j] flattened coefficient column of each injection's constant power
     delta_from: torch.Tensor  # [d] active-node position of each ungrounded branch's first end
     delta_to: torch.Tensor  # [d] active-node position of its second end
+    delta_to_weight: torch.Tensor | None  # [d] 1, or 0 where the second end is ground; None: never ground
     injection_nodes: torch.Tensor  # [j] active-node positions of the injection nodes
     injection_node_names: list[str]
     load_p_kw: torch.Tensor  # [n_loads] the feeder's nominal loads
@@ -286,34 +288,39 @@ def compile(
     # slot of every branch: its node for wye-to-ground branches, m + k for the k-th ungrounded branch
     ungrounded = [br for br in branches if br[1] >= 0]
     n_slots = m + len(ungrounded)
-    p_entries, q_entries = [], []  # (coefficient column row * n_slots + slot, load index, weight)
+    p_entries, q_entries = [], []  # (coefficient row, slot, load index, weight)
     switching = np.full((3, n_slots), np.nan)  # each slot's switching magnitudes (low, lower, upper)
     switch_owner = {}
     k_delta = 0
+    extra = {}  # (node, limits) -> slot of wye-to-ground loads that switch at other voltages than the node's
     for ia, ib, li, share, v_nominal in branches:
+        load = feeder.loads[li]
+        p_rows, q_rows, limits = load_law(load, v_nominal, load_voltage_limits)
         if ib >= 0:
             slot = m + k_delta
             k_delta += 1
         else:
             slot = pos[ia]
-        load = feeder.loads[li]
-        p_rows, q_rows, limits = load_law(load, v_nominal, load_voltage_limits)
+            if limits is not None and slot in switch_owner and not np.array_equal(switching[:, slot], limits):
+                # a load of this node switches at other magnitudes: it gets a branch slot of its own, from
+                # the node to ground
+                slot = extra.setdefault((ia, limits), n_slots + len(extra))
+                if slot == switching.shape[1]:
+                    switching = np.concatenate([switching, np.full((3, 1), np.nan)], axis=1)
         if limits is not None:
-            if slot in switch_owner and not np.array_equal(switching[:, slot], limits):
-                raise FeederError(f"element Load.{load.name}: its voltage limits differ from those of "
-                                  f"Load.{switch_owner[slot]} on the same node {names[ia]}; gridedge needs the "
-                                  "loads of one node to switch at the same voltages")
             switching[:, slot] = limits
             switch_owner[slot] = load.name
         for entries, law in ((p_entries, p_rows), (q_entries, q_rows)):
-            entries += [(r * n_slots + slot, li, share * w) for r, w in enumerate(law) if w]
+            entries += [(r, slot, li, share * w) for r, w in enumerate(law) if w]
     has_limits = bool(switch_owner)
+    branch_ends = [(br[0], br[1]) for br in ungrounded] + [(node, -1) for node, _ in extra]
+    n_slots += len(extra)
     # injections: constant power at every voltage, so row 0 of a slot that never switches, else row 7; a
     # feeder without switching slots needs only rows 0-2
     n_rows = N_ROWS if has_limits else 3
     injection_columns = [(ROW_INJECTION if pos[i] in switch_owner else 0) * n_slots + pos[i] for i in inj]
-    p_entries = [e for e in p_entries if e[0] < n_rows * n_slots]
-    q_entries = [e for e in q_entries if e[0] < n_rows * n_slots]
+    p_entries = [(r * n_slots + slot, li, w) for r, slot, li, w in p_entries if r < n_rows]
+    q_entries = [(r * n_slots + slot, li, w) for r, slot, li, w in q_entries if r < n_rows]
     # 1 / magnitude at each switch (the iteration works with inverse magnitudes); a slot that never switches
     # gets limits no magnitude reaches
     with np.errstate(divide="ignore"):
@@ -342,8 +349,9 @@ def compile(
         q_weights=as_r([e[2] for e in q_entries]),
         inverse_limits=as_r(inverse_limits) if has_limits else None,
         injection_columns=as_i(injection_columns),
-        delta_from=as_i([pos[b[0]] for b in ungrounded]),
-        delta_to=as_i([pos[b[1]] for b in ungrounded]),
+        delta_from=as_i([pos[a] for a, _ in branch_ends]),
+        delta_to=as_i([pos[b] if b >= 0 else pos[a] for a, b in branch_ends]),
+        delta_to_weight=as_c([float(b >= 0) for _, b in branch_ends]) if extra else None,
         injection_nodes=as_i([pos[i] for i in inj]),
         injection_node_names=[names[i] for i in inj],
         load_p_kw=as_r([ld.p_kw for ld in feeder.loads]),

@@ -62,6 +62,20 @@ class PowerFlowResult:
         return self.v_pu * compiled.v_base_v
 
 
+def _across(c: CompiledFeeder, x: torch.Tensor) -> torch.Tensor:
+    """[B, d]: x at each branch slot's first end minus x at its second (ground for the extra wye slots)."""
+    if c.delta_to_weight is None:
+        return x[:, c.delta_from] - x[:, c.delta_to]
+    return x[:, c.delta_from] - x[:, c.delta_to] * c.delta_to_weight.to(x.dtype)
+
+
+def _scatter_across(c: CompiledFeeder, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Add each branch slot's current j [B, d] into i [B, m] (in place): injected at its first end, drawn
+    from its second."""
+    second = j if c.delta_to_weight is None else j * c.delta_to_weight.to(j.dtype)
+    return i.index_add_(1, c.delta_from, j).index_add_(1, c.delta_to, second, alpha=-1)
+
+
 def _limits(c: CompiledFeeder, part: slice) -> torch.Tensor | None:
     return None if c.inverse_limits is None else c.inverse_limits[:, part]
 
@@ -105,10 +119,10 @@ def _injected_current(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) ->
     x = _inverse_magnitude(v)
     i = v * _slot_factor(coef[:, :, :m], x.to(v.dtype), _regions(x, _limits(c, slice(0, m))))
     if c.delta_from.numel():
-        u = v[:, c.delta_from] - v[:, c.delta_to]
+        u = _across(c, v)
         xd = _inverse_magnitude(u)
         j = u * _slot_factor(coef[:, :, m:], xd.to(u.dtype), _regions(xd, _limits(c, slice(m, None))))
-        i = i.index_add(1, c.delta_from, j).index_add(1, c.delta_to, -j)
+        i = _scatter_across(c, i.clone(), j)
     return i
 
 
@@ -188,12 +202,12 @@ def _linearisation(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor):
     a_conj, b = _local_jacobian(v, coef_t[:, :, :m], _limits(c, slice(0, m)))
     big_a, big_b = torch.diag_embed(a_conj.conj()), torch.diag_embed(b)
     if c.delta_from.numel():
-        u = v[:, c.delta_from] - v[:, c.delta_to]
+        u = _across(c, v)
         ad_conj, bd = _local_jacobian(u, coef_t[:, :, m:], _limits(c, slice(m, None)))
         k = torch.arange(c.delta_from.numel(), device=v.device)
         incidence = torch.zeros(len(k), m, dtype=v.dtype, device=v.device)
         incidence[k, c.delta_from] = 1.0
-        incidence[k, c.delta_to] = -1.0
+        incidence[k, c.delta_to] -= 1.0 if c.delta_to_weight is None else c.delta_to_weight
         big_a = big_a + incidence.T @ (ad_conj.conj().unsqueeze(2) * incidence)
         big_b = big_b + incidence.T @ (bd.unsqueeze(2) * incidence)
     return big_a, big_b
@@ -312,10 +326,10 @@ def _node_current(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor) -> t
     x = _inverse_magnitude(v)
     i = _fused_factor(coef_t[:, :, :m], x.to(v.dtype), _regions(x, _limits(c, slice(0, m)))).mul_(v)
     if c.delta_from.numel():
-        u = v[:, c.delta_from] - v[:, c.delta_to]
+        u = _across(c, v)
         xd = _inverse_magnitude(u)
         j = _fused_factor(coef_t[:, :, m:], xd.to(u.dtype), _regions(xd, _limits(c, slice(m, None)))).mul_(u)
-        i.index_add_(1, c.delta_from, j).index_add_(1, c.delta_to, j, alpha=-1)
+        _scatter_across(c, i, j)
     return i
 
 
@@ -367,9 +381,9 @@ def _adjoint_iteration(c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float,
     for _ in range(max_iter):
         lam = torch.addcmul(a_node * mu, b_node, mu.conj())
         if a_delta is not None:
-            mb = mu[:, c.delta_from] - mu[:, c.delta_to]
+            mb = _across(c, mu)
             gu = torch.addcmul(a_delta * mb, b_delta, mb.conj())
-            lam.index_add_(1, c.delta_from, gu).index_add_(1, c.delta_to, gu, alpha=-1)
+            _scatter_across(c, lam, gu)
         mu_new = torch.addmm(h, lam.add_(g), z_conj)
         change = float(torch.view_as_real(mu_new - mu).abs().amax())
         mu = mu_new
@@ -468,7 +482,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             v = torch.where(converged.unsqueeze(1), v, c.w_active)
         a_node, b_node = _local_jacobian(v, coef_t[:, :, :m], _limits(c, slice(0, m)))
         if has_delta:
-            u = v[:, c.delta_from] - v[:, c.delta_to]
+            u = _across(c, v)
             a_delta, b_delta = _local_jacobian(u, coef_t[:, :, m:], _limits(c, slice(m, None)))
 
         else:
@@ -499,7 +513,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         grad_t = grad.transpose(0, 1)
         _coefficient_grad(grad_t[:, :, :m], v, mu, _limits(c, slice(0, m)))
         if has_delta:
-            _coefficient_grad(grad_t[:, :, m:], u, mu[:, c.delta_from] - mu[:, c.delta_to],
+            _coefficient_grad(grad_t[:, :, m:], u, _across(c, mu),
                               _limits(c, slice(m, None)))
         return grad, None, None, None, None, None, None, None
 
