@@ -84,12 +84,14 @@ def validate_feeder(feeder: Feeder, origin: str = "feeder") -> None:
         where = f"transformers[{i}] ({t.name})"
         problems.unique(where, t.name, names, t)
         problems.integer(f"{where}.phases", t.phases, (1, 2, 3))
-        if len(t.windings) < 2:
-            problems.fail(f"{where}: a transformer has at least two windings")
+        if len(t.windings) not in (2, 3):
+            problems.fail(f"{where}: a transformer has two or three windings")
         problems.integer(f"{where}.regulated_winding", t.regulated_winding, range(len(t.windings) + 1))
         problems.positive(f"{where}.xhl_percent", t.xhl_percent)
         problems.positive(f"{where}.tap_step_pu", t.tap_step_pu)
         problems.non_negative(f"{where}.ppm_antifloat", t.ppm_antifloat)
+        for key in ("xht_percent", "xlt_percent", "imag_percent", "noloadloss_percent"):
+            problems.non_negative(f"{where}.{key}", getattr(t, key))
         for w, winding in enumerate(t.windings, start=1):
             at = f"{where}.windings[{w - 1}]"
             problems.terminal(f"{at}.terminal", winding.terminal.bus, winding.terminal.nodes, buses)
@@ -123,6 +125,8 @@ def validate_feeder(feeder: Feeder, origin: str = "feeder") -> None:
         problems.number(f"{where}.p_kw", ld.p_kw)
         problems.number(f"{where}.q_kvar", ld.q_kvar)
         problems.integer(f"{where}.model", ld.model, LOAD_MODELS)
+        for key in ("vminpu", "vmaxpu", "vlowpu"):
+            problems.non_negative(f"{where}.{key}", getattr(ld, key))
         for key in ("p_exponent", "q_exponent"):
             problems.number(f"{where}.{key}", getattr(ld, key))
             if getattr(ld, key) not in EXPONENTS:
