@@ -101,7 +101,8 @@ def add_env_commands(sub) -> None:
                    help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward; "
                         "env: steps per second of the PettingZoo parallel env")
     p.add_argument("--feeder", default="ieee123")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow and sim)")
