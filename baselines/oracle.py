@@ -77,8 +77,7 @@ class OracleConfig:
         if not self.margin_pu >= 0:
             problems.append(f"margin_pu must be >= 0, got {self.margin_pu}")
         if not (self.rho_growth >= 1 and self.rho_max_factor >= 1):
-            problems.append(f"rho_growth and rho_max_factor must be >= 1, got {self.rho_growth}, "
-                            f"{self.rho_max_factor}")
+            problems.append(f"rho_growth and rho_max_factor must be >= 1, got {self.rho_growth}, {self.rho_max_factor}")
         if self.init not in RULES:
             problems.append(f"init must be one of {sorted(RULES)}, got {self.init!r}")
         if problems:
@@ -110,8 +109,9 @@ class _AugmentedLagrangian:
     def penalty(self, k: int, r, ok: torch.Tensor) -> torch.Tensor:
         """`gridedge_env.simbench.StepPenalty` of step ``k`` (failed power-flow rows masked out)."""
         g = ok * self.voltage_constraint(r.v_mag_pu)
-        return (_psi(g, self.lam_voltage[k], self.rho_voltage)
-                + _psi(ok * r.device_violation, self.lam_device[k], self.rho_device))
+        return _psi(g, self.lam_voltage[k], self.rho_voltage) + _psi(
+            ok * r.device_violation, self.lam_device[k], self.rho_device
+        )
 
     def update(self, iteration: int, results) -> None:
         """Every `update_every` steps: ``lam <- clip(lam + rho g, 0, max)``, then grow ``rho``."""
@@ -204,13 +204,17 @@ def optimise_actions(
     for r in results:
         summary.add(r)
     metrics = summary.summary(state.batch_size)
-    metrics.update(objective_first=history[0] if history else None, objective_last=history[-1] if history else None,
-                   seconds=time.perf_counter() - t0)
+    metrics.update(
+        objective_first=history[0] if history else None,
+        objective_last=history[-1] if history else None,
+        seconds=time.perf_counter() - t0,
+    )
     return actions.detach(), metrics
 
 
-def plan_days(sim, state, config: OracleConfig = OracleConfig(),
-              progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, dict]:
+def plan_days(
+    sim, state, config: OracleConfig = OracleConfig(), progress: Callable[[int, int], None] | None = None
+) -> tuple[torch.Tensor, dict]:
     """Optimise every action of the episodes in ``state`` (``t = 0``) by the augmented Lagrangian.
 
     Args:
@@ -226,11 +230,17 @@ def plan_days(sim, state, config: OracleConfig = OracleConfig(),
     if state.t != 0:
         raise ValueError(f"the oracle plans whole days from their first step, got a state at step {state.t}")
     al = _AugmentedLagrangian(sim, state.batch_size, config)
-    actions, metrics = optimise_actions(sim, state, iterations=config.iterations, lr=config.lr,
-                                        init=RULES[config.init], progress=progress, penalty=al.penalty,
-                                        after_iteration=al.update)
-    metrics.update(voltage_multiplier_max=float(al.lam_voltage.max()),
-                   device_multiplier_max=float(al.lam_device.max()))
+    actions, metrics = optimise_actions(
+        sim,
+        state,
+        iterations=config.iterations,
+        lr=config.lr,
+        init=RULES[config.init],
+        progress=progress,
+        penalty=al.penalty,
+        after_iteration=al.update,
+    )
+    metrics.update(voltage_multiplier_max=float(al.lam_voltage.max()), device_multiplier_max=float(al.lam_device.max()))
     return actions, metrics
 
 
@@ -246,8 +256,7 @@ class PerfectForesightPolicy:
         plans: Metrics of every plan made so far (one per batch of days), with its ``days``.
     """
 
-    def __init__(self, config: OracleConfig = OracleConfig(),
-                 progress: Callable[[int, int], None] | None = None):
+    def __init__(self, config: OracleConfig = OracleConfig(), progress: Callable[[int, int], None] | None = None):
         self.config = config
         self.progress = progress
         self.plans: list[dict] = []

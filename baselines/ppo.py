@@ -56,10 +56,28 @@ CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/2"
 
 #: Columns of a PPO run's metrics.csv: GradMAP's rollout and evaluation columns, then PPO's own.
 METRIC_FIELDS = (
-    "iteration", "wall_s", "lr", "cost", "violation_share", "violation_sum_pu", "worst_violation_pu",
-    "device_violation", "pf_failures", "reward", "policy_loss", "value_loss", "entropy", "approx_kl",
-    "clip_fraction", "explained_variance", "policy_std", "grad_norm_mean", "env_steps_per_s", "agent_steps_per_s",
-    "rollout_s", "update_s",
+    "iteration",
+    "wall_s",
+    "lr",
+    "cost",
+    "violation_share",
+    "violation_sum_pu",
+    "worst_violation_pu",
+    "device_violation",
+    "pf_failures",
+    "reward",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "policy_std",
+    "grad_norm_mean",
+    "env_steps_per_s",
+    "agent_steps_per_s",
+    "rollout_s",
+    "update_s",
 ) + tuple(f for f in GRADMAP_METRIC_FIELDS if f.startswith("eval_"))
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -145,8 +163,10 @@ class PPOConfig:
 
 def _make_config(fields: dict, centralized_critic: bool) -> PPOConfig:
     if fields.get("centralized_critic", centralized_critic) != centralized_critic:
-        raise ValueError(f"centralized_critic={fields['centralized_critic']!r} contradicts the method "
-                         f"({'mappo' if centralized_critic else 'ippo'}); train the other method instead")
+        raise ValueError(
+            f"centralized_critic={fields['centralized_critic']!r} contradicts the method "
+            f"({'mappo' if centralized_critic else 'ippo'}); train the other method instead"
+        )
     return build_config(PPOConfig, {**fields, "centralized_critic": centralized_critic})
 
 
@@ -180,8 +200,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -
         (advantages, returns = advantages + values), each [T, ...].
     """
     if rewards.shape != values.shape:
-        raise ValueError(f"rewards and values must have the same shape, got {tuple(rewards.shape)} and "
-                         f"{tuple(values.shape)}")
+        raise ValueError(
+            f"rewards and values must have the same shape, got {tuple(rewards.shape)} and {tuple(values.shape)}"
+        )
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros_like(rewards[0])
     next_advantage = torch.zeros_like(rewards[0])
@@ -217,16 +238,29 @@ class _AgentNets(nn.Module):
     (`torch.func.functional_call`), so gradients of agents of a group add up in their one slice.
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, init_log_std: float,
-                 group: torch.Tensor | None, generator: torch.Generator, dtype: torch.dtype):
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        hidden: int,
+        layers: int,
+        init_log_std: float,
+        group: torch.Tensor | None,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ):
         super().__init__()
         n_slices = n_agents if group is None else int(group.max()) + 1
-        self.net = StackedMLPPolicy(n_slices, obs_dim, hidden=hidden, layers=layers, init_log_std=init_log_std,
-                                    generator=generator, dtype=dtype)
+        self.net = StackedMLPPolicy(
+            n_slices, obs_dim, hidden=hidden, layers=layers, init_log_std=init_log_std, generator=generator, dtype=dtype
+        )
         self.group = group
         # same shapes per agent; only its structure is used (its weights are never read)
-        self._per_agent = None if group is None else StackedMLPPolicy(n_agents, obs_dim, hidden, layers,
-                                                                      dtype=dtype).requires_grad_(False)
+        self._per_agent = (
+            None
+            if group is None
+            else StackedMLPPolicy(n_agents, obs_dim, hidden, layers, dtype=dtype).requires_grad_(False)
+        )
 
     def per_agent_state(self) -> dict[str, torch.Tensor]:
         """Weights with one slice per agent (shared slices repeated): what `make_policy` takes."""
@@ -285,12 +319,20 @@ class PPOTrainer:
         if not isinstance(config, PPOConfig):
             raise ValueError(f"PPOTrainer needs a PPOConfig, got {type(config).__name__}")
         if config.minibatches > config.num_envs * sim.n_steps:
-            raise ValueError(f"invalid PPOConfig: minibatches must be at most the rollout's rows (num_envs x steps "
-                             f"= {config.num_envs} x {sim.n_steps}), got {config.minibatches}")
+            raise ValueError(
+                f"invalid PPOConfig: minibatches must be at most the rollout's rows (num_envs x steps "
+                f"= {config.num_envs} x {sim.n_steps}), got {config.minibatches}"
+            )
         self.sim, self.config = sim, config
         sim_fields = {f.name: getattr(sim.config, f.name) for f in dataclasses.fields(sim.config)}
-        self.env = BatchedEnv(config.num_envs, split="train", w_dev=config.w_dev, w_net=config.w_net,
-                              net_scope=config.net_scope, **sim_fields)
+        self.env = BatchedEnv(
+            config.num_envs,
+            split="train",
+            w_dev=config.w_dev,
+            w_net=config.w_net,
+            net_scope=config.net_scope,
+            **sim_fields,
+        )
         n = sim.n_agents
         self.pdtype = config.policy.dtype
         self.gen = torch.Generator().manual_seed(int(config.run.seed))  # then: rollout seeds, noise, minibatches
@@ -387,12 +429,18 @@ class PPOTrainer:
                 oks.append(ok)
                 metrics.add(info["result"])
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
-            raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
-                                  f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})")
+            raise DivergenceError(
+                f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
+                f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})"
+            )
         reward = torch.stack(rewards).to(self.pdtype)  # [T, B, N]
         return {
-            "raw_obs": torch.stack(raw_obs), "x": torch.stack(xs), "u": torch.stack(us), "logp": torch.stack(logps),
-            "state": torch.stack(states) if states else None, "reward": reward,
+            "raw_obs": torch.stack(raw_obs),
+            "x": torch.stack(xs),
+            "u": torch.stack(us),
+            "logp": torch.stack(logps),
+            "state": torch.stack(states) if states else None,
+            "reward": reward,
             "ok": torch.stack(oks).to(self.pdtype),
             "stats": {**metrics.standard(batch), "reward": float(reward.mean())},
         }
@@ -430,13 +478,19 @@ class PPOTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0,
-                "grad_norm_mean": 0.0}
+        sums = {
+            "policy_loss": 0.0,
+            "value_loss": 0.0,
+            "entropy": 0.0,
+            "approx_kl": 0.0,
+            "clip_fraction": 0.0,
+            "grad_norm_mean": 0.0,
+        }
         n_updates = 0
         for _ in range(cfg.epochs):
             order = torch.randperm(rows, generator=self.gen)
             for part in range(cfg.minibatches):
-                mb = order[part * rows // cfg.minibatches:(part + 1) * rows // cfg.minibatches]
+                mb = order[part * rows // cfg.minibatches : (part + 1) * rows // cfg.minibatches]
                 w = weight[mb]
                 mean, log_std = self.actor(x[mb])
                 log_ratio = _gaussian_log_prob(u[mb], mean, log_std) - logp_old[mb]
@@ -444,8 +498,9 @@ class PPOTrainer:
                 adv = advantages[mb]
                 clipped = ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
                 policy_loss = _masked_mean(-torch.minimum(adv * ratio, adv * clipped), w)  # [N]
-                value_loss = _masked_mean(0.5 * (self.value(x[mb], None if state is None else state[mb])
-                                                 - returns[mb]) ** 2, w)
+                value_loss = _masked_mean(
+                    0.5 * (self.value(x[mb], None if state is None else state[mb]) - returns[mb]) ** 2, w
+                )
                 entropy = _masked_mean(log_std + 0.5 + _HALF_LOG_2PI, w)
                 loss = (policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy).sum()
                 if not bool(torch.isfinite(loss.detach())):
@@ -459,8 +514,9 @@ class PPOTrainer:
                     sums["value_loss"] += float(value_loss.mean())
                     sums["entropy"] += float(entropy.mean())
                     sums["approx_kl"] += float(_masked_mean(ratio - 1.0 - log_ratio, w).mean())
-                    sums["clip_fraction"] += float(_masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).to(w.dtype),
-                                                                w).mean())
+                    sums["clip_fraction"] += float(
+                        _masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).to(w.dtype), w).mean()
+                    )
                     sums["grad_norm_mean"] += float(norms.mean())
                 n_updates += 1
         for p in [*self.actor.parameters(), *self.critic.parameters()]:
@@ -499,6 +555,13 @@ class PPOTrainer:
             self.state_normalizer.update(roll["state"][..., None, :])
         t2 = time.perf_counter()
         env_steps_per_s = cfg.num_envs * self.sim.n_steps / (t2 - t0)  # rollout and update together
-        return {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **stats,
-                "env_steps_per_s": env_steps_per_s, "agent_steps_per_s": env_steps_per_s * self.sim.n_agents,
-                "rollout_s": t1 - t0, "update_s": t2 - t1}
+        return {
+            "iteration": self.iteration + 1,
+            "lr": lr,
+            **roll["stats"],
+            **stats,
+            "env_steps_per_s": env_steps_per_s,
+            "agent_steps_per_s": env_steps_per_s * self.sim.n_agents,
+            "rollout_s": t1 - t0,
+            "update_s": t2 - t1,
+        }

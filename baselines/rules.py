@@ -45,7 +45,7 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     """
     t = min(state.t, sim.n_steps - 1)
     price = state.price_per_kwh
-    now = price[:, t:t + 1]
+    now = price[:, t : t + 1]
     cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
     dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
     low, high = feasible_action_bounds(sim, state)
@@ -55,7 +55,7 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     battery = torch.clamp(want, low[:, sl], high[:, sl])
 
     p = sim.params["heatpump"]
-    heating = state.t_outdoor_c[:, t:t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
+    heating = state.t_outdoor_c[:, t : t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
     top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
     target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
     heatpump = heatpump_target_actions(sim, state, target)
@@ -111,9 +111,11 @@ class DroopCurves:
 
     def __post_init__(self) -> None:
         if not self.v_low_full <= self.v_low_zero < self.v_high_zero <= self.v_high_full:
-            raise ValueError(f"droop breakpoints must satisfy v_low_full <= v_low_zero < v_high_zero <= "
-                             f"v_high_full, got {self.v_low_full}, {self.v_low_zero}, {self.v_high_zero}, "
-                             f"{self.v_high_full}")
+            raise ValueError(
+                f"droop breakpoints must satisfy v_low_full <= v_low_zero < v_high_zero <= "
+                f"v_high_full, got {self.v_low_full}, {self.v_low_zero}, {self.v_high_zero}, "
+                f"{self.v_high_full}"
+            )
 
     def shares(self, v_pu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(low, high)`` in [0, 1], same shape as ``v_pu``: how far into the under- and over-voltage
@@ -151,7 +153,7 @@ def droop_actions(sim, state, curves: DroopCurves = DroopCurves()) -> torch.Tens
     sl = sim.agent_slices["heatpump"]
     p = sim.params["heatpump"]
     t = min(state.t, sim.n_steps - 1)
-    heating = state.t_outdoor_c[:, t:t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
+    heating = state.t_outdoor_c[:, t : t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
     warm_end, cool_end = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
     least = heatpump_target_actions(sim, state, torch.where(heating, cool_end, warm_end))
     most = heatpump_target_actions(sim, state, torch.where(heating, warm_end, cool_end))

@@ -49,10 +49,29 @@ CHECKPOINT_FORMAT = "gridedge-ssl-checkpoint/1"
 
 #: Columns of an SSL run's metrics.csv, in order.
 METRIC_FIELDS = (
-    "iteration", "wall_s", "lr", "lagrangian", "cost", "violation_share", "violation_sum_pu", "worst_violation_pu",
-    "device_violation", "pf_failures", "device_multiplier_mean", "device_multiplier_max", "voltage_multiplier_mean",
-    "voltage_multiplier_max", "grad_norm_mean", "grad_clipped_share", "policy_std", "rollout_s", "update_s",
-    "eval_cost", "eval_violation_share", "eval_worst_violation_pu", "eval_device_violation",
+    "iteration",
+    "wall_s",
+    "lr",
+    "lagrangian",
+    "cost",
+    "violation_share",
+    "violation_sum_pu",
+    "worst_violation_pu",
+    "device_violation",
+    "pf_failures",
+    "device_multiplier_mean",
+    "device_multiplier_max",
+    "voltage_multiplier_mean",
+    "voltage_multiplier_max",
+    "grad_norm_mean",
+    "grad_clipped_share",
+    "policy_std",
+    "rollout_s",
+    "update_s",
+    "eval_cost",
+    "eval_violation_share",
+    "eval_worst_violation_pu",
+    "eval_device_violation",
 )
 
 
@@ -129,16 +148,20 @@ class SSLTrainer:
         self.sim, self.config = sim, config
         self.pdtype = config.policy.dtype
         self.gen = torch.Generator().manual_seed(int(config.run.seed))  # initialisation, then rollouts and noise
-        self.policy = StackedMLPPolicy.from_config(sim.n_agents, OBS_DIM, config.policy, generator=self.gen,
-                                                   device=sim.device)
+        self.policy = StackedMLPPolicy.from_config(
+            sim.n_agents, OBS_DIM, config.policy, generator=self.gen, device=sim.device
+        )
         self.normalizer = ObsNormalizer.from_config(sim.n_agents, OBS_DIM, config.normalizer, device=sim.device)
         self.optimizer = config.optim.adam(self.policy.parameters())
         fixed = config.fixed_penalties
         self.multipliers = Multipliers(
-            sim.n_agents, sim.n_steps, sim.n_nodes,
+            sim.n_agents,
+            sim.n_steps,
+            sim.n_nodes,
             device_init=config.device_penalty if fixed else config.lagrangian.device_multiplier_init,
             voltage_init=config.voltage_penalty if fixed else config.lagrangian.voltage_multiplier_init,
-            device=sim.device)
+            device=sim.device,
+        )
         self.iteration = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -159,12 +182,24 @@ class SSLTrainer:
         self.optimizer.zero_grad(set_to_none=True)  # the next rollout's backward accumulates from zero
         upd = update_stats(self, norms, roll["x0"])
         if not cfg.fixed_penalties:
-            dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"],
-                        roll["converged"].sum(dim=1), cfg.lagrangian)
+            dual_update(
+                self.multipliers,
+                roll["device_violation"],
+                roll["voltage_violation"],
+                roll["converged"].sum(dim=1),
+                cfg.lagrangian,
+            )
         self.normalizer.update(roll["raw_obs"])
         t2 = time.perf_counter()
-        return {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
-                "rollout_s": t1 - t0, "update_s": t2 - t1}
+        return {
+            "iteration": self.iteration + 1,
+            "lr": lr,
+            **roll["stats"],
+            **self.multipliers.summary(),
+            **upd,
+            "rollout_s": t1 - t0,
+            "update_s": t2 - t1,
+        }
 
     def rollout(self) -> dict:
         """B training days with the actions' graph through the policies and the observations (cut every
@@ -189,8 +224,9 @@ class SSLTrainer:
             x0 = x.detach() if x0 is None else x0
             a = self.policy.act(x, noise[t])
             r = sim.step(state, a.to(sim.dtype))
-            term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu,
-                                           lag.voltage_quadratic)
+            term, dev, w = step_lagrangian(
+                r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu, lag.voltage_quadratic
+            )
             total = total + term
             state = r.state
             dev_viol.append(dev)
@@ -202,11 +238,18 @@ class SSLTrainer:
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
         lagrangian.backward()
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
-            raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
-                                  f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})")
-        return {"x0": x0, "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
-                "voltage_violation": torch.stack(volt_viol), "converged": torch.stack(converged),
-                "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)}}
+            raise DivergenceError(
+                f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
+                f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})"
+            )
+        return {
+            "x0": x0,
+            "raw_obs": torch.stack(raw_obs),
+            "device_violation": torch.stack(dev_viol),
+            "voltage_violation": torch.stack(volt_viol),
+            "converged": torch.stack(converged),
+            "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)},
+        }
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -228,5 +271,7 @@ class SSLTrainer:
 
     def params(self) -> dict:
         """The trained policies: stacked weights and the normaliser (what `make_policy` takes)."""
-        return {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
-                "normalizer": self.normalizer.state_dict()}
+        return {
+            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "normalizer": self.normalizer.state_dict(),
+        }

@@ -47,10 +47,16 @@ def main(argv: list[str] | None = None) -> dict:
     feeder.save(args.out)  # loads again without OpenDSS: Feeder.load(path), or feeder=path in make_sim
     sim = make_sim(feeder=Feeder.load(args.out), n_agents=args.agents)
     day = evaluate_policy(sim, RULES["price-seeking"], split="test", days=1)
-    summary = {"feeder": str(args.dss or "ieee13 (exported)"), "agents": sim.n_agents,
-               "nodes": sim.n_nodes, "max_abs_err_pu": check["max_abs_err_pu"], "saved": args.out,
-               "price-seeking cost": day["cost"], "price-seeking violation_share": day["violation_share"],
-               "seconds": time.perf_counter() - start}
+    summary = {
+        "feeder": str(args.dss or "ieee13 (exported)"),
+        "agents": sim.n_agents,
+        "nodes": sim.n_nodes,
+        "max_abs_err_pu": check["max_abs_err_pu"],
+        "saved": args.out,
+        "price-seeking cost": day["cost"],
+        "price-seeking violation_share": day["violation_share"],
+        "seconds": time.perf_counter() - start,
+    }
     for key, value in summary.items():
         print(f"{key:>30}: {value:.6g}" if isinstance(value, float) else f"{key:>30}: {value}")
     return summary

@@ -29,11 +29,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feeder", default="ieee123", help="shipped feeder name or an OpenDSS .dss model")
     parser.add_argument("--agents", type=int, default=1000, help="number of agents")
-    parser.add_argument("--iterations", type=int, default=1,
-                        help="PPO iterations, one day (48 steps) each (minutes each with 1,000 agents)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help="PPO iterations, one day (48 steps) each (minutes each with 1,000 agents)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -59,11 +59,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feeder", default="ieee123", help="shipped feeder name or an OpenDSS .dss model")
     parser.add_argument("--agents", type=int, default=1000, help="number of agents")
-    parser.add_argument("--timesteps", type=int, default=960_000,
-                        help="SB3 timesteps (agent-steps); the default is 20 days (20 updates) of 1,000 agents")
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        default=960_000,
+        help="SB3 timesteps (agent-steps); the default is 20 days (20 updates) of 1,000 agents",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -74,8 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
     n_steps = 48  # one rollout per day: every update sees whole episodes
     batch = n_steps * vec.num_envs
     # 4 minibatches x 4 epochs per update: few, large gradient steps keep a 1,000-agent update short
-    model = PPO("MlpPolicy", vec, n_steps=n_steps, batch_size=batch // 4, n_epochs=4, learning_rate=3e-4,
-                verbose=0, device="cpu")
+    model = PPO(
+        "MlpPolicy",
+        vec,
+        n_steps=n_steps,
+        batch_size=batch // 4,
+        n_epochs=4,
+        learning_rate=3e-4,
+        verbose=0,
+        device="cpu",
+    )
     days = DailyReturns()
     model.learn(total_timesteps=args.timesteps, callback=days)
     result = {

@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--agents", type=int, default=1000, help="number of agents")
     parser.add_argument("--steps", type=int, default=48, help="length of the random rollout (48 = one day)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

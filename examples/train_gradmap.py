@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     def progress(row: dict) -> None:  # training-rollout figures every 10 iterations
         if row["iteration"] % 10 == 1:
-            print(f"iteration {row['iteration']}: cost {row['cost']:.4g} $/day, violation share "
-                  f"{row['violation_share']:.3%}, {row['time_left_s']:.0f} s left", flush=True)
+            print(
+                f"iteration {row['iteration']}: cost {row['cost']:.4g} $/day, violation share "
+                f"{row['violation_share']:.3%}, {row['time_left_s']:.0f} s left",
+                flush=True,
+            )
 
     start = time.perf_counter()
     make_policy, params, metrics = train(sim, config, progress_fn=progress, out_dir=args.out)
@@ -51,8 +54,13 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"gradmap": evaluate_policy(sim, obs_policy(policy), split="test", days=args.days)}
     for rule in ("noop", "price-seeking"):
         results[rule] = evaluate_policy(sim, RULES[rule], split="test", days=args.days)
-    summary = {"feeder": args.feeder, "agents": sim.n_agents, "iterations": metrics["iterations"],
-               "train_seconds": train_s, "test_days": results["gradmap"]["days"]}
+    summary = {
+        "feeder": args.feeder,
+        "agents": sim.n_agents,
+        "iterations": metrics["iterations"],
+        "train_seconds": train_s,
+        "test_days": results["gradmap"]["days"],
+    }
     for method, r in results.items():
         summary[f"{method} cost"] = r["cost"]
         summary[f"{method} violation_share"] = r["violation_share"]

@@ -42,8 +42,13 @@ def find_worst(sim, policy, days, seed: int) -> dict:
             k = int(exc.argmax())
             row, node = divmod(k, exc.shape[1])
             if float(exc[row, node]) > best["excursion_pu"]:
-                best = {"day": int(days[row]), "step": t, "node": sim.node_names[node],
-                        "excursion_pu": float(exc[row, node]), "v_pu": float(r.v_mag_pu[row, node])}
+                best = {
+                    "day": int(days[row]),
+                    "step": t,
+                    "node": sim.node_names[node],
+                    "excursion_pu": float(exc[row, node]),
+                    "v_pu": float(r.v_mag_pu[row, node]),
+                }
             state = r.state
     return best
 
@@ -92,8 +97,10 @@ def oracle_day(sim, day: int, seed: int, step: int, iterations: int) -> dict:
 def _table(title: str, by_type: dict[str, list[float]], fmt: str) -> str:
     width = max(28, len(title))
     lines = [f"{title:{width}s} {'phase A':>10s} {'phase B':>10s} {'phase C':>10s}"]
-    lines += [f"  {kind:{width - 2}s} " + " ".join(format(x, fmt).rjust(10) for x in values)
-              for kind, values in by_type.items()]
+    lines += [
+        f"  {kind:{width - 2}s} " + " ".join(format(x, fmt).rjust(10) for x in values)
+        for kind, values in by_type.items()
+    ]
     return "\n".join(lines)
 
 
@@ -114,8 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(err))
     sim = make_sim(**info["sim_config"])
     worst = find_worst(sim, policy, days, args.seed)
-    print(f"worst node-step: day {worst['day']}, step {worst['step']}, node {worst['node']}: "
-          f"{worst['v_pu']:.4f} pu ({worst['excursion_pu']:.4f} pu outside the band)")
+    print(
+        f"worst node-step: day {worst['day']}, step {worst['step']}, node {worst['node']}: "
+        f"{worst['v_pu']:.4f} pu ({worst['excursion_pu']:.4f} pu outside the band)"
+    )
     dv_da, power = sensitivity(sim, policy, worst["day"], args.seed, worst["step"], worst["node"])
     print(_table("device power, kW", power, ".0f"))
     print(_table(f"d v({worst['node']}) / d action, pu per agent", dv_da, "+.2e"))

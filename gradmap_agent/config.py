@@ -150,8 +150,11 @@ class NormalizerConfig:
     """Normalised observations are clipped to [-obs_clip, obs_clip]."""
 
     def __post_init__(self) -> None:
-        problems = [f"{name} must be > 0, got {getattr(self, name)}" for name in ("obs_std_min", "obs_clip")
-                    if not getattr(self, name) > 0]
+        problems = [
+            f"{name} must be > 0, got {getattr(self, name)}"
+            for name in ("obs_std_min", "obs_clip")
+            if not getattr(self, name) > 0
+        ]
         _raise(NormalizerConfig, problems)
 
 
@@ -219,8 +222,9 @@ class LagrangianConfig:
                 problems.append(f"{f.name} must be finite and >= 0, got {getattr(self, f.name)}")
         for name in ("device_multiplier_init", "voltage_multiplier_init"):
             if getattr(self, name) > self.max_multiplier:
-                problems.append(f"{name} ({getattr(self, name)}) must be at most max_multiplier "
-                                f"({self.max_multiplier})")
+                problems.append(
+                    f"{name} ({getattr(self, name)}) must be at most max_multiplier ({self.max_multiplier})"
+                )
         _raise(LagrangianConfig, problems)
 
 
@@ -274,8 +278,10 @@ def route_fields(cls: type, fields: dict) -> dict:
         unknown += [f"{name}.{k}" for k in routed[name] if k not in known and f"{name}.{k}" not in unknown]
     if unknown:
         known = sorted(own | set(owner))
-        raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: {known} (also as "
-                         f"SECTION.FIELD with SECTION in {sorted(sections)})")
+        raise ValueError(
+            f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: {known} (also as "
+            f"SECTION.FIELD with SECTION in {sorted(sections)})"
+        )
     return routed
 
 
@@ -294,8 +300,11 @@ def build_config(cls: type, fields: dict):
 
 def _check_types(cls: type, values: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
-    problems = [f"{prefix}{name} must be {_type_name(hints[name])}, got {value!r}"
-                for name, value in values.items() if name in hints and not _has_type(value, hints[name])]
+    problems = [
+        f"{prefix}{name} must be {_type_name(hints[name])}, got {value!r}"
+        for name, value in values.items()
+        if name in hints and not _has_type(value, hints[name])
+    ]
     _raise(cls, problems)
 
 

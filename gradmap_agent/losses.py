@@ -35,8 +35,15 @@ class Multipliers:
         device_init, voltage_init: Initial values.
     """
 
-    def __init__(self, n_agents: int, n_steps: int, n_nodes: int, device_init: float = 0.0,
-                 voltage_init: float = 0.0, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        n_agents: int,
+        n_steps: int,
+        n_nodes: int,
+        device_init: float = 0.0,
+        voltage_init: float = 0.0,
+        device: str | torch.device = "cpu",
+    ):
         self.device = torch.full((n_agents,), float(device_init), dtype=torch.float64, device=device)
         self.voltage = torch.full((n_steps, n_nodes), float(voltage_init), dtype=torch.float64, device=device)
 
@@ -49,9 +56,12 @@ class Multipliers:
 
     def summary(self) -> dict[str, float]:
         """Mean and max of both kinds (for metrics)."""
-        return {"device_multiplier_mean": float(self.device.mean()), "device_multiplier_max": float(self.device.max()),
-                "voltage_multiplier_mean": float(self.voltage.mean()),
-                "voltage_multiplier_max": float(self.voltage.max())}
+        return {
+            "device_multiplier_mean": float(self.device.mean()),
+            "device_multiplier_max": float(self.device.max()),
+            "voltage_multiplier_mean": float(self.voltage.mean()),
+            "voltage_multiplier_max": float(self.voltage.max()),
+        }
 
 
 def voltage_violation(v_mag_pu: torch.Tensor, v_min_pu: float, v_max_pu: float, margin_pu: float = 0.0):
@@ -59,9 +69,15 @@ def voltage_violation(v_mag_pu: torch.Tensor, v_min_pu: float, v_max_pu: float, 
     return torch.relu(v_mag_pu - (v_max_pu - margin_pu)) + torch.relu((v_min_pu + margin_pu) - v_mag_pu)
 
 
-def step_lagrangian(result, t: int, multipliers: Multipliers, v_min_pu: float, v_max_pu: float,
-                    margin_pu: float = 0.0, voltage_quadratic: float = 0.0,
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_lagrangian(
+    result,
+    t: int,
+    multipliers: Multipliers,
+    v_min_pu: float,
+    v_max_pu: float,
+    margin_pu: float = 0.0,
+    voltage_quadratic: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Contribution of one step to ``B * L`` (summed over rows, not yet divided by B).
 
     Args:
@@ -88,8 +104,13 @@ def step_lagrangian(result, t: int, multipliers: Multipliers, v_min_pu: float, v
     return total, dev.detach(), w.detach()
 
 
-def dual_update(multipliers: Multipliers, device_violation: torch.Tensor, voltage_violation_: torch.Tensor,
-                n_rows: torch.Tensor, config) -> None:
+def dual_update(
+    multipliers: Multipliers,
+    device_violation: torch.Tensor,
+    voltage_violation_: torch.Tensor,
+    n_rows: torch.Tensor,
+    config,
+) -> None:
     """Projected dual ascent: ``lam <- clip(lam + rho * (violation - budget), 0, max)`` (in place).
 
     The constraints are ``E[violation] <= budget``: with a zero budget the multipliers can only grow (the
@@ -111,15 +132,18 @@ def dual_update(multipliers: Multipliers, device_violation: torch.Tensor, voltag
     """
     rows = n_rows.to(torch.float64).clamp_min(1.0)
     day_dev = (device_violation.to(torch.float64).sum(dim=1) / rows[:, None]).sum(dim=0)  # [N] per day
-    multipliers.device = (multipliers.device + config.device_dual_lr * (day_dev - config.device_violation_budget)
-                          ).clamp(0.0, config.max_multiplier)
+    multipliers.device = (
+        multipliers.device + config.device_dual_lr * (day_dev - config.device_violation_budget)
+    ).clamp(0.0, config.max_multiplier)
     mean_w = voltage_violation_.to(torch.float64).sum(dim=1) / rows[:, None]  # [T, n]
-    multipliers.voltage = (multipliers.voltage + config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
-                           ).clamp(0.0, config.max_multiplier)
+    multipliers.voltage = (
+        multipliers.voltage + config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
+    ).clamp(0.0, config.max_multiplier)
 
 
-def proximal_surrogate(a_new: torch.Tensor, a_old: torch.Tensor, grad: torch.Tensor,
-                       clip_radius: float | None) -> tuple[torch.Tensor, dict]:
+def proximal_surrogate(
+    a_new: torch.Tensor, a_old: torch.Tensor, grad: torch.Tensor, clip_radius: float | None
+) -> tuple[torch.Tensor, dict]:
     """GradMAP's surrogate, linear in the action change, with a trust region on the actions.
 
     ``S = sum max(g * da, g * clip(da, -r, r))`` with ``da = a_new - a_old``. The max is the pessimistic
@@ -144,9 +168,12 @@ def proximal_surrogate(a_new: torch.Tensor, a_old: torch.Tensor, grad: torch.Ten
         lin = torch.maximum(lin, grad * da.clamp(-clip_radius, clip_radius))
     s = lin.sum()
     with torch.no_grad():
-        stats = {"action_change": float(da.abs().mean()),
-                 "clip_fraction": float((da.abs() > clip_radius).to(torch.float64).mean())
-                 if clip_radius is not None else 0.0}
+        stats = {
+            "action_change": float(da.abs().mean()),
+            "clip_fraction": float((da.abs() > clip_radius).to(torch.float64).mean())
+            if clip_radius is not None
+            else 0.0,
+        }
     return s, stats
 
 

@@ -69,13 +69,22 @@ class StackedMLPPolicy(nn.Module):
         device: Parameter device.
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, hidden: int = 32, layers: int = 2, init_log_std: float = -1.0,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        hidden: int = 32,
+        layers: int = 2,
+        init_log_std: float = -1.0,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__()
         if n_agents < 1 or obs_dim < 1 or hidden < 1 or layers < 1:
-            raise ValueError(f"need n_agents, obs_dim, hidden, layers >= 1, got {n_agents}, {obs_dim}, {hidden}, "
-                             f"{layers}")
+            raise ValueError(
+                f"need n_agents, obs_dim, hidden, layers >= 1, got {n_agents}, {obs_dim}, {hidden}, {layers}"
+            )
         sizes = [obs_dim] + [hidden] * layers + [2]  # last layer: mean and log std
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -93,18 +102,33 @@ class StackedMLPPolicy(nn.Module):
         self.hidden = hidden
         self.layers = layers
 
-
     @classmethod
-    def from_config(cls, n_agents: int, obs_dim: int, config, generator: torch.Generator | None = None,
-                    device: str | torch.device = "cpu") -> StackedMLPPolicy:
+    def from_config(
+        cls,
+        n_agents: int,
+        obs_dim: int,
+        config,
+        generator: torch.Generator | None = None,
+        device: str | torch.device = "cpu",
+    ) -> StackedMLPPolicy:
         """The policies of a `gradmap_agent.config.PolicyConfig` (width, depth, initial log std, dtype)."""
-        return cls(n_agents, obs_dim, hidden=config.hidden, layers=config.layers, init_log_std=config.init_log_std,
-                   generator=generator, dtype=config.dtype, device=device)
+        return cls(
+            n_agents,
+            obs_dim,
+            hidden=config.hidden,
+            layers=config.layers,
+            init_log_std=config.init_log_std,
+            generator=generator,
+            dtype=config.dtype,
+            device=device,
+        )
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std before squashing, each [B, N], for (normalised) observations [B, N, d]."""
         if obs.dim() != 3 or obs.shape[1:] != (self.n_agents, self.obs_dim):
-            raise ValueError(f"observations must have shape [B, {self.n_agents}, {self.obs_dim}], got "
-                             f"{tuple(obs.shape)}")
+            raise ValueError(
+                f"observations must have shape [B, {self.n_agents}, {self.obs_dim}], got {tuple(obs.shape)}"
+            )
         h = obs.to(self.weights[0].dtype).transpose(0, 1)  # [N, B, d]: one matrix product per agent, batched
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -126,8 +150,14 @@ class StackedMLPPolicy(nn.Module):
         """Rebuild a policy (shapes read from the tensors) and load ``state`` into it."""
         n_layers = sum(1 for k in state if k.startswith("weights."))
         w0 = state["weights.0"]
-        policy = cls(int(w0.shape[0]), int(w0.shape[1]), hidden=int(w0.shape[2]), layers=n_layers - 1,
-                     dtype=w0.dtype, device=w0.device)
+        policy = cls(
+            int(w0.shape[0]),
+            int(w0.shape[1]),
+            hidden=int(w0.shape[2]),
+            layers=n_layers - 1,
+            dtype=w0.dtype,
+            device=w0.device,
+        )
         policy.load_state_dict(state)
         return policy
 
@@ -144,8 +174,15 @@ class ObsNormalizer:
         enabled: False makes `normalize` the identity (statistics are still kept).
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, std_min: float = 0.05, clip: float = 5.0, enabled: bool = True,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        std_min: float = 0.05,
+        clip: float = 5.0,
+        enabled: bool = True,
+        device: str | torch.device = "cpu",
+    ):
         self.count = torch.zeros((), dtype=torch.float64, device=device)
         self.mean = torch.zeros(n_agents, obs_dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(n_agents, obs_dim, dtype=torch.float64, device=device)
@@ -156,8 +193,14 @@ class ObsNormalizer:
     @classmethod
     def from_config(cls, n_agents: int, obs_dim: int, config, device: str | torch.device = "cpu") -> ObsNormalizer:
         """A normaliser with the settings of a `gradmap_agent.config.NormalizerConfig`."""
-        return cls(n_agents, obs_dim, std_min=config.obs_std_min, clip=config.obs_clip, enabled=config.normalize_obs,
-                   device=device)
+        return cls(
+            n_agents,
+            obs_dim,
+            std_min=config.obs_std_min,
+            clip=config.obs_clip,
+            enabled=config.normalize_obs,
+            device=device,
+        )
 
     @property
     def std(self) -> torch.Tensor:
@@ -191,8 +234,14 @@ class ObsNormalizer:
 
     def state_dict(self) -> dict:
         """Tensors and settings (for checkpoints and exported policies)."""
-        return {"count": self.count.clone(), "mean": self.mean.clone(), "m2": self.m2.clone(),
-                "std_min": self.std_min, "clip": self.clip, "enabled": self.enabled}
+        return {
+            "count": self.count.clone(),
+            "mean": self.mean.clone(),
+            "m2": self.m2.clone(),
+            "std_min": self.std_min,
+            "clip": self.clip,
+            "enabled": self.enabled,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.count = state["count"].clone().to(self.mean.device)

@@ -66,10 +66,31 @@ CHECKPOINT_FORMAT = "gridedge-gradmap-checkpoint/2"
 
 #: Columns of metrics.csv, in order (also the keys of each row of ``metrics["history"]``).
 METRIC_FIELDS = (
-    "iteration", "wall_s", "lr", "lagrangian", "cost", "violation_share", "violation_sum_pu", "worst_violation_pu",
-    "device_violation", "pf_failures", "device_multiplier_mean", "device_multiplier_max", "voltage_multiplier_mean",
-    "voltage_multiplier_max", "surrogate", "action_change", "clip_fraction", "grad_norm_mean", "grad_clipped_share",
-    "policy_std", "rollout_s", "update_s", "eval_cost", "eval_violation_share", "eval_worst_violation_pu",
+    "iteration",
+    "wall_s",
+    "lr",
+    "lagrangian",
+    "cost",
+    "violation_share",
+    "violation_sum_pu",
+    "worst_violation_pu",
+    "device_violation",
+    "pf_failures",
+    "device_multiplier_mean",
+    "device_multiplier_max",
+    "voltage_multiplier_mean",
+    "voltage_multiplier_max",
+    "surrogate",
+    "action_change",
+    "clip_fraction",
+    "grad_norm_mean",
+    "grad_clipped_share",
+    "policy_std",
+    "rollout_s",
+    "update_s",
+    "eval_cost",
+    "eval_violation_share",
+    "eval_worst_violation_pu",
     "eval_device_violation",
 )
 
@@ -167,13 +188,20 @@ class GradMAPTrainer:
         self.sim, self.config = sim, config
         self.pdtype = config.policy.dtype
         gen = torch.Generator().manual_seed(int(config.run.seed))
-        self.policy = StackedMLPPolicy.from_config(sim.n_agents, OBS_DIM, config.policy, generator=gen,
-                                                   device=sim.device)
+        self.policy = StackedMLPPolicy.from_config(
+            sim.n_agents, OBS_DIM, config.policy, generator=gen, device=sim.device
+        )
         self.normalizer = ObsNormalizer.from_config(sim.n_agents, OBS_DIM, config.normalizer, device=sim.device)
         self.optimizer = config.optim.adam(self.policy.parameters())
         lag = config.lagrangian
-        self.multipliers = Multipliers(sim.n_agents, sim.n_steps, sim.n_nodes, device_init=lag.device_multiplier_init,
-                                       voltage_init=lag.voltage_multiplier_init, device=sim.device)
+        self.multipliers = Multipliers(
+            sim.n_agents,
+            sim.n_steps,
+            sim.n_nodes,
+            device_init=lag.device_multiplier_init,
+            voltage_init=lag.voltage_multiplier_init,
+            device=sim.device,
+        )
         self.gen = gen  # continues after the initialisation: rollout seeds and exploration noise
         self.policy_avg = self.policy_weights() if config.policy_average else None
         """Moving average of the policy parameters (`GradMAPConfig.policy_average`; None when off)."""
@@ -201,8 +229,15 @@ class GradMAPTrainer:
         self.normalizer.update(roll["raw_obs"])
         self.average_policy()
         t2 = time.perf_counter()
-        return {"iteration": self.iteration + 1, "lr": lr, **roll["stats"], **self.multipliers.summary(), **upd,
-                "rollout_s": t1 - t0, "update_s": t2 - t1}
+        return {
+            "iteration": self.iteration + 1,
+            "lr": lr,
+            **roll["stats"],
+            **self.multipliers.summary(),
+            **upd,
+            "rollout_s": t1 - t0,
+            "update_s": t2 - t1,
+        }
 
     def rollout(self) -> dict:
         """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them."""
@@ -229,8 +264,9 @@ class GradMAPTrainer:
                 a = self.policy.act(x, noise[t])
             leaf = a.to(sim.dtype).requires_grad_(True)
             r = sim.step(state, leaf)
-            term, dev, w = step_lagrangian(r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu,
-                                           lag.voltage_quadratic)
+            term, dev, w = step_lagrangian(
+                r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu, lag.voltage_quadratic
+            )
             total = total + term
             state = r.state
             xs.append(x.detach())
@@ -250,17 +286,26 @@ class GradMAPTrainer:
         if not bool(torch.isfinite(lagrangian.detach())):
             raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
         lagrangian.backward()
-        grad = torch.stack([(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).detach()
-                            for leaf in leaves])  # [T, B, N]
+        grad = torch.stack(
+            [(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).detach() for leaf in leaves]
+        )  # [T, B, N]
         if not bool(torch.isfinite(grad).all()):
             raise DivergenceError(f"non-finite environment gradient dL/da at iteration {self.iteration}")
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
-            raise DivergenceError(f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
-                                  f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})")
+            raise DivergenceError(
+                f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
+                f"{self.iteration} (more than max_pf_failure_share={cfg.run.max_pf_failure_share})"
+            )
         return {
-            "x": torch.stack(xs), "noise": noise, "a_old": torch.stack(acts), "grad": grad,
-            "raw_obs": torch.stack(raw_obs), "device_violation": torch.stack(dev_viol),
-            "voltage_violation": voltage_violation, "converged": torch.stack(converged), "fresh": fresh,
+            "x": torch.stack(xs),
+            "noise": noise,
+            "a_old": torch.stack(acts),
+            "grad": grad,
+            "raw_obs": torch.stack(raw_obs),
+            "device_violation": torch.stack(dev_viol),
+            "voltage_violation": voltage_violation,
+            "converged": torch.stack(converged),
+            "fresh": fresh,
             "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)},
         }
 
@@ -283,7 +328,7 @@ class GradMAPTrainer:
                 part = k % cfg.minibatches
                 if part == 0:
                     order = torch.randperm(n_rows, generator=self.gen).to(x.device)
-                rows = order[part * n_rows // cfg.minibatches:(part + 1) * n_rows // cfg.minibatches]
+                rows = order[part * n_rows // cfg.minibatches : (part + 1) * n_rows // cfg.minibatches]
             scale = 1.0 if cfg.minibatches == 1 else n_rows / float(len(rows))
             self.optimizer.zero_grad(set_to_none=True)
             a_new = self.policy.act(x[rows], noise[rows])
@@ -301,8 +346,13 @@ class GradMAPTrainer:
         # The multipliers price expectation constraints: their step uses the fresh rows only, because
         # replayed hard scenarios are a sample chosen for its violations (an upward-biased estimate).
         fresh = roll["fresh"]
-        dual_update(self.multipliers, roll["device_violation"][:, fresh], roll["voltage_violation"][:, fresh],
-                    roll["converged"][:, fresh].sum(dim=1), self.config.lagrangian)
+        dual_update(
+            self.multipliers,
+            roll["device_violation"][:, fresh],
+            roll["voltage_violation"][:, fresh],
+            roll["converged"][:, fresh].sum(dim=1),
+            self.config.lagrangian,
+        )
 
     def average_policy(self) -> None:
         """One step of the parameters' moving average (no-op when `policy_average` is 0)."""
@@ -326,8 +376,11 @@ class GradMAPTrainer:
         days = self.train_days[torch.randint(0, len(self.train_days), (n_fresh,), generator=self.gen)]
         seeds = torch.randint(0, 2**62, (n_fresh,), generator=self.gen)
         pooled = torch.randperm(len(self.pool_day), generator=self.gen)[:n_hard]
-        return {"day": torch.cat([days, self.pool_day[pooled]]), "seed": torch.cat([seeds, self.pool_seed[pooled]]),
-                "pooled": torch.cat([torch.full((n_fresh,), -1, dtype=torch.int64), pooled])}
+        return {
+            "day": torch.cat([days, self.pool_day[pooled]]),
+            "seed": torch.cat([seeds, self.pool_seed[pooled]]),
+            "pooled": torch.cat([torch.full((n_fresh,), -1, dtype=torch.int64), pooled]),
+        }
 
     def update_pool(self, scenarios: dict[str, torch.Tensor], worst: torch.Tensor) -> None:
         """Refresh the scores of the replayed scenarios, add the fresh ones, and keep the
@@ -354,8 +407,11 @@ class GradMAPTrainer:
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
-            "hard_scenarios": {"day": self.pool_day.clone(), "seed": self.pool_seed.clone(),
-                               "score": self.pool_score.clone()},
+            "hard_scenarios": {
+                "day": self.pool_day.clone(),
+                "seed": self.pool_seed.clone(),
+                "score": self.pool_score.clone(),
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -373,8 +429,10 @@ class GradMAPTrainer:
     def params(self) -> dict:
         """The trained policies: stacked weights (their moving average when `policy_average` is set) and the
         normaliser (what `make_policy` takes)."""
-        return {"policy": clone_tree(self.policy_avg) if self.policy_avg is not None else self.policy_weights(),
-                "normalizer": self.normalizer.state_dict()}
+        return {
+            "policy": clone_tree(self.policy_avg) if self.policy_avg is not None else self.policy_weights(),
+            "normalizer": self.normalizer.state_dict(),
+        }
 
     def policy_weights(self) -> dict:
         """A copy of the current policy parameters (the last iterate)."""
@@ -388,8 +446,10 @@ def update_stats(trainer, norms: torch.Tensor, x: torch.Tensor) -> dict:
         if not bool(torch.isfinite(p.detach()).all()):
             raise DivergenceError(f"non-finite policy parameters after the update of iteration {trainer.iteration}")
     max_norm = trainer.config.optim.max_grad_norm
-    stats = {"grad_norm_mean": float(norms.mean()),
-             "grad_clipped_share": float((norms > max_norm).to(torch.float64).mean()) if max_norm is not None else 0.0}
+    stats = {
+        "grad_norm_mean": float(norms.mean()),
+        "grad_clipped_share": float((norms > max_norm).to(torch.float64).mean()) if max_norm is not None else 0.0,
+    }
     with torch.no_grad():
         _, log_std = trainer.policy(x)
         stats["policy_std"] = float(log_std.exp().mean())

@@ -56,8 +56,9 @@ def _cmd_validate(args) -> dict:
 
     feeder, path = resolve_feeder(args.feeder)
     reference = args.reference if args.reference is not None else None
-    result = validate(feeder, reference=reference, samples=args.samples, seed=args.seed,
-                      progress=_progress(f"validate {feeder.name}"))
+    result = validate(
+        feeder, reference=reference, samples=args.samples, seed=args.seed, progress=_progress(f"validate {feeder.name}")
+    )
     if path is not None:
         result["imported_from"] = str(path)
     return result
@@ -73,8 +74,9 @@ def _cmd_bench(args) -> dict:
 
         dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
         batch = 32 if args.batch is None else args.batch
-        return bench_sim(args.feeder, n_agents=args.agents, batch=batch, seed=args.seed, device=args.device,
-                         dtype=dtype)
+        return bench_sim(
+            args.feeder, n_agents=args.agents, batch=batch, seed=args.seed, device=args.device, dtype=dtype
+        )
     from gridedge_env.validation import bench_gradient, bench_powerflow, resolve_feeder
 
     feeder, _ = resolve_feeder(args.feeder)
@@ -97,12 +99,19 @@ def add_env_commands(sub) -> None:
     p.set_defaults(run=_cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that report ratios against a reference measured in the same run")
-    p.add_argument("what", choices=["powerflow", "gradient", "sim", "env"],
-                   help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward; "
-                        "env: steps per second of the PettingZoo parallel env")
+    p.add_argument(
+        "what",
+        choices=["powerflow", "gradient", "sim", "env"],
+        help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward; "
+        "env: steps per second of the PettingZoo parallel env",
+    )
     p.add_argument("--feeder", default="ieee123")
-    p.add_argument("--batch", type=int, default=None,
-                   help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="(powerflow and sim)")

@@ -242,8 +242,10 @@ def _prepare_feeder(config: SimConfig) -> Feeder:
     elif isinstance(config.feeder, str):
         feeder = load_feeder(config.feeder)
     else:
-        raise ValueError(f"feeder must be a shipped feeder name, a .json or .dss path, or a Feeder, got "
-                         f"{type(config.feeder).__name__}")
+        raise ValueError(
+            f"feeder must be a shipped feeder name, a .json or .dss path, or a Feeder, got "
+            f"{type(config.feeder).__name__}"
+        )
     if config.source_v_pu is not None:
         if not (math.isfinite(config.source_v_pu) and 0.8 <= config.source_v_pu <= 1.2):
             raise ValueError(f"source_v_pu must be within [0.8, 1.2] pu, got {config.source_v_pu!r}")
@@ -280,8 +282,11 @@ def real_array(values, what: str) -> np.ndarray:
     except ValueError as exc:  # ragged nesting
         raise ValueError(f"{what} must be an array of real numbers: {exc}") from exc
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{what} must be numeric (real numbers), got {values!r}" if arr.size == 1 else
-                         f"{what} must be numeric (real numbers), got an array of dtype {arr.dtype}")
+        raise ValueError(
+            f"{what} must be numeric (real numbers), got {values!r}"
+            if arr.size == 1
+            else f"{what} must be numeric (real numbers), got an array of dtype {arr.dtype}"
+        )
     return arr.astype(np.float64)
 
 
@@ -346,8 +351,9 @@ class Sim:
         self.dtype = config.dtype
         self.device = torch.device(config.device)
         feeder = _prepare_feeder(config)
-        self.compiled = powerflow.compile(feeder, dtype=config.dtype, device=self.device,
-                                          load_voltage_limits=config.load_voltage_limits)
+        self.compiled = powerflow.compile(
+            feeder, dtype=config.dtype, device=self.device, load_voltage_limits=config.load_voltage_limits
+        )
         c = self.compiled
         self.node_names: list[str] = list(c.node_names)
         self.load_node_names: list[str] = list(c.injection_node_names)
@@ -375,8 +381,12 @@ class Sim:
             p64 = spec.sample_params(counts[name], gen, dtype=torch.float64, device="cpu", **kwargs)
             self._params64[name] = p64
             self.params[name] = dataclasses.replace(
-                p64, **{f.name: getattr(p64, f.name).to(dtype=config.dtype, device=self.device)
-                        for f in dataclasses.fields(p64)})
+                p64,
+                **{
+                    f.name: getattr(p64, f.name).to(dtype=config.dtype, device=self.device)
+                    for f in dataclasses.fields(p64)
+                },
+            )
 
         self.agents: list[str] = []
         self.agent_type: list[str] = []
@@ -393,8 +403,9 @@ class Sim:
         self.agent_node = node_of_agent.to(self.device)
         self.agent_node_names = [self.load_node_names[j] for j in node_of_agent.tolist()]
         self.agent_bus = [nm.rsplit(".", 1)[0] for nm in self.agent_node_names]
-        self.agent_phase = torch.tensor([int(nm.rsplit(".", 1)[1]) for nm in self.agent_node_names],
-                                        dtype=torch.int64, device=self.device)
+        self.agent_phase = torch.tensor(
+            [int(nm.rsplit(".", 1)[1]) for nm in self.agent_node_names], dtype=torch.int64, device=self.device
+        )
 
         as_f = lambda x: torch.as_tensor(x, dtype=config.dtype, device=self.device)  # noqa: E731
         self.node_spot_kw = as_f(spot)
@@ -402,8 +413,9 @@ class Sim:
         # load -> load node share matrix [L, J] (for the node_load observation)
         self._load_to_node = as_f(load_node_shares(c))
         self._node_spot_safe = as_f(spot.clamp_min(1e-9))
-        self._load_node_index = torch.tensor([self.node_names.index(nm) for nm in self.load_node_names],
-                                             dtype=torch.int64, device=self.device)
+        self._load_node_index = torch.tensor(
+            [self.node_names.index(nm) for nm in self.load_node_names], dtype=torch.int64, device=self.device
+        )
 
         self.data = load_scenario_data(config.step_minutes).to(config.dtype, self.device)
         self.n_steps = self.data.steps_per_day
@@ -429,8 +441,10 @@ class Sim:
     def __repr__(self) -> str:
         c = self.config
         feeder = c.feeder if isinstance(c.feeder, str) else c.feeder.name
-        return (f"Sim(feeder={feeder!r}, n_agents={self.n_agents}, {self.n_per_type}, "
-                f"steps={self.n_steps}x{c.step_minutes}min, dtype={c.dtype}, device={c.device!r})")
+        return (
+            f"Sim(feeder={feeder!r}, n_agents={self.n_agents}, {self.n_per_type}, "
+            f"steps={self.n_steps}x{c.step_minutes}min, dtype={c.dtype}, device={c.device!r})"
+        )
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -472,8 +486,9 @@ class Sim:
                 raise ValueError("days must hold at least one day index")
             bad = ~np.isin(day_idx.numpy(), allowed)
             if bad.any():
-                raise ValueError(f"day {int(day_idx[bad.argmax()])} is not a {split!r} day "
-                                 f"(see gridedge_env.scenarios.split_days)")
+                raise ValueError(
+                    f"day {int(day_idx[bad.argmax()])} is not a {split!r} day (see gridedge_env.scenarios.split_days)"
+                )
         else:
             if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
                 raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -490,8 +505,9 @@ class Sim:
         load_q = shapes * self._spot_q
         pv = data.pv_kw_per_kwp[day_dev][:, :, None] * self.node_pv_kwp  # [B, T, J]
         dev_state = {
-            spec.state_name: spec.initial_state(self._params64[name], batch, gen).to(dtype=self.dtype,
-                                                                                      device=self.device)
+            spec.state_name: spec.initial_state(self._params64[name], batch, gen).to(
+                dtype=self.dtype, device=self.device
+            )
             for name, spec in DEVICE_TYPES.items()
         }
 
@@ -501,9 +517,15 @@ class Sim:
             gen_p = -dev_state["p_prev_kw"]
             inj = inj.index_add(1, self.agent_node[self.agent_slices["generator"]], gen_p)
         with torch.no_grad():
-            r = powerflow.solve(c, load_p_kw=load_p[:, 0], load_q_kvar=load_q[:, 0], injection_p_kw=inj,
-                                injection_q_kvar=torch.zeros_like(inj), tol=self._pf_tol,
-                                max_iter=self.config.pf_max_iter)
+            r = powerflow.solve(
+                c,
+                load_p_kw=load_p[:, 0],
+                load_q_kvar=load_q[:, 0],
+                injection_p_kw=inj,
+                injection_q_kvar=torch.zeros_like(inj),
+                tol=self._pf_tol,
+                max_iter=self.config.pf_max_iter,
+            )
         v_active = torch.where(r.converged[:, None], r.v_active_pu, c.w_active.expand(batch, -1))
         state = State(
             t=0,
@@ -580,8 +602,9 @@ class Sim:
         finite = torch.isfinite(actions.detach())
         if not bool(finite.all()):
             bad = (~finite).nonzero()[0].tolist()
-            raise ValueError(f"actions contain NaN or infinite values (first at row {bad[0]}, agent "
-                             f"{self.agents[bad[1]]!r})")
+            raise ValueError(
+                f"actions contain NaN or infinite values (first at row {bad[0]}, agent {self.agents[bad[1]]!r})"
+            )
         return actions
 
     def step(self, state: State, actions: torch.Tensor, *, detach_state: bool = False) -> StepResult:
@@ -609,13 +632,18 @@ class Sim:
         t, dt = state.t, self.dt_h
         c = self.compiled
         batch = state.batch_size
-        exogenous = {"t_outdoor_c": state.t_outdoor_c[:, t:t + 1]}
+        exogenous = {"t_outdoor_c": state.t_outdoor_c[:, t : t + 1]}
 
         p_parts, cost_parts, viol_parts, next_dev = [], [], [], {}
         for name, spec in DEVICE_TYPES.items():
             sl = self.agent_slices[name]
-            out = spec.step(self.params[name], getattr(state, spec.state_name), a[:, sl], dt_h=dt,
-                            **{k: exogenous[k] for k in spec.exogenous})
+            out = spec.step(
+                self.params[name],
+                getattr(state, spec.state_name),
+                a[:, sl],
+                dt_h=dt,
+                **{k: exogenous[k] for k in spec.exogenous},
+            )
             p_parts.append(out.p_kw)
             cost_parts.append(out.device_cost)
             viol_parts.append(out.violation)
@@ -625,19 +653,26 @@ class Sim:
         device_violation = torch.cat(viol_parts, dim=1)
 
         inj_p = (-state.pv_kw[:, t]).index_add(1, self.agent_node, p_kw)  # [B, J], positive = consumption
-        r = powerflow.solve(c, load_p_kw=state.load_p_kw[:, t], load_q_kvar=state.load_q_kvar[:, t],
-                            injection_p_kw=inj_p, injection_q_kvar=torch.zeros_like(inj_p.detach()),
-                            v_init=state.v_active_pu, tol=self._pf_tol, max_iter=self.config.pf_max_iter,
-                            adjoint_tol=self._pf_adjoint_tol)
+        r = powerflow.solve(
+            c,
+            load_p_kw=state.load_p_kw[:, t],
+            load_q_kvar=state.load_q_kvar[:, t],
+            injection_p_kw=inj_p,
+            injection_q_kvar=torch.zeros_like(inj_p.detach()),
+            v_init=state.v_active_pu,
+            tol=self._pf_tol,
+            max_iter=self.config.pf_max_iter,
+            adjoint_tol=self._pf_adjoint_tol,
+        )
         v = r.v_mag_pu
         voltage_violation = torch.relu(v - self.config.v_max_pu) + torch.relu(self.config.v_min_pu - v)
 
-        price = state.price_per_kwh[:, t:t + 1]
+        price = state.price_per_kwh[:, t : t + 1]
         energy_kwh = p_kw * dt
         if self.config.net_metering:
             electricity_cost = price * energy_kwh
         else:
-            export = state.export_price_per_kwh[:, t:t + 1]
+            export = state.export_price_per_kwh[:, t : t + 1]
             electricity_cost = price * torch.relu(energy_kwh) - export * torch.relu(-energy_kwh)
 
         v_active = torch.where(r.converged[:, None], r.v_active_pu.detach(), c.w_active.expand(batch, -1))
@@ -674,8 +709,11 @@ class Sim:
 
 
 def _detached(state: State) -> State:
-    changes = {f.name: getattr(state, f.name).detach() for f in dataclasses.fields(state)
-               if isinstance(getattr(state, f.name), torch.Tensor)}
+    changes = {
+        f.name: getattr(state, f.name).detach()
+        for f in dataclasses.fields(state)
+        if isinstance(getattr(state, f.name), torch.Tensor)
+    }
     return dataclasses.replace(state, **changes)
 
 
@@ -759,7 +797,7 @@ def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> t
     step in the 1R1C model, clipped to [-1, 1] (a thermostat with perfect knowledge of its own building)."""
     t = min(state.t, sim.n_steps - 1)
     p = sim.params["heatpump"]
-    t_out = state.t_outdoor_c[:, t:t + 1]
+    t_out = state.t_outdoor_c[:, t : t + 1]
     decay = torch.exp(-sim.dt_h / (p.r_k_per_kw * p.c_kwh_per_k))
     t_steady = (target_c - state.t_indoor_c * decay) / (1.0 - decay)
     q_kw = (t_steady - t_out) / p.r_k_per_kw

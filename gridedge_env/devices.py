@@ -245,9 +245,9 @@ def _uniform_between(
     low: torch.Tensor, high: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> torch.Tensor:
     """Draw [batch_size, N] values uniformly between per-agent tensors ``low`` and ``high`` ([N] each)."""
-    u = torch.rand(
-        (batch_size, low.shape[0]), generator=generator, dtype=low.dtype, device=generator.device
-    ).to(low.device)
+    u = torch.rand((batch_size, low.shape[0]), generator=generator, dtype=low.dtype, device=generator.device).to(
+        low.device
+    )
     return low + (high - low) * u
 
 
@@ -368,9 +368,7 @@ def initial_battery_state(params: BatteryParams, batch_size: int, generator: tor
     return _uniform_between(params.soc_min_kwh, params.soc_max_kwh, batch_size, generator)
 
 
-def initial_heatpump_state(
-    params: HeatPumpParams, batch_size: int, generator: torch.Generator
-) -> torch.Tensor:
+def initial_heatpump_state(params: HeatPumpParams, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """Draw initial indoor temperatures uniformly within each agent's comfort band.
 
     Args:
@@ -384,9 +382,7 @@ def initial_heatpump_state(
     return _uniform_between(params.t_min_c, params.t_max_c, batch_size, generator)
 
 
-def initial_generator_state(
-    params: GeneratorParams, batch_size: int, generator: torch.Generator
-) -> torch.Tensor:
+def initial_generator_state(params: GeneratorParams, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """Initial previous output of every generator: 0 kW (off).
 
     Args:
@@ -416,9 +412,7 @@ def _project(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Te
     return torch.minimum(torch.maximum(x, low), high)
 
 
-def battery_step(
-    params: BatteryParams, soc_kwh: torch.Tensor, action: torch.Tensor, dt_h: float
-) -> DeviceStep:
+def battery_step(params: BatteryParams, soc_kwh: torch.Tensor, action: torch.Tensor, dt_h: float) -> DeviceStep:
     """Advance all batteries by one step.
 
     The request ``action * p_max_kw`` (positive = charging) is projected onto the feasible interval
@@ -540,9 +534,7 @@ def heatpump_step(
     return DeviceStep(p_kw=p_kw, next_state=next_t, device_cost=cost, violation=violation)
 
 
-def generator_step(
-    params: GeneratorParams, p_prev_kw: torch.Tensor, action: torch.Tensor, dt_h: float
-) -> DeviceStep:
+def generator_step(params: GeneratorParams, p_prev_kw: torch.Tensor, action: torch.Tensor, dt_h: float) -> DeviceStep:
     """Advance all generators by one step.
 
     The action maps affinely onto the requested output (generation positive)::
@@ -609,9 +601,7 @@ class DeviceType(NamedTuple):
 
 #: Device type name (as in agent names ``<type>_<i>``) -> its models.
 DEVICE_TYPES: dict[str, DeviceType] = {
-    "battery": DeviceType(
-        BatteryParams, sample_battery_params, initial_battery_state, battery_step, "soc_kwh", ()
-    ),
+    "battery": DeviceType(BatteryParams, sample_battery_params, initial_battery_state, battery_step, "soc_kwh", ()),
     "heatpump": DeviceType(
         HeatPumpParams,
         sample_heatpump_params,

@@ -29,8 +29,7 @@ import torch
 __all__ = ["METRIC_NAMES", "RolloutMetrics", "run_episode"]
 
 #: The standard metrics, in the order tables show them.
-METRIC_NAMES = ("cost", "violation_share", "violation_sum_pu", "worst_violation_pu", "device_violation",
-                "pf_failures")
+METRIC_NAMES = ("cost", "violation_share", "violation_sum_pu", "worst_violation_pu", "device_violation", "pf_failures")
 
 
 class RolloutMetrics:
@@ -92,11 +91,13 @@ class RolloutMetrics:
             "pf_failures": self.failures,
             "days": days,
             "cost_per_agent_day": self.cost_sum / (days * self.n_agents),
-            "cost_by_type": {name: float(self.cost_by_agent[sl].sum()) / days
-                             for name, sl in self.agent_slices.items()},
-            "device_violation_by_type": {name: float(self.device_by_agent[sl].sum() / max((sl.stop - sl.start)
-                                                                                          * steps, 1))
-                                         for name, sl in self.agent_slices.items()},
+            "cost_by_type": {
+                name: float(self.cost_by_agent[sl].sum()) / days for name, sl in self.agent_slices.items()
+            },
+            "device_violation_by_type": {
+                name: float(self.device_by_agent[sl].sum() / max((sl.stop - sl.start) * steps, 1))
+                for name, sl in self.agent_slices.items()
+            },
             "violation_share_over": self.over / max(self.node_steps, 1),
             "violation_share_under": (self.outside - self.over) / max(self.node_steps, 1),
             "v_min_pu": self.v_min,

@@ -54,8 +54,10 @@ def load_node_shares(compiled: CompiledFeeder) -> torch.Tensor:
     def add(li: int, bus: str, node: int, share: float) -> None:
         key = f"{bus}.{node}".lower()
         if key not in column:
-            raise ValueError(f"load {compiled.feeder.loads[li].name!r} is wired to {key}, which is not a load "
-                             "node of the compiled feeder (compile it with the default injection nodes)")
+            raise ValueError(
+                f"load {compiled.feeder.loads[li].name!r} is wired to {key}, which is not a load "
+                "node of the compiled feeder (compile it with the default injection nodes)"
+            )
         shares[li, column[key]] += share
 
     for li, load in enumerate(compiled.feeder.loads):
@@ -64,8 +66,11 @@ def load_node_shares(compiled: CompiledFeeder) -> torch.Tensor:
             for node in nodes[: load.phases]:
                 add(li, bus, node, 1.0 / load.phases)
         else:
-            pairs = [(nodes[0], nodes[1])] if load.phases == 1 else [
-                (nodes[k], nodes[(k + 1) % len(nodes)]) for k in range(len(nodes))]
+            pairs = (
+                [(nodes[0], nodes[1])]
+                if load.phases == 1
+                else [(nodes[k], nodes[(k + 1) % len(nodes)]) for k in range(len(nodes))]
+            )
             for a, b in pairs:
                 for node in (a, b):
                     if node:
@@ -142,9 +147,7 @@ def systematic_counts(weights: torch.Tensor, n: int, generator: torch.Generator)
     return below[1:] - below[:-1]
 
 
-def place_agents(
-    spot_kw: torch.Tensor, n_agents: int, generator: torch.Generator
-) -> torch.Tensor:
+def place_agents(spot_kw: torch.Tensor, n_agents: int, generator: torch.Generator) -> torch.Tensor:
     """Node of every agent: counts by :func:`systematic_counts`, then a random permutation of the agents.
 
     Args:

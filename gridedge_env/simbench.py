@@ -86,7 +86,7 @@ def bench_sim(
     sim = make_sim(feeder=feeder, n_agents=n_agents, seed=seed, device=device, dtype=dtype)
     state0 = sim.reset(batch, seed=seed, split="train")
     gen = torch.Generator().manual_seed(seed)
-    actions = (2 * torch.rand((sim.n_steps, batch, sim.n_agents), generator=gen, dtype=torch.float64) - 1)
+    actions = 2 * torch.rand((sim.n_steps, batch, sim.n_agents), generator=gen, dtype=torch.float64) - 1
     actions = actions.to(dtype=dtype, device=device)
 
     def sync() -> None:
@@ -147,8 +147,10 @@ def bench_sim(
         "forward_backward_s_per_rollout": t_bwd,
         "forward_backward_agent_steps_per_s": agent_steps / t_bwd,
         "powerflow_iterations_per_step": forward.iterations,
-        "by_threads": {str(n): {"forward_s_per_rollout": f, "forward_backward_s_per_rollout": b}
-                       for n, (f, b) in by_threads.items()},
+        "by_threads": {
+            str(n): {"forward_s_per_rollout": f, "forward_backward_s_per_rollout": b}
+            for n, (f, b) in by_threads.items()
+        },
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,

@@ -51,8 +51,12 @@ class OperatingPoints:
 
     def torch(self, compiled: powerflow.CompiledFeeder) -> dict[str, torch.Tensor]:
         as_t = lambda a: torch.as_tensor(a, dtype=compiled.dtype, device=compiled.device)  # noqa: E731
-        return {"load_p_kw": as_t(self.load_p_kw), "load_q_kvar": as_t(self.load_q_kvar),
-                "injection_p_kw": as_t(self.injection_p_kw), "injection_q_kvar": as_t(self.injection_q_kvar)}
+        return {
+            "load_p_kw": as_t(self.load_p_kw),
+            "load_q_kvar": as_t(self.load_q_kvar),
+            "injection_p_kw": as_t(self.injection_p_kw),
+            "injection_q_kvar": as_t(self.injection_q_kvar),
+        }
 
 
 def stress_limit(compiled: powerflow.CompiledFeeder) -> float:
@@ -60,14 +64,21 @@ def stress_limit(compiled: powerflow.CompiledFeeder) -> float:
     a bound on where power flows of this feeder have solutions. Newton's fallback is used where it is cheap
     (up to _STRESS_NEWTON_NODES active nodes); on larger feeders the plain fixed point decides."""
     scales = torch.tensor(_STRESS_GRID, dtype=compiled.dtype, device=compiled.device).unsqueeze(1)
-    result = powerflow.solve(compiled, compiled.load_p_kw * scales, compiled.load_q_kvar * scales, tol=1e-8,
-                             max_iter=300, fallback=compiled.w_active.shape[0] <= _STRESS_NEWTON_NODES)
+    result = powerflow.solve(
+        compiled,
+        compiled.load_p_kw * scales,
+        compiled.load_q_kvar * scales,
+        tol=1e-8,
+        max_iter=300,
+        fallback=compiled.w_active.shape[0] <= _STRESS_NEWTON_NODES,
+    )
     solved = [s for s, ok in zip(_STRESS_GRID, result.converged.tolist(), strict=True) if ok]
     return max(solved, default=_STRESS_GRID[0])
 
 
-def draw_operating_points(compiled: powerflow.CompiledFeeder, samples: int, seed: int,
-                          stress: float | None = None) -> OperatingPoints:
+def draw_operating_points(
+    compiled: powerflow.CompiledFeeder, samples: int, seed: int, stress: float | None = None
+) -> OperatingPoints:
     """Operating points: row 0 the feeder's own loads, no injections; the others each load scaled in
     LOAD_SCALE_RANGE and random injections of either sign sized to their node's load, both scaled down by
     `stress` / LOAD_SCALE_RANGE[1] on feeders whose `stress_limit` times _STRESS_MARGIN (`stress`) is lower."""
@@ -100,10 +111,11 @@ def _node_loads_kw(compiled: powerflow.CompiledFeeder) -> np.ndarray:
     for load in compiled.feeder.loads:
         nodes = [f"{load.terminal.bus}.{n}" for n in load.terminal.nodes if n]
         loaded[[position[name] for name in nodes if name in position]] = True
-        grounded = load.conn == "wye" and (len(load.terminal.nodes) <= load.phases
-                                           or load.terminal.nodes[load.phases] == 0)
+        grounded = load.conn == "wye" and (
+            len(load.terminal.nodes) <= load.phases or load.terminal.nodes[load.phases] == 0
+        )
         if grounded:
-            phases = [name for name in nodes[:load.phases] if name in position]
+            phases = [name for name in nodes[: load.phases] if name in position]
             for name in phases:
                 out[position[name]] += abs(load.p_kw) / len(phases)
     mean = out[out > 0].mean() if (out > 0).any() else 0.0
@@ -141,8 +153,9 @@ class _WrittenModel:
             self._tmp.cleanup()
 
 
-def validate(feeder: Feeder, reference: str | Path | None = None, samples: int = 200, seed: int = 0,
-             progress=None) -> dict:
+def validate(
+    feeder: Feeder, reference: str | Path | None = None, samples: int = 200, seed: int = 0, progress=None
+) -> dict:
     """Solve operating points with gridedge and OpenDSS; report the voltage differences.
 
     Row 0 is the feeder's own loads; the others are drawn by `draw_operating_points`, scaled to what the
@@ -175,8 +188,9 @@ def validate(feeder: Feeder, reference: str | Path | None = None, samples: int =
         errors = np.zeros(samples)
         ref_converged = np.zeros(samples, dtype=bool)
         for k in range(samples):
-            v_ref, ref_converged[k] = ref.solve(points.load_p_kw[k], points.load_q_kvar[k],
-                                                points.injection_p_kw[k], points.injection_q_kvar[k])
+            v_ref, ref_converged[k] = ref.solve(
+                points.load_p_kw[k], points.load_q_kvar[k], points.injection_p_kw[k], points.injection_q_kvar[k]
+            )
             errors[k] = np.max(np.abs(v_ours[k] - v_ref) / base)
             if progress is not None:
                 progress(k + 1, samples)
@@ -197,8 +211,10 @@ def validate(feeder: Feeder, reference: str | Path | None = None, samples: int =
         "only_opendss_converged": int((~ours_converged & ref_converged).sum()),
         "neither_converged": int((~ours_converged & ~ref_converged).sum()),
         "gridedge_max_iterations": int(result.iterations.max()),
-        "load_scale_range": [LOAD_SCALE_RANGE[0] * min(1.0, stress / LOAD_SCALE_RANGE[1]),
-                             LOAD_SCALE_RANGE[1] * min(1.0, stress / LOAD_SCALE_RANGE[1])],
+        "load_scale_range": [
+            LOAD_SCALE_RANGE[0] * min(1.0, stress / LOAD_SCALE_RANGE[1]),
+            LOAD_SCALE_RANGE[1] * min(1.0, stress / LOAD_SCALE_RANGE[1]),
+        ],
         "v_min_pu": float(result.v_mag_pu[result.converged].min()) if bool(result.converged.any()) else None,
         "v_max_pu": float(result.v_mag_pu[result.converged].max()) if bool(result.converged.any()) else None,
         "tolerance_pu": TIGHT_TOLERANCE,
@@ -216,9 +232,16 @@ def _time(fn, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
     return (time.perf_counter() - start) / n
 
 
-def bench_powerflow(feeder: Feeder, batch: int = 1024, seed: int = 0, opendss_points: int = 300,
-                    tol: float = 1e-10, opendss_tol: float = 1e-8, device: str = "cpu",
-                    dtype: torch.dtype = torch.float64) -> dict:
+def bench_powerflow(
+    feeder: Feeder,
+    batch: int = 1024,
+    seed: int = 0,
+    opendss_points: int = 300,
+    tol: float = 1e-10,
+    opendss_tol: float = 1e-8,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> dict:
     """gridedge batched solves per second against OpenDSS solving the same points, one at a time, and the
     time of a batch's forward solve and of its backward (gradient of the summed voltage magnitudes w.r.t.
     every input).
@@ -256,8 +279,9 @@ def bench_powerflow(feeder: Feeder, batch: int = 1024, seed: int = 0, opendss_po
         err = 0.0
         start = time.perf_counter()
         for k in range(n_ref):
-            v_ref, _ = ref.solve(points.load_p_kw[k], points.load_q_kvar[k], points.injection_p_kw[k],
-                                 points.injection_q_kvar[k])
+            v_ref, _ = ref.solve(
+                points.load_p_kw[k], points.load_q_kvar[k], points.injection_p_kw[k], points.injection_q_kvar[k]
+            )
             err = max(err, float(np.max(np.abs(v_ours[k] - v_ref) / base)))
         t_ref = (time.perf_counter() - start) / n_ref
         timeseries = _opendss_timeseries_rate(ref, points, n_ref)
@@ -310,8 +334,9 @@ def _opendss_timeseries_rate(ref: OpenDSSReference, points: OperatingPoints, n: 
         return None
 
 
-def bench_gradient(feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: int = 8, fd_step_kw: float = 1e-3,
-                   device: str = "cpu") -> dict:
+def bench_gradient(
+    feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: int = 8, fd_step_kw: float = 1e-3, device: str = "cpu"
+) -> dict:
     """Forward and backward time of a batched solve, and the implicit gradient against finite differences.
 
     The loss is a fixed random weighting of all voltage magnitudes; its gradient w.r.t. load and injection
@@ -320,8 +345,9 @@ def bench_gradient(feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: i
     compiled = powerflow.compile(feeder, device=device)
     points = draw_operating_points(compiled, batch, seed)
     inputs = points.torch(compiled)
-    weights = torch.randn(batch, len(compiled.node_names), generator=torch.Generator().manual_seed(seed),
-                          dtype=compiled.dtype).to(device)
+    weights = torch.randn(
+        batch, len(compiled.node_names), generator=torch.Generator().manual_seed(seed), dtype=compiled.dtype
+    ).to(device)
 
     def forward(tol=1e-10):
         leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
@@ -353,7 +379,7 @@ def bench_gradient(feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: i
         col = int(rng.integers(inputs[name].shape[1]))
         values = []
         for sign in (1.0, -1.0):
-            x = {k: v[row:row + 1].clone() for k, v in inputs.items()}
+            x = {k: v[row : row + 1].clone() for k, v in inputs.items()}
             x[name][0, col] += sign * fd_step_kw
             r = powerflow.solve(compiled, **x, tol=1e-14, max_iter=500)
             values.append(float((r.v_mag_pu[0] * weights[row]).sum()))
@@ -361,8 +387,7 @@ def bench_gradient(feeder: Feeder, batch: int = 256, seed: int = 0, fd_checks: i
         implicit = float(leaves[name].grad[row, col])
         rel = abs(implicit - fd) / max(abs(fd), 1e-12)
         worst = max(worst, rel)
-        checks.append({"input": f"{name}[{row},{col}]", "implicit": implicit, "finite_difference": fd,
-                       "rel_err": rel})
+        checks.append({"input": f"{name}[{row},{col}]", "implicit": implicit, "finite_difference": fd, "rel_err": rel})
     return {
         "feeder": feeder.name,
         "batch": batch,

@@ -63,8 +63,10 @@ def calibration_report(
     days = test if rule_days is None else test[:: max(len(test) // rule_days, 1)][:rule_days]
     state = sim.reset(None, seed=seed, split="test", days=days)
     report = {
-        "config": {k: (str(v) if not isinstance(v, int | float | str | bool | type(None) | tuple) else v)
-                   for k, v in vars(sim.config).items()},
+        "config": {
+            k: (str(v) if not isinstance(v, int | float | str | bool | type(None) | tuple) else v)
+            for k, v in vars(sim.config).items()
+        },
         "rule_days": [int(d) for d in days],
         "price_seeking": rollout_metrics(sim, state, price_seeking_actions),
         "noop": rollout_metrics(sim, state, noop_actions),
@@ -73,8 +75,9 @@ def calibration_report(
     state = sim.reset(None, seed=seed, split="test", days=opt_days)
     report["optimise_days"] = [int(d) for d in opt_days]
     report["price_seeking_on_optimise_days"] = rollout_metrics(sim, state, price_seeking_actions)
-    _, report["optimised"] = optimise_actions(sim, state, iterations=iterations, init=price_seeking_actions,
-                                              progress=progress)
+    _, report["optimised"] = optimise_actions(
+        sim, state, iterations=iterations, init=price_seeking_actions, progress=progress
+    )
     report["optimised"]["iterations"] = iterations
     return report
 
@@ -98,9 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         if done % 10 == 0 or done == total:
             print(f"optimise: {done}/{total}", file=sys.stderr, flush=True)
 
-    report = calibration_report(args.feeder, args.agents, rule_days=args.rule_days,
-                                optimise_days=args.optimise_days, iterations=args.iterations, seed=args.seed,
-                                progress=show)
+    report = calibration_report(
+        args.feeder,
+        args.agents,
+        rule_days=args.rule_days,
+        optimise_days=args.optimise_days,
+        iterations=args.iterations,
+        seed=args.seed,
+        progress=show,
+    )
     print(json.dumps(report, indent=None if args.json else 2))
     return 0
 

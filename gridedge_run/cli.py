@@ -42,9 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_env_commands(sub)
 
     p = sub.add_parser("train", help="train independent per-agent policies (GradMAP, GradMA or a baseline)")
-    p.add_argument("method", choices=list(TRAIN_METHODS),
-                   help="gradma: GradMAP with K=1 and no trust region; ssl, ssl-penalty: baselines.ssl; "
-                        "ippo/mappo: baselines.ppo")
+    p.add_argument(
+        "method",
+        choices=list(TRAIN_METHODS),
+        help="gradma: GradMAP with K=1 and no trust region; ssl, ssl-penalty: baselines.ssl; ippo/mappo: baselines.ppo",
+    )
     p.add_argument("--feeder", default=None, help="shipped feeder name (default ieee123)")
     p.add_argument("--agents", type=int, default=None, help="number of agents (default 1000)")
     p.add_argument("--sim-seed", type=int, default=None, help="seed of agent placement and parameters (default 0)")
@@ -55,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (must be new or empty unless --resume)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    start.add_argument("--restart", action="store_true",
-                       help="start again a run in --out that stopped before its first checkpoint (replaces its files)")
+    start.add_argument(
+        "--restart",
+        action="store_true",
+        help="start again a run in --out that stopped before its first checkpoint (replaces its files)",
+    )
     p.add_argument("--eval-every", type=int, default=None, help="evaluate on test days every N iterations")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the method's config")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")
@@ -65,14 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="run trained policies or a rule decentralised on held-out days")
     p.add_argument("run_dir", nargs="?", default=None, help="run directory with exported policies (policies.pt)")
-    p.add_argument("--method", default=None,
-                   help="a reference instead of a run: noop, price-seeking, droop (rules) or oracle (optimum)")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="a reference instead of a run: noop, price-seeking, droop (rules) or oracle (optimum)",
+    )
     p.add_argument("--feeder", default=None, help="(with --method) shipped feeder name (default ieee123)")
     p.add_argument("--agents", type=int, default=None, help="(with --method) number of agents (default 1000)")
     p.add_argument("--sim-seed", type=int, default=None, help="(with --method) simulator seed (default 0)")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="(with --method) SimConfig field")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="(with --method oracle) override an OracleConfig field, e.g. iterations=100")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="(with --method oracle) override an OracleConfig field, e.g. iterations=100",
+    )
     p.add_argument("--split", default="test", choices=["test", "train", "all"])
     p.add_argument("--days", type=int, default=None, help="number of days, evenly spaced (default: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="days simulated together (does not change the numbers)")
@@ -81,13 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_evaluate)
 
     p = sub.add_parser("compare", help="train every method under one budget and compare them on the same test days")
-    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
-                   help="smoke: IEEE-13, 20 agents, minutes in all; paper: IEEE-123, 1,000 agents, 15 min per method")
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        choices=["smoke", "paper"],
+        help="smoke: IEEE-13, 20 agents, minutes in all; paper: IEEE-123, 1,000 agents, 15 min per method",
+    )
     p.add_argument("--minutes", type=float, default=None, help="training budget per method (default: the preset's)")
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="a subset of the methods (default: all)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="train this many methods at a time, each with an equal share of the CPU cores (default 1)")
+    p.add_argument(
+        "--methods", nargs="+", default=None, metavar="METHOD", help="a subset of the methods (default: all)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train this many methods at a time, each with an equal share of the CPU cores (default 1)",
+    )
     p.add_argument("--out", required=True, help="comparison directory; rerun with the same --out to continue it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_compare)

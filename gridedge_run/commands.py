@@ -20,8 +20,17 @@ from pathlib import Path
 
 from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
 
-__all__ = ["ProgressLine", "evaluate_reference", "evaluate_run", "fmt_time", "parse_assignments", "run_evaluate",
-           "run_train", "stderr_progress", "train_method"]
+__all__ = [
+    "ProgressLine",
+    "evaluate_reference",
+    "evaluate_run",
+    "fmt_time",
+    "parse_assignments",
+    "run_evaluate",
+    "run_train",
+    "stderr_progress",
+    "train_method",
+]
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict:
@@ -51,9 +60,14 @@ def fmt_time(seconds: float) -> str:
 
 #: (metrics column, format) shown by `ProgressLine` when the method reports the column
 _PROGRESS_FIELDS = (
-    ("lagrangian", "L {:.4g}"), ("cost", "cost {:.4g}"), ("violation_share", "viol {:.2%}"),
-    ("worst_violation_pu", "worst {:.4f}"), ("device_violation", "dev {:.3g}"),
-    ("voltage_multiplier_max", "mu max {:.3g}"), ("approx_kl", "kl {:.3g}"), ("env_steps_per_s", "{:.0f} steps/s"),
+    ("lagrangian", "L {:.4g}"),
+    ("cost", "cost {:.4g}"),
+    ("violation_share", "viol {:.2%}"),
+    ("worst_violation_pu", "worst {:.4f}"),
+    ("device_violation", "dev {:.3g}"),
+    ("voltage_multiplier_max", "mu max {:.3g}"),
+    ("approx_kl", "kl {:.3g}"),
+    ("env_steps_per_s", "{:.0f} steps/s"),
     ("pf_failures", "pf fail {}"),
 )
 
@@ -62,8 +76,7 @@ class ProgressLine:
     """One-line progress on stderr: redrawn in place on a terminal, a plain line every ``every`` iterations
     (or ``min_interval_s`` seconds) otherwise."""
 
-    def __init__(self, label: str, total: int | None, every: int = 10, min_interval_s: float = 30.0,
-                 stream=None):
+    def __init__(self, label: str, total: int | None, every: int = 10, min_interval_s: float = 30.0, stream=None):
         self.label, self.total, self.every, self.min_interval_s = label, total, every, min_interval_s
         self.stream = sys.stderr if stream is None else stream
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -101,8 +114,16 @@ def _sim_options(sim_set: list[str] | None, feeder: str | None, agents: int | No
     return options
 
 
-def train_method(method: str, out: str | Path, *, sim_options: dict | None = None, fields: dict | None = None,
-                 resume: bool = False, restart: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
+def train_method(
+    method: str,
+    out: str | Path,
+    *,
+    sim_options: dict | None = None,
+    fields: dict | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
     """Train ``method`` (a name of `TRAIN_METHODS`) into the run directory ``out``.
 
     Args:
@@ -136,16 +157,19 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
         if not cfg_path.is_file():
             raise ValueError(f"cannot resume: {cfg_path} not found")
         if not (out / CHECKPOINT_NAME).is_file():
-            raise ValueError(f"cannot resume: {out} holds no {CHECKPOINT_NAME} (the run stopped before its first "
-                             "checkpoint); start it again with --restart")
+            raise ValueError(
+                f"cannot resume: {out} holds no {CHECKPOINT_NAME} (the run stopped before its first "
+                "checkpoint); start it again with --restart"
+            )
         saved = _read_run_config(cfg_path)
         if saved.get("method") != method:
             raise ValueError(f"cannot resume: {out} holds a {saved.get('method')!r} run, not {method!r}")
         for key, flag in (("feeder", "feeder"), ("n_agents", "agents"), ("seed", "sim-seed")):
             value = sim_options.get(key)
             if value is not None and saved["sim_config"].get(key) != value:
-                raise ValueError(f"cannot resume: --{flag} {value!r} differs from the run's "
-                                 f"{saved['sim_config'][key]!r}")
+                raise ValueError(
+                    f"cannot resume: --{flag} {value!r} differs from the run's {saved['sim_config'][key]!r}"
+                )
         seed = fields.get("seed")
         if seed is not None and seed != saved["seed"]:
             raise ValueError(f"cannot resume: --seed {seed} differs from the run's {saved['seed']}")
@@ -163,16 +187,31 @@ def train_method(method: str, out: str | Path, *, sim_options: dict | None = Non
         if line is not None:
             line.close()
     final = metrics["final"]
-    summary = {"method": method, "out": str(out), "iterations": metrics["iterations"],
-               "wall_s": metrics["wall_s"], "n_agents": sim.n_agents, "feeder": sim_config_dict(sim)["feeder"]}
+    summary = {
+        "method": method,
+        "out": str(out),
+        "iterations": metrics["iterations"],
+        "wall_s": metrics["wall_s"],
+        "n_agents": sim.n_agents,
+        "feeder": sim_config_dict(sim)["feeder"],
+    }
     # one-day episodes simulated for training (PPO calls its parallel days num_envs, the gradient methods batch_days)
     days_per_iteration = config.num_envs if hasattr(config, "num_envs") else config.batch_days
     summary["env_steps"] = metrics["iterations"] * days_per_iteration * sim.n_steps
     summary["env_steps_per_s"] = summary["env_steps"] / metrics["wall_s"] if metrics["wall_s"] > 0 else None
-    summary["agent_steps_per_s"] = (summary["env_steps_per_s"] * sim.n_agents
-                                    if summary["env_steps_per_s"] is not None else None)
-    for key in ("lagrangian", "cost", "violation_share", "worst_violation_pu", "device_violation", "pf_failures",
-                "voltage_multiplier_max", "device_multiplier_mean"):
+    summary["agent_steps_per_s"] = (
+        summary["env_steps_per_s"] * sim.n_agents if summary["env_steps_per_s"] is not None else None
+    )
+    for key in (
+        "lagrangian",
+        "cost",
+        "violation_share",
+        "worst_violation_pu",
+        "device_violation",
+        "pf_failures",
+        "voltage_multiplier_max",
+        "device_multiplier_mean",
+    ):
         if key in final:
             summary[f"final_{key}"] = final[key]
     summary["config"] = dataclasses.asdict(config)
@@ -200,14 +239,20 @@ def _prepare_new_run_dir(out: Path, restart: bool) -> None:
         raise ValueError(f"--out {out} exists and is not a directory")
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if present and not restart:
-        hint = ("pass --resume to continue it" if CHECKPOINT_NAME in present else
-                "it holds no checkpoint: pass --restart to start that run again" if CONFIG_NAME in present else
-                "choose a new --out")
+        hint = (
+            "pass --resume to continue it"
+            if CHECKPOINT_NAME in present
+            else "it holds no checkpoint: pass --restart to start that run again"
+            if CONFIG_NAME in present
+            else "choose a new --out"
+        )
         raise ValueError(f"{out} exists and is not empty; {hint}")
     if present:
         if CHECKPOINT_NAME in present:
-            raise ValueError(f"cannot restart: {out} holds a {CHECKPOINT_NAME}; continue it with --resume, or "
-                             "delete the directory to start over")
+            raise ValueError(
+                f"cannot restart: {out} holds a {CHECKPOINT_NAME}; continue it with --resume, or "
+                "delete the directory to start over"
+            )
         run_files = {CONFIG_NAME, METRICS_NAME, POLICIES_NAME}
         run_files |= {f"{name}.tmp" for name in (*run_files, CHECKPOINT_NAME)}
         others = [name for name in present if name not in run_files]
@@ -242,11 +287,15 @@ def run_train(args) -> dict:
         sim_options = _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed)
     out = Path(args.out)
     try:
-        return train_method(args.method, out, sim_options=sim_options, fields=fields, resume=args.resume,
-                            restart=args.restart)
+        return train_method(
+            args.method, out, sim_options=sim_options, fields=fields, resume=args.resume, restart=args.restart
+        )
     except DivergenceError as exc:
-        print(f"gridedge train: training stopped: {exc}. The last good state is in {out}/checkpoint.pt "
-              f"(and policies.pt); metrics.csv ends at its iteration.", file=sys.stderr)
+        print(
+            f"gridedge train: training stopped: {exc}. The last good state is in {out}/checkpoint.pt "
+            f"(and policies.pt); metrics.csv ends at its iteration.",
+            file=sys.stderr,
+        )
         raise SystemExit(3) from exc
     except KeyboardInterrupt:
         print(f"gridedge train: interrupted; {_interrupted_state(out)}", file=sys.stderr)
@@ -280,8 +329,15 @@ def stderr_progress(label: str, every: int) -> Callable[[int, int], None]:
     return show
 
 
-def evaluate_run(run_dir: str | Path, *, split: str = "test", days: int | None = None, batch: int = 16,
-                 seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    days: int | None = None,
+    batch: int = 16,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Evaluate the policies exported in ``run_dir`` on ``split`` (`evaluate_policy`'s metrics, plus
     ``method``, ``run_dir`` and the exported ``iteration``)."""
     from gridedge_env import make_sim
@@ -294,16 +350,29 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", days: int | None =
         raise ValueError("the rebuilt simulator's agents differ from the exported policies' agents")
     if policy.n_agents != sim.n_agents:
         raise ValueError(f"policies for {policy.n_agents} agents, simulator has {sim.n_agents}")
-    result = evaluate_policy(sim, obs_policy(policy), split=split, days=days, batch=batch, seed=seed,
-                             progress=progress)
-    return {"method": info.get("method", "gradmap"), "feeder": info["sim_config"].get("feeder"),
-            "n_agents": sim.n_agents, **result, "run_dir": str(run_dir), "iteration": info.get("iteration")}
+    result = evaluate_policy(sim, obs_policy(policy), split=split, days=days, batch=batch, seed=seed, progress=progress)
+    return {
+        "method": info.get("method", "gradmap"),
+        "feeder": info["sim_config"].get("feeder"),
+        "n_agents": sim.n_agents,
+        **result,
+        "run_dir": str(run_dir),
+        "iteration": info.get("iteration"),
+    }
 
 
-def evaluate_reference(method: str, sim_options: dict, *, config: dict | None = None, split: str = "test",
-                       days: int | None = None, batch: int = 16, seed: int = 0,
-                       progress: Callable[[int, int], None] | None = None,
-                       plan_progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_reference(
+    method: str,
+    sim_options: dict,
+    *,
+    config: dict | None = None,
+    split: str = "test",
+    days: int | None = None,
+    batch: int = 16,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    plan_progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Evaluate a method that needs no training (`REFERENCE_POLICIES`: a rule or the optimum, with
     ``config``, the optimum's `OracleConfig` fields) on the simulator of ``sim_options``."""
     from gridedge_env import make_sim
@@ -311,8 +380,10 @@ def evaluate_reference(method: str, sim_options: dict, *, config: dict | None = 
     from gridedge_run.evaluate import evaluate_policy
 
     if method not in REFERENCE_POLICIES:
-        raise ValueError(f"unknown method {method!r}; known: {list(REFERENCE_POLICIES)} (trained "
-                         "methods are evaluated from their run directory: gridedge evaluate DIR)")
+        raise ValueError(
+            f"unknown method {method!r}; known: {list(REFERENCE_POLICIES)} (trained "
+            "methods are evaluated from their run directory: gridedge evaluate DIR)"
+        )
     sim = make_sim(**sim_options)
     policy_fn = REFERENCE_POLICIES[method](progress=plan_progress, **(config or {}))
     result = evaluate_policy(sim, policy_fn, split=split, days=days, batch=batch, seed=seed, progress=progress)
@@ -323,16 +394,28 @@ def run_evaluate(args) -> dict:
     """``gridedge evaluate DIR | --method NAME ...``; returns the metrics printed by the CLI."""
     overrides = parse_assignments(args.set, "--set")
     if overrides and args.method != "oracle":
-        raise ValueError("--set configures --method oracle only, not "
-                         + (f"{args.method!r}" if args.method else "a run directory's policies"))
+        raise ValueError(
+            "--set configures --method oracle only, not "
+            + (f"{args.method!r}" if args.method else "a run directory's policies")
+        )
     if (args.run_dir is None) == (args.method is None):
-        raise ValueError("give either a run directory (exported policies) or --method "
-                         f"{'|'.join(REFERENCE_POLICIES)}, not both")
-    days = {"split": args.split, "days": args.days, "batch": args.batch, "seed": args.seed,
-            "progress": stderr_progress("evaluate days", 1)}
+        raise ValueError(
+            f"give either a run directory (exported policies) or --method {'|'.join(REFERENCE_POLICIES)}, not both"
+        )
+    days = {
+        "split": args.split,
+        "days": args.days,
+        "batch": args.batch,
+        "seed": args.seed,
+        "progress": stderr_progress("evaluate days", 1),
+    }
     if args.run_dir is not None:
         return evaluate_run(args.run_dir, **days)
     # per Adam step of each batch's plan for the optimum (minutes on IEEE-123); silent for the rules
-    return evaluate_reference(args.method, _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed),
-                              config=overrides, plan_progress=stderr_progress(f"{args.method} plan step", 25),
-                              **days)
+    return evaluate_reference(
+        args.method,
+        _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed),
+        config=overrides,
+        plan_progress=stderr_progress(f"{args.method} plan step", 25),
+        **days,
+    )

@@ -46,8 +46,15 @@ from gridedge_run.evaluate import obs_policy
 from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
 from gridedge_run.rundir import atomic_write_text, load_policies
 
-__all__ = ["PRESETS", "Preset", "REFERENCE_METHODS", "TRAINED_METHODS", "run_compare", "speedup_to_level",
-           "time_to_target"]
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "REFERENCE_METHODS",
+    "TRAINED_METHODS",
+    "run_compare",
+    "speedup_to_level",
+    "time_to_target",
+]
 
 #: Methods trained under the budget, in table order.
 TRAINED_METHODS = ("gradmap", "gradma", "ssl", "ssl-penalty", "ippo", "mappo")
@@ -84,15 +91,27 @@ class Preset:
 
 PRESETS = {
     # a few minutes on 2 cores: small feeder, seconds of training per method; checks that everything runs
-    "smoke": Preset(feeder="ieee13", agents=20, minutes=0.1, test_days=4, curve_days=4,
-                    eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2},
-                    # 300 Adam steps of the optimum (planned twice: test days and the plot day) took 7 of the
-                    # 9 minutes of this preset on 2 cores; 60 keep it a check that everything runs
-                    oracle_set=("iterations=60",)),
+    "smoke": Preset(
+        feeder="ieee13",
+        agents=20,
+        minutes=0.1,
+        test_days=4,
+        curve_days=4,
+        eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2},
+        # 300 Adam steps of the optimum (planned twice: test days and the plot day) took 7 of the
+        # 9 minutes of this preset on 2 cores; 60 keep it a check that everything runs
+        oracle_set=("iterations=60",),
+    ),
     # the issue's benchmark: IEEE-123, 1,000 agents, 15 minutes per method. Eight evenly spaced test days, the
     # same as the learning curves', because the optimum costs about 1.5 s per Adam step and 8 days on 2 cores
-    "paper": Preset(feeder="ieee123", agents=1000, minutes=15.0, test_days=8, curve_days=8,
-                    eval_every={"gradmap": 10, "gradma": 10, "ssl": 10, "ssl-penalty": 10, "ippo": 10, "mappo": 10}),
+    "paper": Preset(
+        feeder="ieee123",
+        agents=1000,
+        minutes=15.0,
+        test_days=8,
+        curve_days=8,
+        eval_every={"gradmap": 10, "gradma": 10, "ssl": 10, "ssl-penalty": 10, "ippo": 10, "mappo": 10},
+    ),
 }
 
 
@@ -142,13 +161,20 @@ def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: st
     if path.is_file():
         return json.loads(path.read_text())
     if method in TRAINED_METHODS:
-        result = evaluate_run(out / "runs" / method, split="test", days=days,
-                              progress=stderr_progress("evaluate days", 1))
+        result = evaluate_run(
+            out / "runs" / method, split="test", days=days, progress=stderr_progress("evaluate days", 1)
+        )
     else:
         sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
-        result = evaluate_reference(method, sim_options, config=_reference_config(method, preset), split="test",
-                                    days=days, progress=stderr_progress("evaluate days", 1),
-                                    plan_progress=stderr_progress(f"{method} plan step", 25))
+        result = evaluate_reference(
+            method,
+            sim_options,
+            config=_reference_config(method, preset),
+            split="test",
+            days=days,
+            progress=stderr_progress("evaluate days", 1),
+            plan_progress=stderr_progress(f"{method} plan step", 25),
+        )
     atomic_write_text(json_text(result, indent=2, default=str), path)
     return result
 
@@ -229,13 +255,20 @@ def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]])
     if not fast["wall_s"] or not slow["wall_s"]:
         return None
     result = {}
-    levels = (("at_slow_final", slow["cost"][-1], slow["violation_share"][-1]),
-              ("at_fast_final", fast["cost"][-1], fast["violation_share"][-1]),
-              ("at_slow_final_share", None, slow["violation_share"][-1]))
+    levels = (
+        ("at_slow_final", slow["cost"][-1], slow["violation_share"][-1]),
+        ("at_fast_final", fast["cost"][-1], fast["violation_share"][-1]),
+        ("at_slow_final_share", None, slow["violation_share"][-1]),
+    )
     for key, cost, share in levels:
         fast_s, slow_s = _first_time(fast, cost, share), _first_time(slow, cost, share)
-        entry = {"level_cost": cost, "level_violation_share": share, "fast_s": fast_s, "slow_s": slow_s,
-                 "speedup": slow_s / fast_s if fast_s and slow_s is not None else None}
+        entry = {
+            "level_cost": cost,
+            "level_violation_share": share,
+            "fast_s": fast_s,
+            "slow_s": slow_s,
+            "speedup": slow_s / fast_s if fast_s and slow_s is not None else None,
+        }
         if slow_s is None and fast_s:
             entry["speedup_at_least"] = slow["wall_s"][-1] / fast_s
         result[key] = entry
@@ -246,10 +279,23 @@ def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]])
 # results
 # ----------------------------------------------------------------------------------------------------------
 
-COLUMNS = ("method", "kind", "train_wall_s", "iterations", "env_steps_per_s", "time_to_target_s", "cost",
-           "gap_to_optimum",
-           "violation_share", "worst_violation_pu", "violation_sum_pu", "device_violation", "pf_failures",
-           "n_agents", "days")
+COLUMNS = (
+    "method",
+    "kind",
+    "train_wall_s",
+    "iterations",
+    "env_steps_per_s",
+    "time_to_target_s",
+    "cost",
+    "gap_to_optimum",
+    "violation_share",
+    "worst_violation_pu",
+    "violation_sum_pu",
+    "device_violation",
+    "pf_failures",
+    "n_agents",
+    "days",
+)
 
 
 def _row(method: str, result: dict, optimum_cost: float | None, summary: dict | None, ttt: float | None) -> dict:
@@ -258,15 +304,21 @@ def _row(method: str, result: dict, optimum_cost: float | None, summary: dict | 
     if optimum_cost is not None and optimum_cost != 0:
         gap = (result["cost"] - optimum_cost) / abs(optimum_cost)
     return {
-        "method": method, "kind": kind,
+        "method": method,
+        "kind": kind,
         "train_wall_s": summary.get("wall_s") if summary else None,
         "iterations": summary.get("iterations") if summary else None,
         "env_steps_per_s": summary.get("env_steps_per_s") if summary else None,
         "time_to_target_s": ttt,
-        "cost": result["cost"], "gap_to_optimum": gap,
-        "violation_share": result["violation_share"], "worst_violation_pu": result["worst_violation_pu"],
-        "violation_sum_pu": result["violation_sum_pu"], "device_violation": result["device_violation"],
-        "pf_failures": result["pf_failures"], "n_agents": result["n_agents"], "days": result["days"],
+        "cost": result["cost"],
+        "gap_to_optimum": gap,
+        "violation_share": result["violation_share"],
+        "worst_violation_pu": result["worst_violation_pu"],
+        "violation_sum_pu": result["violation_sum_pu"],
+        "device_violation": result["device_violation"],
+        "pf_failures": result["pf_failures"],
+        "n_agents": result["n_agents"],
+        "days": result["days"],
     }
 
 
@@ -290,25 +342,40 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(out / "results.csv")
-    lines = [f"# gridedge compare --preset {header['preset']}", "",
-             f"{header['feeder']}, {header['agents']} agents, {header['minutes_per_method']:g} min of training per "
-             f"method ({header['jobs']} at a time), {header['test_days']} test days; machine: {header['machine']}; "
-             f"{header['date']}.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# gridedge compare --preset {header['preset']}",
+        "",
+        f"{header['feeder']}, {header['agents']} agents, {header['minutes_per_method']:g} min of training per "
+        f"method ({header['jobs']} at a time), {header['test_days']} test days; machine: {header['machine']}; "
+        f"{header['date']}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     for row in rows:
         cells = [_fmt(row[k], k) if (k != "time_to_target_s" or row["kind"] == "trained") else "-" for k in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     speed = header.get("gradmap_speedup_over_gradma")
     if speed:
-        lines += ["", "Speed-up of GradMAP over GradMA (GradMA's training time to a level of test cost and violation "
-                  "share over GradMAP's, from the periodic evaluations):"]
-        for key, whose in (("at_slow_final", "GradMA's final level"), ("at_fast_final", "GradMAP's final level"),
-                           ("at_slow_final_share", "GradMA's final violation share at any cost")):
+        lines += [
+            "",
+            "Speed-up of GradMAP over GradMA (GradMA's training time to a level of test cost and violation "
+            "share over GradMAP's, from the periodic evaluations):",
+        ]
+        for key, whose in (
+            ("at_slow_final", "GradMA's final level"),
+            ("at_fast_final", "GradMAP's final level"),
+            ("at_slow_final_share", "GradMA's final violation share at any cost"),
+        ):
             e = speed[key]
             cost = f"{e['level_cost']:.4g} $/day, " if e["level_cost"] is not None else ""
-            level = (f"- at {whose} ({cost}{100 * e['level_violation_share']:.2f} %): "
-                     "GradMAP " + (f"{e['fast_s'] / 60:.1f} min" if e["fast_s"] else "never") + ", GradMA "
-                     + (f"{e['slow_s'] / 60:.1f} min" if e["slow_s"] is not None else "never"))
+            level = (
+                f"- at {whose} ({cost}{100 * e['level_violation_share']:.2f} %): "
+                "GradMAP "
+                + (f"{e['fast_s'] / 60:.1f} min" if e["fast_s"] else "never")
+                + ", GradMA "
+                + (f"{e['slow_s'] / 60:.1f} min" if e["slow_s"] is not None else "never")
+            )
             if e["speedup"] is not None:
                 level += f": {e['speedup']:.2f}x"
             elif "speedup_at_least" in e:
@@ -316,11 +383,17 @@ def _write_results(out: Path, rows: list[dict], header: dict) -> None:
             lines.append(level)
     if header.get("skipped"):
         lines += ["", "Not run (not available in this installation): " + ", ".join(header["skipped"])]
-    lines += ["", "`env_steps_per_s`: environment steps (one feeder-wide step of one day, all agents acting) simulated "
-              f"per second of training; times {header['agents']} for agent-steps per second."]
-    lines += ["", "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time_to_target_s`, on the "
-              f"{header['curve_days']} periodic evaluation days). Figures: learning_curves.png, "
-              "voltage_envelopes.png, device_power.png, feeder_map.png."]
+    lines += [
+        "",
+        "`env_steps_per_s`: environment steps (one feeder-wide step of one day, all agents acting) simulated "
+        f"per second of training; times {header['agents']} for agent-steps per second.",
+    ]
+    lines += [
+        "",
+        "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time_to_target_s`, on the "
+        f"{header['curve_days']} periodic evaluation days). Figures: learning_curves.png, "
+        "voltage_envelopes.png, device_power.png, feeder_map.png.",
+    ]
     atomic_write_text("\n".join(lines) + "\n", out / "results.md")
 
 
@@ -335,8 +408,10 @@ def _machine(jobs: int) -> str:
     import os
     import platform
 
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {_threads_per_method(jobs)} "
-            "torch thread(s) per trained method")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {_threads_per_method(jobs)} "
+        "torch thread(s) per trained method"
+    )
 
 
 def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_name: str) -> list[Path]:
@@ -354,16 +429,35 @@ def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_
     edges += [(t.windings[0].terminal.bus, w.terminal.bus) for t in feeder.transformers for w in t.windings[1:]]
     kinds = [name for name, s in sim.agent_slices.items() for _ in range(s.stop - s.start)]
     return [
-        plots.learning_curves(curves, references, out / "learning_curves.png",
-                              title=f"gridedge compare --preset {preset_name}: {title}"),
-        plots.voltage_envelopes(traces, node_phase, (sim.config.v_min_pu, sim.config.v_max_pu), step_h,
-                                out / "voltage_envelopes.png",
-                                title=f"Per-phase voltage envelopes, test day {int(next(iter(traces.values()))['day'])}"
-                                      f" ({title}; dashed: limits)"),
-        plots.device_power(traces, slices, rating, step_h, out / "device_power.png",
-                           title=f"Device power by type, normalised by total rating ({title})"),
-        plots.feeder_map(bus_xy, edges, sim.agent_bus, sim.agent_phase.tolist(), kinds, out / "feeder_map.png",
-                         title=f"{title}: agents by type (colour) and phase (marker)"),
+        plots.learning_curves(
+            curves, references, out / "learning_curves.png", title=f"gridedge compare --preset {preset_name}: {title}"
+        ),
+        plots.voltage_envelopes(
+            traces,
+            node_phase,
+            (sim.config.v_min_pu, sim.config.v_max_pu),
+            step_h,
+            out / "voltage_envelopes.png",
+            title=f"Per-phase voltage envelopes, test day {int(next(iter(traces.values()))['day'])}"
+            f" ({title}; dashed: limits)",
+        ),
+        plots.device_power(
+            traces,
+            slices,
+            rating,
+            step_h,
+            out / "device_power.png",
+            title=f"Device power by type, normalised by total rating ({title})",
+        ),
+        plots.feeder_map(
+            bus_xy,
+            edges,
+            sim.agent_bus,
+            sim.agent_phase.tolist(),
+            kinds,
+            out / "feeder_map.png",
+            title=f"{title}: agents by type (colour) and phase (marker)",
+        ),
     ]
 
 
@@ -389,17 +483,25 @@ def _train_all(trained: list[str], preset: Preset, out: Path, jobs: int, announc
     from concurrent.futures import ProcessPoolExecutor
 
     threads = _threads_per_method(jobs)
-    announce(f"training {', '.join(trained)}: {jobs} at a time, {threads} torch thread(s) each, "
-             f"{preset.minutes:g} min per method", preset.minutes * 60)
+    announce(
+        f"training {', '.join(trained)}: {jobs} at a time, {threads} torch thread(s) each, "
+        f"{preset.minutes:g} min per method",
+        preset.minutes * 60,
+    )
     # spawn, not fork: a forked child would inherit this process's torch thread pools
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_set_torch_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_set_torch_threads,
+        initargs=(threads,),
+    ) as pool:
         futures = {m: pool.submit(_train, m, preset, preset.minutes, out) for m in trained}
         return {m: futures[m].result() for m in trained}
 
 
-def run_compare(preset_name: str, out: Path, minutes: float | None = None, methods: list[str] | None = None,
-                jobs: int = 1) -> dict:
+def run_compare(
+    preset_name: str, out: Path, minutes: float | None = None, methods: list[str] | None = None, jobs: int = 1
+) -> dict:
     """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``.
 
     ``jobs``: trained methods run this many at a time (each with ``cpu_count // jobs`` torch threads)."""
@@ -443,8 +545,10 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         nonlocal stage
         stage += 1
         left = max(math.ceil(len(trained) / jobs) - (stage - 1), 0) * preset.minutes * 60
-        _say(f"{stage}/{n_stages} {text} | elapsed {fmt_time(time.monotonic() - started)} | "
-             f"training time left about {fmt_time(left)}")
+        _say(
+            f"{stage}/{n_stages} {text} | elapsed {fmt_time(time.monotonic() - started)} | "
+            f"training time left about {fmt_time(left)}"
+        )
 
     summaries = _train_all(trained, preset, out, jobs, announce)
 
@@ -454,32 +558,48 @@ def run_compare(preset_name: str, out: Path, minutes: float | None = None, metho
         announce(f"{m}: evaluating on {preset.test_days or 'all'} test days", 0.0)
         results[m] = _evaluate(m, preset, out, preset.test_days)
         r = results[m]
-        _say(f"{m}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
-             f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}")
+        _say(
+            f"{m}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
+            f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}"
+        )
     if "oracle" in references:
         # the same days when the counts agree (both are evenly spaced over the test split): no second plan
-        optimum_curve_cost = results["oracle"]["cost"] if preset.curve_days == preset.test_days else \
-            _evaluate("oracle", preset, out, preset.curve_days, name="oracle_curve_days")["cost"]
+        optimum_curve_cost = (
+            results["oracle"]["cost"]
+            if preset.curve_days == preset.test_days
+            else _evaluate("oracle", preset, out, preset.curve_days, name="oracle_curve_days")["cost"]
+        )
 
     curves = {m: _learning_curve(out / "runs" / m) for m in trained}
     optimum_cost = results["oracle"]["cost"] if "oracle" in results else None
     rows = []
     for m in trained + references:
-        ttt = time_to_target(curves[m], optimum_curve_cost) if (m in curves and optimum_curve_cost is not None) \
-            else None
+        ttt = (
+            time_to_target(curves[m], optimum_curve_cost) if (m in curves and optimum_curve_cost is not None) else None
+        )
         rows.append(_row(m, results[m], optimum_cost, summaries.get(m), ttt))
 
     sim = make_sim(feeder=preset.feeder, n_agents=preset.agents, seed=preset.sim_seed)
     plot_day = int(select_days("test", preset.test_days)[0])
     _say(f"traces of test day {plot_day} and figures")
     traces = {m: _trace(m, preset, sim, plot_day, out) for m in trained + references}
-    header = {"preset": preset_name, "feeder": preset.feeder, "agents": preset.agents,
-              "minutes_per_method": preset.minutes, "test_days": results[next(iter(results))]["days"] if results else 0,
-              "curve_days": preset.curve_days, "optimum_cost_curve_days": optimum_curve_cost,
-              "gradmap_speedup_over_gradma": speedup_to_level(curves["gradmap"], curves["gradma"])
-              if {"gradmap", "gradma"} <= set(curves) else None,
-              "machine": _machine(jobs), "jobs": jobs, "date": time.strftime("%Y-%m-%d"), "skipped": skipped,
-              "wall_s": time.monotonic() - started}
+    header = {
+        "preset": preset_name,
+        "feeder": preset.feeder,
+        "agents": preset.agents,
+        "minutes_per_method": preset.minutes,
+        "test_days": results[next(iter(results))]["days"] if results else 0,
+        "curve_days": preset.curve_days,
+        "optimum_cost_curve_days": optimum_curve_cost,
+        "gradmap_speedup_over_gradma": speedup_to_level(curves["gradmap"], curves["gradma"])
+        if {"gradmap", "gradma"} <= set(curves)
+        else None,
+        "machine": _machine(jobs),
+        "jobs": jobs,
+        "date": time.strftime("%Y-%m-%d"),
+        "skipped": skipped,
+        "wall_s": time.monotonic() - started,
+    }
     _write_results(out, rows, header)
     refs = {m: {"cost": results[m]["cost"], "violation_share": results[m]["violation_share"]} for m in references}
     figures = _plots(out, sim, traces, curves, refs, preset_name)

@@ -64,9 +64,13 @@ def evaluate_policy(
     chosen = select_days(split, days)
     metrics = RolloutMetrics(sim)
     for start in range(0, len(chosen), batch):
-        part = chosen[start:start + batch]
+        part = chosen[start : start + batch]
         run_episode(sim, reset_days(sim, split, part, seed), policy_fn, metrics)
         if progress is not None:
             progress(min(start + batch, len(chosen)), len(chosen))
-    return {**metrics.summary(len(chosen)), "n_agents": sim.n_agents, "split": split,
-            "wall_s": time.perf_counter() - t0}
+    return {
+        **metrics.summary(len(chosen)),
+        "n_agents": sim.n_agents,
+        "split": split,
+        "wall_s": time.perf_counter() - t0,
+    }

@@ -52,8 +52,10 @@ def _as_sim(env_or_config):
         return make_sim(**env_or_config)
     if isinstance(env_or_config, str):
         return make_sim(feeder=env_or_config)
-    raise ValueError(f"env_or_config must be a Sim, a SimConfig, a dict of make_sim options or a feeder name, "
-                     f"got {type(env_or_config).__name__}")
+    raise ValueError(
+        f"env_or_config must be a Sim, a SimConfig, a dict of make_sim options or a feeder name, "
+        f"got {type(env_or_config).__name__}"
+    )
 
 
 def _check_resume_config(saved: dict, config) -> None:
@@ -61,8 +63,10 @@ def _check_resume_config(saved: dict, config) -> None:
     diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
-                         "checkpoint's values with --set KEY=VALUE to continue it")
+        raise ValueError(
+            f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
+            "checkpoint's values with --set KEY=VALUE to continue it"
+        )
 
 
 def train(
@@ -122,10 +126,16 @@ def train(
             if state["sim_config"] != sim_config_dict(sim):
                 raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
             trainer.load_state_dict(state)
-        run_info = {"method": method, "seed": config.run.seed, "config": dataclasses.asdict(config),
-                    "sim_config": sim_config_dict(sim), "versions": versions(),
-                    "n_agents": sim.n_agents, "agents_per_type": dict(sim.n_per_type),
-                    "resumed_at_iteration": trainer.iteration if resume else None}
+        run_info = {
+            "method": method,
+            "seed": config.run.seed,
+            "config": dataclasses.asdict(config),
+            "sim_config": sim_config_dict(sim),
+            "versions": versions(),
+            "n_agents": sim.n_agents,
+            "agents_per_type": dict(sim.n_per_type),
+            "resumed_at_iteration": trainer.iteration if resume else None,
+        }
         atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
         write_metrics_csv(out / METRICS_NAME, trainer.history, trainer.metric_fields)
     elif resume:
@@ -137,8 +147,9 @@ def train(
         state = trainer.state_dict() if state is None else state
         atomic_save({**state, "method": method}, out / CHECKPOINT_NAME)  # the method names the file's writer
         weights = state["policy_average"] if state.get("policy_average") is not None else state["policy"]
-        export_policies(out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim,
-                        method, state["iteration"])
+        export_policies(
+            out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim, method, state["iteration"]
+        )
 
     run = config.run
 
@@ -166,9 +177,12 @@ def train(
             row["wall_s"] = trainer.elapsed_s
             if eval_fn is not None and (trainer.iteration % run.eval_every == 0 or not budget_left()):
                 ev = eval_fn()
-                row.update(eval_cost=ev["cost"], eval_violation_share=ev["violation_share"],
-                           eval_worst_violation_pu=ev["worst_violation_pu"],
-                           eval_device_violation=ev["device_violation"])
+                row.update(
+                    eval_cost=ev["cost"],
+                    eval_violation_share=ev["violation_share"],
+                    eval_worst_violation_pu=ev["worst_violation_pu"],
+                    eval_device_violation=ev["device_violation"],
+                )
             trainer.history.append(row)
             snapshot = None  # the trainer is consistent again
             if out is not None:
@@ -191,6 +205,12 @@ def train(
         raise
     save()
     final = trainer.history[-1] if trainer.history else {}
-    metrics = {"history": trainer.history, "iterations": trainer.iteration, "wall_s": trainer.elapsed_s,
-               "run_wall_s": time.perf_counter() - wall0, "final": final, "method": method}
+    metrics = {
+        "history": trainer.history,
+        "iterations": trainer.iteration,
+        "wall_s": trainer.elapsed_s,
+        "run_wall_s": time.perf_counter() - wall0,
+        "final": final,
+        "method": method,
+    }
     return make_policy, trainer.params(), metrics

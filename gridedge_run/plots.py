@@ -50,8 +50,9 @@ def _grid(n: int):
     return math.ceil(n / cols), cols
 
 
-def learning_curves(curves: dict[str, dict[str, list[float]]], references: dict[str, dict[str, float]],
-                    path: Path, title: str = "") -> Path:
+def learning_curves(
+    curves: dict[str, dict[str, list[float]]], references: dict[str, dict[str, float]], path: Path, title: str = ""
+) -> Path:
     """curves: method -> {"wall_s", "cost", "violation_share"} lists (periodic test evaluations);
     references: method -> {"cost", "violation_share"} (rules and optimum, evaluated on the same days)."""
     plt = _pyplot()
@@ -67,10 +68,12 @@ def learning_curves(curves: dict[str, dict[str, list[float]]], references: dict[
         ax_cost.axhline(r["cost"], label=f"{method} (reference)", **style)
         ax_viol.axhline(100.0 * r["violation_share"], label=f"{method} (reference)", **style)
     ax_viol.axhline(0.5, color="black", linestyle=":", linewidth=1.0, label="target 0.5 %")
-    ax_cost.set(xlabel="training wall time, min", ylabel="test cost, $ per day (all agents)",
-                title="Cost on test days")
-    ax_viol.set(xlabel="training wall time, min", ylabel="node-steps outside 0.95-1.05 pu, %",
-                title="Voltage violations on test days")
+    ax_cost.set(xlabel="training wall time, min", ylabel="test cost, $ per day (all agents)", title="Cost on test days")
+    ax_viol.set(
+        xlabel="training wall time, min",
+        ylabel="node-steps outside 0.95-1.05 pu, %",
+        title="Voltage violations on test days",
+    )
     ax_viol.set_yscale("symlog", linthresh=0.1)
     ax_viol.legend(fontsize=7, loc="upper right")
     if title:
@@ -78,13 +81,18 @@ def learning_curves(curves: dict[str, dict[str, list[float]]], references: dict[
     return _save(fig, path)
 
 
-def voltage_envelopes(traces: dict[str, dict], node_phase: list[int], v_limits: tuple[float, float],
-                      step_hours: float, path: Path, title: str = "") -> Path:
+def voltage_envelopes(
+    traces: dict[str, dict],
+    node_phase: list[int],
+    v_limits: tuple[float, float],
+    step_hours: float,
+    path: Path,
+    title: str = "",
+) -> Path:
     """traces: method -> {"v_mag_pu": [T, n] array}; node_phase: phase (1-3) of each node."""
     plt = _pyplot()
     rows, cols = _grid(len(traces))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
     phase = np.asarray(node_phase)
     for ax, (method, tr) in zip(axes.flat, traces.items(), strict=False):
         v = np.asarray(tr["v_mag_pu"])
@@ -101,42 +109,55 @@ def voltage_envelopes(traces: dict[str, dict], node_phase: list[int], v_limits: 
         ax.set_xlabel("hour of day")
     for ax in axes[:, 0]:
         ax.set_ylabel("voltage, pu (min-max over nodes)")
-    for ax in list(axes.flat)[len(traces):]:
+    for ax in list(axes.flat)[len(traces) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title or "Per-phase voltage envelopes over a test day (dashed: limits)")
     return _save(fig, path)
 
 
-def device_power(traces: dict[str, dict], type_slices: dict[str, tuple[int, int]], type_rating_kw: dict[str, float],
-                 step_hours: float, path: Path, title: str = "") -> Path:
+def device_power(
+    traces: dict[str, dict],
+    type_slices: dict[str, tuple[int, int]],
+    type_rating_kw: dict[str, float],
+    step_hours: float,
+    path: Path,
+    title: str = "",
+) -> Path:
     """traces: method -> {"p_kw": [T, N] array}; type_slices: type -> (start, stop) on the agent axis;
     type_rating_kw: type -> the sum of its agents' rated power (p_max_kw)."""
     plt = _pyplot()
     rows, cols = _grid(len(traces))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
     for ax, (method, tr) in zip(axes.flat, traces.items(), strict=False):
         p = np.asarray(tr["p_kw"])
         hours = np.arange(p.shape[0]) * step_hours
         for name, (start, stop) in type_slices.items():
             if stop > start:
-                ax.plot(hours, p[:, start:stop].sum(axis=1) / type_rating_kw[name], color=TYPE_COLOURS.get(name),
-                        label=name)
+                ax.plot(
+                    hours, p[:, start:stop].sum(axis=1) / type_rating_kw[name], color=TYPE_COLOURS.get(name), label=name
+                )
         ax.axhline(0.0, color="grey", linewidth=0.6)
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("hour of day")
     for ax in axes[:, 0]:
         ax.set_ylabel("power / rated power (+ consumes)")
-    for ax in list(axes.flat)[len(traces):]:
+    for ax in list(axes.flat)[len(traces) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title or "Device power by type over a test day, normalised by the type's total rating")
     return _save(fig, path)
 
 
-def feeder_map(bus_xy: dict[str, tuple[float, float]], edges: list[tuple[str, str]], agent_bus: list[str],
-               agent_phase: list[int], agent_type: list[str], path: Path, title: str = "") -> Path:
+def feeder_map(
+    bus_xy: dict[str, tuple[float, float]],
+    edges: list[tuple[str, str]],
+    agent_bus: list[str],
+    agent_phase: list[int],
+    agent_type: list[str],
+    path: Path,
+    title: str = "",
+) -> Path:
     """Buses at their coordinates, lines between them, agents coloured by type and marked by phase; agents at
     the same bus are spread on a small circle around it so that they stay visible."""
     plt = _pyplot()
@@ -164,8 +185,16 @@ def feeder_map(bus_xy: dict[str, tuple[float, float]], edges: list[tuple[str, st
         points.setdefault((kind, ph), []).append((x + radius * math.cos(angle), y + radius * math.sin(angle)))
     for (kind, ph), pts in sorted(points.items()):
         arr = np.array(pts)
-        ax.scatter(arr[:, 0], arr[:, 1], s=10, color=TYPE_COLOURS.get(kind), marker=PHASE_MARKERS.get(ph, "o"),
-                   label=f"{kind}, phase {'abc'[ph - 1]}", zorder=3, linewidths=0)
+        ax.scatter(
+            arr[:, 0],
+            arr[:, 1],
+            s=10,
+            color=TYPE_COLOURS.get(kind),
+            marker=PHASE_MARKERS.get(ph, "o"),
+            label=f"{kind}, phase {'abc'[ph - 1]}",
+            zorder=3,
+            linewidths=0,
+        )
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])

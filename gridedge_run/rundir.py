@@ -1,9 +1,9 @@
 """The files of a run directory, written atomically so that an interrupted run leaves a consistent one.
 
-    DIR/config.json     method, trainer config, simulator config, versions, agents per type
-    DIR/metrics.csv     one row per iteration (the trainer's `metric_fields`)
-    DIR/checkpoint.pt   everything the trainer needs to continue bit for bit (`--resume`)
-    DIR/policies.pt     the exported per-agent policies (`load_policies`, ``gridedge evaluate DIR``)
+DIR/config.json     method, trainer config, simulator config, versions, agents per type
+DIR/metrics.csv     one row per iteration (the trainer's `metric_fields`)
+DIR/checkpoint.pt   everything the trainer needs to continue bit for bit (`--resume`)
+DIR/policies.pt     the exported per-agent policies (`load_policies`, ``gridedge evaluate DIR``)
 """
 
 from __future__ import annotations
@@ -87,14 +87,17 @@ def append_metrics_csv(path: Path, row: dict, fields: tuple[str, ...]) -> None:
 def export_policies(path: Path, params: dict, sim, method: str, iteration: int) -> None:
     """Write the trained per-agent policies (stacked weights + normaliser + what is needed to rebuild the
     simulator) atomically to ``path``."""
-    atomic_save({
-        "format": POLICIES_FORMAT,
-        "method": method,
-        "iteration": iteration,
-        "agents": list(sim.agents),
-        "sim_config": sim_config_dict(sim),
-        "params": params,
-    }, path)
+    atomic_save(
+        {
+            "format": POLICIES_FORMAT,
+            "method": method,
+            "iteration": iteration,
+            "agents": list(sim.agents),
+            "sim_config": sim_config_dict(sim),
+            "params": params,
+        },
+        path,
+    )
 
 
 def load_run_file(path: Path, what: str, map_location="cpu") -> dict:
@@ -110,13 +113,19 @@ def load_run_file(path: Path, what: str, map_location="cpu") -> dict:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # names a class or function the file would call
-            raise ValueError(f"{path}: refused: the {what} holds objects other than tensors and plain data "
-                             "(loading it could run code)") from exc
-        raise ValueError(f"{path}: cannot read the {what}: the file is truncated, corrupted or not written by "
-                         "gridedge (UnpicklingError)") from exc
+            raise ValueError(
+                f"{path}: refused: the {what} holds objects other than tensors and plain data "
+                "(loading it could run code)"
+            ) from exc
+        raise ValueError(
+            f"{path}: cannot read the {what}: the file is truncated, corrupted or not written by "
+            "gridedge (UnpicklingError)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - truncated or garbage files raise many kinds of errors
-        raise ValueError(f"{path}: cannot read the {what}: the file is truncated, corrupted or not written by "
-                         f"gridedge ({type(exc).__name__})") from exc
+        raise ValueError(
+            f"{path}: cannot read the {what}: the file is truncated, corrupted or not written by "
+            f"gridedge ({type(exc).__name__})"
+        ) from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a gridedge {what} (it holds a {type(data).__name__})")
     return data

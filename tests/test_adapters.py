@@ -59,8 +59,10 @@ def _assert_equal_dicts(d1, d2):
 
 
 def test_import_stays_light():
-    code = ("import sys, gridedge_env; assert 'pettingzoo' not in sys.modules and 'gymnasium' not in sys.modules; "
-            "assert callable(gridedge_env.parallel_env); assert 'pettingzoo' in sys.modules")
+    code = (
+        "import sys, gridedge_env; assert 'pettingzoo' not in sys.modules and 'gymnasium' not in sys.modules; "
+        "assert callable(gridedge_env.parallel_env); assert 'pettingzoo' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -70,8 +72,16 @@ def test_exports_and_versioned_module():
     assert gridedge_env.parallel_env is ieee123_v0.parallel_env is pettingzoo_env.parallel_env
     assert gridedge_env.env is ieee123_v0.env and gridedge_env.raw_env is ieee123_v0.raw_env
     doc = pettingzoo_env.__doc__
-    for section in ("## Agents", "## Actions", "## Observations", "## State", "## Rewards", "## Infos",
-                    "## Arguments", "## Version history"):
+    for section in (
+        "## Agents",
+        "## Actions",
+        "## Observations",
+        "## State",
+        "## Rewards",
+        "## Infos",
+        "## Arguments",
+        "## Version history",
+    ):
         assert section in doc
 
 

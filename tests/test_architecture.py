@@ -27,9 +27,14 @@ def imports(path: Path) -> list[tuple[str, list[str], int]]:
             found += [(alias.name, [], node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.module, [alias.name for alias in node.names], node.lineno))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "import_module" and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append((node.args[0].value, [], node.lineno))
     return found
 
@@ -112,9 +117,11 @@ def test_examples_use_public_names_only():
 def test_the_checker_sees_what_it_must_reject(tmp_path):
     """The parser finds top-level, lazy and importlib imports, and the rules flag an upward and a private one."""
     source = tmp_path / "mod.py"
-    source.write_text("import os\nfrom gridedge_run.loop import train\n\n"
-                      "def f():\n    from gradmap_agent.optim import _hidden\n"
-                      "    return importlib.import_module('baselines.ppo')\n")
+    source.write_text(
+        "import os\nfrom gridedge_run.loop import train\n\n"
+        "def f():\n    from gradmap_agent.optim import _hidden\n"
+        "    return importlib.import_module('baselines.ppo')\n"
+    )
     found = [(str(source), "gridedge_env", m, n, line) for m, n, line in imports(source) if package_of(m)]
     assert [m for _, _, m, _, _ in found] == ["gridedge_run.loop", "gradmap_agent.optim", "baselines.ppo"]
     upward, private = violations(found)

@@ -25,8 +25,16 @@ from gridedge_run import EVAL_KEYS, REFERENCE_POLICIES, evaluate_policy
 from gridedge_run.cli import main
 
 #: the evaluation keys every method must report, finite
-METRIC_KEYS = ("cost", "violation_share", "violation_sum_pu", "worst_violation_pu", "device_violation",
-               "pf_failures", "n_agents", "days")
+METRIC_KEYS = (
+    "cost",
+    "violation_share",
+    "violation_sum_pu",
+    "worst_violation_pu",
+    "device_violation",
+    "pf_failures",
+    "n_agents",
+    "days",
+)
 RULE_NAMES = ("noop", "price-seeking", "droop")
 
 
@@ -67,9 +75,27 @@ def check_metrics(result: dict, n_agents: int, days: int) -> None:
 @pytest.mark.parametrize("method", ["ssl", "ssl-penalty"])
 def test_cli_trains_and_evaluates_ssl(tmp_path, method):
     out = tmp_path / method
-    code, summary, err = run_cli(["train", method, "--feeder", "ieee13", "--agents", "12", "--iterations", "2",
-                                  "--seed", "1", "--out", str(out), "--set", "batch_days=2", "--set", "hidden=8",
-                                  "--json"])
+    code, summary, err = run_cli(
+        [
+            "train",
+            method,
+            "--feeder",
+            "ieee13",
+            "--agents",
+            "12",
+            "--iterations",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--set",
+            "batch_days=2",
+            "--set",
+            "hidden=8",
+            "--json",
+        ]
+    )
     assert code == 0, err
     assert summary["method"] == method and summary["iterations"] == 2 and summary["n_agents"] == 12
     for key in ("final_cost", "final_violation_share", "final_worst_violation_pu", "final_device_violation"):
@@ -95,8 +121,9 @@ def test_cli_trains_and_evaluates_ssl(tmp_path, method):
 
 @pytest.mark.parametrize("method", ["noop", "droop"])
 def test_cli_evaluates_rules(method):
-    code, result, err = run_cli(["evaluate", "--method", method, "--feeder", "ieee13", "--agents", "20",
-                                 "--days", "3", "--json"])
+    code, result, err = run_cli(
+        ["evaluate", "--method", method, "--feeder", "ieee13", "--agents", "20", "--days", "3", "--json"]
+    )
     assert code == 0, err
     assert result["method"] == method
     check_metrics(result, n_agents=20, days=3)
@@ -109,8 +136,24 @@ def test_cli_evaluates_rules(method):
 def test_cli_evaluates_oracle():
     """``--method oracle`` plans every day and replays it; ``--set iterations=3`` instead of the default 300 Adam
     steps, which take minutes here (the wiring is what is tested; the optimum is tested below)."""
-    code, result, err = run_cli(["evaluate", "--method", "oracle", "--feeder", "ieee13", "--agents", "12",
-                                 "--sim-set", "step_minutes=60", "--days", "2", "--set", "iterations=3", "--json"])
+    code, result, err = run_cli(
+        [
+            "evaluate",
+            "--method",
+            "oracle",
+            "--feeder",
+            "ieee13",
+            "--agents",
+            "12",
+            "--sim-set",
+            "step_minutes=60",
+            "--days",
+            "2",
+            "--set",
+            "iterations=3",
+            "--json",
+        ]
+    )
     assert code == 0, err
     assert result["method"] == "oracle"
     check_metrics(result, n_agents=12, days=2)
@@ -139,15 +182,15 @@ def test_cli_oracle_settings_are_checked():
 #:   price-seeking  cost  211.5 $/day, violation share 1.677 %
 #:   droop          cost  847.9 $/day, violation share 0.356 %
 #:   oracle         cost   95.2 $/day, violation share 0.051 %   (40 Adam steps from price-seeking, ~30 s)
-SMALL_CASE = dict(feeder="ieee13", n_agents=1000, load_scale=0.5, pv_kwp_per_kw=1.0, source_v_pu=1.0,
-                  step_minutes=60)
+SMALL_CASE = dict(feeder="ieee13", n_agents=1000, load_scale=0.5, pv_kwp_per_kw=1.0, source_v_pu=1.0, step_minutes=60)
 SMALL_DAYS = [39, 144]
 
 
 def test_oracle_beats_every_rule_on_cost_at_no_more_violation():
     sim = make_sim(**SMALL_CASE)
-    rules = {name: evaluate_policy(sim, REFERENCE_POLICIES[name](), split="test", days=SMALL_DAYS)
-             for name in RULE_NAMES}
+    rules = {
+        name: evaluate_policy(sim, REFERENCE_POLICIES[name](), split="test", days=SMALL_DAYS) for name in RULE_NAMES
+    }
     # the case is a real test: the rules violate the band, and the cheapest rule the most
     assert all(r["violation_share"] > 0 for r in rules.values())
     assert rules["price-seeking"]["violation_share"] > max(rules[n]["violation_share"] for n in ("noop", "droop"))
@@ -208,12 +251,15 @@ def test_train_ssl_bad_settings_are_clear_errors(tmp_path):
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("breakpoints", [
-    (0.96, 0.95, 1.01, 1.07),   # v_low_full above v_low_zero
-    (0.925, 1.01, 1.01, 1.07),  # empty dead band
-    (0.925, 1.02, 1.01, 1.07),  # v_low_zero above v_high_zero
-    (0.925, 0.995, 1.08, 1.07),  # v_high_zero above v_high_full
-])
+@pytest.mark.parametrize(
+    "breakpoints",
+    [
+        (0.96, 0.95, 1.01, 1.07),  # v_low_full above v_low_zero
+        (0.925, 1.01, 1.01, 1.07),  # empty dead band
+        (0.925, 1.02, 1.01, 1.07),  # v_low_zero above v_high_zero
+        (0.925, 0.995, 1.08, 1.07),  # v_high_zero above v_high_full
+    ],
+)
 def test_droop_curves_reject_unordered_breakpoints(breakpoints):
     with pytest.raises(ValueError, match="droop breakpoints must satisfy"):
         DroopCurves(*breakpoints)
@@ -227,9 +273,13 @@ def test_droop_curves_accept_ordered_breakpoints():
 
 
 def test_oracle_and_ssl_configs_reject_bad_values():
-    for bad, words in [({"iterations": 0}, "iterations"), ({"lr": 0.0}, "lr must be > 0"),
-                       ({"margin_pu": -0.01}, "margin_pu"), ({"rho_growth": 0.5}, "rho_growth"),
-                       ({"init": "greedy"}, "init must be one of")]:
+    for bad, words in [
+        ({"iterations": 0}, "iterations"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"margin_pu": -0.01}, "margin_pu"),
+        ({"rho_growth": 0.5}, "rho_growth"),
+        ({"init": "greedy"}, "init must be one of"),
+    ]:
         with pytest.raises(ValueError, match=words):
             OracleConfig(**bad)
     with pytest.raises(ValueError, match="voltage_penalty must be >= 0"):

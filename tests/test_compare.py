@@ -25,8 +25,15 @@ def smoke_dir(tmp_path_factory):
 @pytest.mark.timeout(1800)
 def test_smoke_writes_every_file(smoke_dir):
     out, _ = smoke_dir
-    for name in ("results.md", "results.csv", "results.json", "learning_curves.png", "voltage_envelopes.png",
-                 "device_power.png", "feeder_map.png"):
+    for name in (
+        "results.md",
+        "results.csv",
+        "results.json",
+        "learning_curves.png",
+        "voltage_envelopes.png",
+        "device_power.png",
+        "feeder_map.png",
+    ):
         path = out / name
         assert path.is_file() and path.stat().st_size > 0, name
     png = (out / "feeder_map.png").read_bytes()
@@ -87,8 +94,27 @@ def test_bad_arguments(tmp_path, capsys):
 def test_parallel_training_jobs(tmp_path):
     """--jobs 2: two methods trained at once in worker processes, with the same files and table as one by one."""
     out = tmp_path / "jobs"
-    assert main(["compare", "--preset", "smoke", "--minutes", "0.05", "--methods", "gradmap", "gradma", "noop",
-                 "--jobs", "2", "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--preset",
+                "smoke",
+                "--minutes",
+                "0.05",
+                "--methods",
+                "gradmap",
+                "gradma",
+                "noop",
+                "--jobs",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["jobs"] == 2 and [r["method"] for r in results["results"]] == ["gradmap", "gradma", "noop"]
     for row in results["results"][:2]:

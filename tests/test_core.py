@@ -85,8 +85,9 @@ def test_agent_names_and_groups(sim):
         assert sim.params[name].n_agents == len(members)
     assert set(sim.agent_node_names) <= set(sim.load_node_names)
     assert set(sim.agent_phase.tolist()) <= {1, 2, 3}
-    for name, node, bus, phase in zip(sim.agents[:50], sim.agent_node_names, sim.agent_bus, sim.agent_phase.tolist(),
-                                      strict=False):
+    for name, node, bus, phase in zip(
+        sim.agents[:50], sim.agent_node_names, sim.agent_bus, sim.agent_phase.tolist(), strict=False
+    ):
         assert node == f"{bus}.{phase}", name
 
 
@@ -191,8 +192,11 @@ def test_state_is_immutable_and_untouched(sim):
     state = sim.reset(2, seed=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.t = 3  # type: ignore[misc]
-    before = {f.name: getattr(state, f.name).clone() for f in dataclasses.fields(state)
-              if isinstance(getattr(state, f.name), torch.Tensor)}
+    before = {
+        f.name: getattr(state, f.name).clone()
+        for f in dataclasses.fields(state)
+        if isinstance(getattr(state, f.name), torch.Tensor)
+    }
     sim.step(state, _random_actions(sim, 2, 1)[0])
     for name, value in before.items():
         assert torch.equal(getattr(state, name), value), name
@@ -232,10 +236,10 @@ def test_batch_independence(sim):
     actions = _random_actions(sim, 4, 6, seed=2)
     full = _rollout(sim, state, actions)
     for row in (0, 3):
-        alone = _rollout(sim, state.select([row]), actions[:, row:row + 1])
+        alone = _rollout(sim, state.select([row]), actions[:, row : row + 1])
         for rf, ra in zip(full, alone, strict=True):
             for name in ("cost", "device_violation", "voltage_violation", "obs"):
-                assert torch.allclose(getattr(rf, name)[row:row + 1], getattr(ra, name), rtol=1e-10, atol=1e-12)
+                assert torch.allclose(getattr(rf, name)[row : row + 1], getattr(ra, name), rtol=1e-10, atol=1e-12)
 
 
 def test_train_and_test_days_disjoint_in_reset(sim):
@@ -419,10 +423,10 @@ def test_observation_spec(sim):
     assert torch.allclose(obs[..., OBS_NAMES.index("node_pv")], pv_node)
     own = obs[..., OBS_NAMES.index("own_state")]
     pb = sim.params["battery"]
-    assert torch.allclose(own[:, sim.agent_slices["battery"]],
-                          (s.soc_kwh - pb.soc_min_kwh) / (pb.soc_max_kwh - pb.soc_min_kwh))
-    assert torch.allclose(own[:, sim.agent_slices["generator"]],
-                          s.p_prev_kw / sim.params["generator"].p_max_kw)
+    assert torch.allclose(
+        own[:, sim.agent_slices["battery"]], (s.soc_kwh - pb.soc_min_kwh) / (pb.soc_max_kwh - pb.soc_min_kwh)
+    )
+    assert torch.allclose(own[:, sim.agent_slices["generator"]], s.p_prev_kw / sim.params["generator"].p_max_kw)
     assert bool((own[:, sim.agent_slices["battery"]] >= -1e-9).all())
     # node load is the household load on the agent's node, per kW of the node's spot load
     load = obs[..., OBS_NAMES.index("node_load")]

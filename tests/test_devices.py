@@ -87,9 +87,7 @@ def test_battery_round_trip_returns_eta_c_times_eta_d() -> None:
     charged = dev.battery_step(params, soc0, _t([0.6]), DT_H)
     e_in_kwh = charged.p_kw * DT_H
     # Discharge exactly back to soc0 (ask for more than is there, but bound the state by soc0 via soc_min).
-    back = dev.battery_step(
-        dataclasses.replace(params, soc_min_kwh=soc0[0]), charged.next_state, _t([-1.0]), DT_H
-    )
+    back = dev.battery_step(dataclasses.replace(params, soc_min_kwh=soc0[0]), charged.next_state, _t([-1.0]), DT_H)
     e_out_kwh = -back.p_kw * DT_H
     torch.testing.assert_close(back.next_state, soc0)
     torch.testing.assert_close(e_out_kwh, 0.92 * 0.96 * e_in_kwh)
@@ -332,9 +330,7 @@ def test_battery_gradcheck_away_from_kinks() -> None:
     # Row 0: interior requests; row 1: nearly empty and asked to discharge hard (discharge bound binds).
     soc = torch.stack([mid, params.soc_min_kwh + 0.2]).requires_grad_(True)
     a = _t([0.3, -0.5, 0.7], [-0.9, -0.8, -0.95]).requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda s, x: _flat_outputs(dev.battery_step(params, s, x, DT_H)), (soc, a)
-    )
+    assert torch.autograd.gradcheck(lambda s, x: _flat_outputs(dev.battery_step(params, s, x, DT_H)), (soc, a))
 
 
 def test_heatpump_gradcheck_away_from_kinks() -> None:
@@ -352,9 +348,7 @@ def test_generator_gradcheck_away_from_kinks() -> None:
     # Row 0: within the ramp window; row 1: the ramp limit binds from prev = 0.
     prev = _t([3.0, 2.5, 2.0], [0.0, 0.0, 0.0]).requires_grad_(True)
     a = _t([0.1, 0.2, 0.0], [-0.9, -0.95, -0.99]).requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda s, x: _flat_outputs(dev.generator_step(params, s, x, DT_H)), (prev, a)
-    )
+    assert torch.autograd.gradcheck(lambda s, x: _flat_outputs(dev.generator_step(params, s, x, DT_H)), (prev, a))
 
 
 def test_violation_gradient_pushes_back_into_feasible_set() -> None:

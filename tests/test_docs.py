@@ -10,8 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose Python blocks are run here (other pages' examples are run by their module's tests).
-RUN_HERE = ["quickstart.md", "environment.md", "tutorial-gradient-learner.md", "tutorial-custom-feeder.md", "ppo.md",
-            "tutorial-marl-libraries.md"]
+RUN_HERE = [
+    "quickstart.md",
+    "environment.md",
+    "tutorial-gradient-learner.md",
+    "tutorial-custom-feeder.md",
+    "ppo.md",
+    "tutorial-marl-libraries.md",
+]
 #: Pages that must keep at least this many Python blocks (environment.md: one worked example per part of its spec).
 MIN_BLOCKS = {"environment.md": 6}
 #: Libraries of the integration extras (installed in CI); a page that needs a missing one is skipped.

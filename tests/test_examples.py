@@ -22,8 +22,22 @@ def _main(script: str):
 def test_train_gradmap_example(tmp_path):
     threads = torch.get_num_threads()
     try:
-        summary = _main("train_gradmap.py")(["--feeder", "ieee13", "--agents", "10", "--iterations", "2",
-                                             "--days", "2", "--out", str(tmp_path / "run"), "--threads", "1"])
+        summary = _main("train_gradmap.py")(
+            [
+                "--feeder",
+                "ieee13",
+                "--agents",
+                "10",
+                "--iterations",
+                "2",
+                "--days",
+                "2",
+                "--out",
+                str(tmp_path / "run"),
+                "--threads",
+                "1",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert summary["agents"] == 10 and summary["iterations"] == 2 and summary["test_days"] == 2
@@ -44,10 +58,23 @@ def test_worst_step_example(tmp_path):
     day reports its own worst excursion."""
     threads = torch.get_num_threads()
     try:
-        _main("train_gradmap.py")(["--feeder", "ieee13", "--agents", "10", "--iterations", "2", "--days", "2",
-                                   "--out", str(tmp_path / "run"), "--threads", "1"])
-        summary = _main("worst_step.py")([str(tmp_path / "run"), "--days", "3", "--oracle",
-                                          "--oracle-iterations", "3"])
+        _main("train_gradmap.py")(
+            [
+                "--feeder",
+                "ieee13",
+                "--agents",
+                "10",
+                "--iterations",
+                "2",
+                "--days",
+                "2",
+                "--out",
+                str(tmp_path / "run"),
+                "--threads",
+                "1",
+            ]
+        )
+        summary = _main("worst_step.py")([str(tmp_path / "run"), "--days", "3", "--oracle", "--oracle-iterations", "3"])
     finally:
         torch.set_num_threads(threads)
     assert summary["excursion_pu"] >= 0.0 and 0 <= summary["step"] < 96

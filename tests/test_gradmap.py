@@ -72,8 +72,9 @@ def test_smoke_train_ieee13(sim13):
     assert torch.equal(a, policy(state.obs))  # deterministic mean
 
 
-@pytest.mark.parametrize("options", [{}, {"policy_average": 0.7},
-                                     {"hard_scenario_share": 0.5, "hard_scenario_pool": 3}])
+@pytest.mark.parametrize(
+    "options", [{}, {"policy_average": 0.7}, {"hard_scenario_share": 0.5, "hard_scenario_pool": 3}]
+)
 def test_resume_gives_identical_continuation(sim13, tmp_path, options):
     config = tiny(iterations=4, reuse=2, minibatches=2, **options)
     _, params_a, metrics_a = train(sim13, config, out_dir=tmp_path / "a")
@@ -209,8 +210,9 @@ def test_no_parameter_sharing():
 def test_gradma_is_gradmap_with_k1(sim13):
     """Same code path: GradMAP with K=1 (whatever its trust region) takes GradMA's steps."""
     _, p_gradma, m_gradma = train(sim13, gradma_config(iterations=2, batch_days=2, hidden=8))
-    _, p_k1, m_k1 = train(sim13, gradmap_config(iterations=2, batch_days=2, hidden=8, reuse=1, minibatches=1,
-                                                clip_radius=0.05))
+    _, p_k1, m_k1 = train(
+        sim13, gradmap_config(iterations=2, batch_days=2, hidden=8, reuse=1, minibatches=1, clip_radius=0.05)
+    )
     assert params_equal(p_gradma, p_k1)
     for a, b in zip(m_gradma["history"], m_k1["history"], strict=True):
         assert a["lagrangian"] == b["lagrangian"] and a["cost"] == b["cost"]
@@ -221,8 +223,14 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     network terms of the Lagrangian switched on (linear multipliers and the augmented quadratic term)."""
     from gradmap_agent.train import GradMAPTrainer
 
-    config = gradma_config(iterations=1, batch_days=2, hidden=8, policy_dtype="float64",
-                           voltage_multiplier_init=100.0, voltage_quadratic=1e5)
+    config = gradma_config(
+        iterations=1,
+        batch_days=2,
+        hidden=8,
+        policy_dtype="float64",
+        voltage_multiplier_init=100.0,
+        voltage_quadratic=1e5,
+    )
     trainer = GradMAPTrainer(sim13, config)
     rng = trainer.gen.get_state()
     roll = trainer.rollout()
@@ -240,8 +248,15 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     for t in range(n_steps):
         a = trainer.policy.act(trainer.normalizer.normalize(state.obs.detach()), noise[t])
         r = sim13.step(state, a)
-        term, _, w = step_lagrangian(r, t, trainer.multipliers, sim13.config.v_min_pu, sim13.config.v_max_pu,
-                                     config.lagrangian.voltage_margin_pu, config.lagrangian.voltage_quadratic)
+        term, _, w = step_lagrangian(
+            r,
+            t,
+            trainer.multipliers,
+            sim13.config.v_min_pu,
+            sim13.config.v_max_pu,
+            config.lagrangian.voltage_margin_pu,
+            config.lagrangian.voltage_quadratic,
+        )
         total = total + term
         violated = violated or bool((w > 0).any())
         state = r.state
@@ -251,15 +266,21 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
         torch.testing.assert_close(gs, gd, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"voltage_quadratic": -1.0}, "voltage_quadratic must be finite and >= 0"),
-    ({"voltage_dual_lr": float("nan")}, "voltage_dual_lr must be finite and >= 0"),
-    ({"voltage_multiplier_init": 1e4, "max_multiplier": 100.0}, "voltage_multiplier_init (10000.0) must be at most"),
-    ({"lr": 0.0}, "lr must be > 0"),
-    ({"policy_average": 1.0}, "policy_average must be in [0, 1)"),
-    ({"hard_scenario_share": -0.1}, "hard_scenario_share must be in [0, 1]"),
-    ({"hard_scenario_pool": 0}, "hard_scenario_pool must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"voltage_quadratic": -1.0}, "voltage_quadratic must be finite and >= 0"),
+        ({"voltage_dual_lr": float("nan")}, "voltage_dual_lr must be finite and >= 0"),
+        (
+            {"voltage_multiplier_init": 1e4, "max_multiplier": 100.0},
+            "voltage_multiplier_init (10000.0) must be at most",
+        ),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"policy_average": 1.0}, "policy_average must be in [0, 1)"),
+        ({"hard_scenario_share": -0.1}, "hard_scenario_share must be in [0, 1]"),
+        ({"hard_scenario_pool": 0}, "hard_scenario_pool must be >= 1"),
+    ],
+)
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         gradmap_config(**fields)
@@ -333,8 +354,12 @@ def test_step_lagrangian_quadratic_term():
     from types import SimpleNamespace
 
     v = torch.tensor([[0.93, 1.0, 1.06]], dtype=torch.float64)
-    result = SimpleNamespace(converged=torch.tensor([True]), device_violation=torch.zeros(1, 2, dtype=torch.float64),
-                             v_mag_pu=v, cost=torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+    result = SimpleNamespace(
+        converged=torch.tensor([True]),
+        device_violation=torch.zeros(1, 2, dtype=torch.float64),
+        v_mag_pu=v,
+        cost=torch.tensor([[1.0, 2.0]], dtype=torch.float64),
+    )
     mult = Multipliers(2, 1, 3, voltage_init=10.0)
     plain, _, w = step_lagrangian(result, 0, mult, 0.95, 1.05, margin_pu=0.01)
     augmented, _, _ = step_lagrangian(result, 0, mult, 0.95, 1.05, margin_pu=0.01, voltage_quadratic=100.0)
@@ -356,8 +381,25 @@ def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
     from gridedge_run.cli import main
 
     out = tmp_path / "run"
-    argv = ["train", "gradma", "--feeder", "ieee13", "--agents", "20", "--iterations", "2", "--seed", "3",
-            "--out", str(out), "--set", "batch_days=2", "--set", "hidden=8", "--json"]
+    argv = [
+        "train",
+        "gradma",
+        "--feeder",
+        "ieee13",
+        "--agents",
+        "20",
+        "--iterations",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--set",
+        "batch_days=2",
+        "--set",
+        "hidden=8",
+        "--json",
+    ]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(argv) == 0
@@ -371,8 +413,17 @@ def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
     assert "torch" in info["versions"] and "gridedge" in info["versions"]
     lines = (out / "metrics.csv").read_text().splitlines()
     assert len(lines) == 3
-    for column in ("wall_s", "lagrangian", "cost", "violation_share", "worst_violation_pu", "device_violation",
-                   "voltage_multiplier_max", "device_multiplier_mean", "pf_failures"):
+    for column in (
+        "wall_s",
+        "lagrangian",
+        "cost",
+        "violation_share",
+        "worst_violation_pu",
+        "device_violation",
+        "voltage_multiplier_max",
+        "device_multiplier_mean",
+        "pf_failures",
+    ):
         assert column in lines[0].split(",")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(argv) == 2  # refuses the non-empty directory
@@ -393,8 +444,23 @@ def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
     assert saved["iteration"] == 3 and saved["agents"][0] == "battery_0"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["evaluate", "--method", "price-seeking", "--feeder", "ieee13", "--agents", "20", "--days", "2",
-                     "--json"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--method",
+                    "price-seeking",
+                    "--feeder",
+                    "ieee13",
+                    "--agents",
+                    "20",
+                    "--days",
+                    "2",
+                    "--json",
+                ]
+            )
+            == 0
+        )
     assert json.loads(buf.getvalue())["method"] == "price-seeking"
 
 
@@ -416,8 +482,9 @@ def test_gradmap_learns_a_feasible_task():
     sim = make_sim(**FEASIBLE)
     make_policy, params, _ = train(sim, gradmap_config(iterations=80, batch_days=4, seed=0))
     learned = evaluate_policy(sim, obs_policy(make_policy(params)), split="test", days=16)
-    rules = {name: evaluate_policy(sim, RULES[name], split="test", days=16) for name in ("noop", "price-seeking",
-                                                                                         "droop")}
+    rules = {
+        name: evaluate_policy(sim, RULES[name], split="test", days=16) for name in ("noop", "price-seeking", "droop")
+    }
     assert learned["pf_failures"] == 0
     assert learned["violation_share"] <= 0.25 * min(r["violation_share"] for r in rules.values())
     assert learned["cost"] < rules["droop"]["cost"]

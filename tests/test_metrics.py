@@ -11,23 +11,37 @@ from gridedge_env.metrics import METRIC_NAMES, RolloutMetrics
 
 
 def fake_sim(n_agents: int = 3):
-    return SimpleNamespace(config=SimpleNamespace(v_min_pu=0.95, v_max_pu=1.05), n_agents=n_agents,
-                           agent_slices={"battery": slice(0, 2), "generator": slice(2, 3)})
+    return SimpleNamespace(
+        config=SimpleNamespace(v_min_pu=0.95, v_max_pu=1.05),
+        n_agents=n_agents,
+        agent_slices={"battery": slice(0, 2), "generator": slice(2, 3)},
+    )
 
 
 def step(cost, device, v, converged):
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    return SimpleNamespace(cost=t(cost), device_violation=t(device), v_mag_pu=t(v),
-                           converged=torch.tensor(converged))
+    return SimpleNamespace(cost=t(cost), device_violation=t(device), v_mag_pu=t(v), converged=torch.tensor(converged))
 
 
 def test_two_steps_of_two_rows_by_hand():
     m = RolloutMetrics(fake_sim())
     # row 0 converged both steps; row 1's second power flow failed (its voltages are left out)
-    m.add(step([[1.0, 2.0, 3.0], [0.5, 0.5, 0.0]], [[0.0, 0.1, 0.0], [0.0, 0.0, 0.2]],
-               [[0.94, 1.00, 1.07], [1.00, 1.00, 1.00]], [True, True]))
-    m.add(step([[1.0, 1.0, 1.0], [2.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]],
-               [[1.00, 1.051, 0.90], [2.0, 2.0, 2.0]], [True, False]))
+    m.add(
+        step(
+            [[1.0, 2.0, 3.0], [0.5, 0.5, 0.0]],
+            [[0.0, 0.1, 0.0], [0.0, 0.0, 0.2]],
+            [[0.94, 1.00, 1.07], [1.00, 1.00, 1.00]],
+            [True, True],
+        )
+    )
+    m.add(
+        step(
+            [[1.0, 1.0, 1.0], [2.0, 0.0, 0.0]],
+            [[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]],
+            [[1.00, 1.051, 0.90], [2.0, 2.0, 2.0]],
+            [True, False],
+        )
+    )
     s = m.summary(days=2)
     assert s["cost"] == pytest.approx((6.0 + 1.0 + 3.0 + 2.0) / 2)
     # converged node-steps: 3 + 3 + 3 = 9, outside: 0.94, 1.07, 1.051, 0.90

@@ -713,8 +713,13 @@ def test_new_element_types_match_opendss(tmp_path: Path) -> None:
     three-winding service transformer with magnetising branch, triplex line and split-phase load, open- and
     closed-delta line-to-line regulators with taps feeding delta three-wire lines and loads: YPrims to
     1e-12 and voltages (the model's own load limits) to 1e-7 pu of OpenDSS."""
-    path = _write(tmp_path, SMALL_MODEL.format(extra=NEW_ELEMENTS).replace(
-        "Set VoltageBases=[12.47]", "Set VoltageBases=[12.47, 4.16, 0.48, 0.208]"), "new_elements.dss")
+    path = _write(
+        tmp_path,
+        SMALL_MODEL.format(extra=NEW_ELEMENTS).replace(
+            "Set VoltageBases=[12.47]", "Set VoltageBases=[12.47, 4.16, 0.48, 0.208]"
+        ),
+        "new_elements.dss",
+    )
     feeder = from_opendss(path)
     assert any(t.hv_leads_lv for t in feeder.transformers)
     ct = next(t for t in feeder.transformers if t.name == "ct")
@@ -744,8 +749,14 @@ def test_ieee8500_yprims_match_opendss(shared_data: Path) -> None:
 def test_ieee8500_ships_compressed_and_equals_a_fresh_import(shared_data: Path) -> None:
     feeder = load_feeder("ieee8500")
     assert (DATA_DIR / "ieee8500.json.gz").stat().st_size < 400_000
-    assert (len(feeder.buses), len(feeder.node_names), len(feeder.lines), len(feeder.transformers),
-            len(feeder.capacitors), len(feeder.loads)) == (4876, 8531, 3699, 1190, 10, 1177)
+    assert (
+        len(feeder.buses),
+        len(feeder.node_names),
+        len(feeder.lines),
+        len(feeder.transformers),
+        len(feeder.capacitors),
+        len(feeder.loads),
+    ) == (4876, 8531, 3699, 1190, 10, 1177)
     assert "electricdss-tst" in feeder.notes and all(ld.vminpu == 0.88 for ld in feeder.loads)
     assert import_shipped("ieee8500", shared_data) == feeder
 

@@ -53,16 +53,16 @@ def _opendss_load_power(load, p, q, v):
     vlowpu and vminpu a current magnitude linear from vlowpu (nominal impedance) to vminpu (impedance
     S / vminpu^2; model 5: nominal current); below, the nominal impedance. Model 2 never switches."""
     s = torch.complex(p, q)
-    nominal = torch.complex(p * v ** load.p_exponent, q * v ** load.q_exponent)
+    nominal = torch.complex(p * v**load.p_exponent, q * v**load.q_exponent)
     if load.model == 2:
         return nominal
     vmin, vmax, vlow = load.vminpu, load.vmaxpu, load.vlowpu
     current_at_vmin = 1.0 if load.model == 5 else 1.0 / vmin
     current = vlow + (current_at_vmin - vlow) * (v - vlow) / (vmin - vlow)  # pu of S / V_rated
-    high = s * v ** 2 / (vmax if load.model == 5 else vmax ** 2)
+    high = s * v**2 / (vmax if load.model == 5 else vmax**2)
     out = torch.where(v > vmax, high, nominal)
     out = torch.where(v <= vmin, s * v * current, out)
-    return torch.where(v <= vlow, s * v ** 2, out)
+    return torch.where(v <= vlow, s * v**2, out)
 
 
 @pytest.mark.parametrize("name", FEEDERS)
@@ -95,8 +95,9 @@ def test_power_balance_source_equals_loads_plus_losses(name, compiled):
             v_nom = load.kv * 1e3
         for a, b in pairs:
             u = v[:, index[(bus, a)]] - (v[:, index[(bus, b)]] if b else 0)
-            loads += _opendss_load_power(load, pts["load_p_kw"][:, li], pts["load_q_kvar"][:, li],
-                                         u.abs() / v_nom) / len(pairs)
+            loads += _opendss_load_power(
+                load, pts["load_p_kw"][:, li], pts["load_q_kvar"][:, li], u.abs() / v_nom
+            ) / len(pairs)
     loads += torch.complex(pts["injection_p_kw"].sum(1), pts["injection_q_kvar"].sum(1))
     source = torch.complex(r.source_p_kw, r.source_q_kvar)
     mismatch = (source - loads - absorbed).abs()
@@ -120,8 +121,7 @@ def test_gradcheck_injections_to_voltage_magnitudes(compiled):
     q_load = pts["load_q_kvar"].clone().requires_grad_(True)
 
     def f(p, q):
-        return powerflow.solve(c, pts["load_p_kw"], q, p, pts["injection_q_kvar"], tol=1e-14,
-                               max_iter=500).v_mag_pu
+        return powerflow.solve(c, pts["load_p_kw"], q, p, pts["injection_q_kvar"], tol=1e-14, max_iter=500).v_mag_pu
 
     assert torch.autograd.gradcheck(f, (p_inj, q_load), eps=1e-4, atol=1e-7, rtol=1e-5)
 
@@ -198,7 +198,7 @@ def test_failed_rows_are_frozen_and_every_row_equals_its_solve_alone(dtype):
     assert together.converged.tolist() == [True, False, True, False, True, False]
     (together.v_mag_pu.sum() + together.v_pu.real.sum()).backward()
     for row in range(len(scales)):
-        q = p.detach()[row:row + 1].clone().requires_grad_(True)
+        q = p.detach()[row : row + 1].clone().requires_grad_(True)
         alone = powerflow.solve(c, q, tol=tol, max_iter=80)
         (alone.v_mag_pu.sum() + alone.v_pu.real.sum()).backward()
         assert alone.converged[0] == together.converged[row]
@@ -234,7 +234,7 @@ def test_batch_rows_are_independent(compiled):
     pts = _points(c, 5, seed=5)
     together = powerflow.solve(c, **pts, tol=1e-13).v_pu
     for k in (0, 3):
-        alone = powerflow.solve(c, **{n: x[k:k + 1] for n, x in pts.items()}, tol=1e-13).v_pu
+        alone = powerflow.solve(c, **{n: x[k : k + 1] for n, x in pts.items()}, tol=1e-13).v_pu
         assert torch.allclose(alone[0], together[k], atol=1e-11, rtol=0)
 
 
@@ -345,8 +345,9 @@ def test_load_voltage_limits_match_opendss_in_every_region(limits_model):
             if ld.model == 2 or ld.conn == "delta":
                 continue
             u = abs(v[k][index[f"{ld.terminal.bus}.{ld.terminal.nodes[0]}"]]) / (ld.kv * 1e3)
-            regions.add("low" if u <= ld.vlowpu else "interp" if u <= ld.vminpu else "high" if u > ld.vmaxpu
-                        else "inside")
+            regions.add(
+                "low" if u <= ld.vlowpu else "interp" if u <= ld.vminpu else "high" if u > ld.vmaxpu else "inside"
+            )
     assert regions == {"low", "interp", "high", "inside"}
 
 
@@ -366,8 +367,9 @@ def test_load_voltage_limits_gradient_is_exact_away_from_switching(limits_model)
 def test_loads_keep_their_law_when_limits_are_off(limits_model):
     feeder, _ = limits_model
     on, off = powerflow.compile(feeder), powerflow.compile(feeder, load_voltage_limits=False)
-    nominal = feeder.replace(loads=tuple(dataclasses.replace(ld, vminpu=0.0, vlowpu=0.0, vmaxpu=1e9)
-                                         for ld in feeder.loads))
+    nominal = feeder.replace(
+        loads=tuple(dataclasses.replace(ld, vminpu=0.0, vlowpu=0.0, vmaxpu=1e9) for ld in feeder.loads)
+    )
     wide = powerflow.compile(nominal)
     p, q = off.load_p_kw * 3.0, off.load_q_kvar * 3.0
     v_off, v_wide, v_on = (powerflow.solve(x, p, q, tol=1e-13).v_pu for x in (off, wide, on))
@@ -388,12 +390,14 @@ def test_every_public_feeder_has_a_correspondence_test(shared_data):
 
     folders = {p.name for p in shared_data.iterdir() if p.is_dir() and any(p.glob("*.[dD][sS][sS]"))}
     covered = {Path(v.master).parts[0] for v in SHIPPED_FEEDERS.values()} | {
-        Path(v[0]).parts[0] for v in PUBLIC_MODELS.values()}
+        Path(v[0]).parts[0] for v in PUBLIC_MODELS.values()
+    }
     assert folders <= covered, folders - covered
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ieee8500" else n
-                                  for n in PUBLIC_MODELS])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "ieee8500" else n for n in PUBLIC_MODELS]
+)
 def test_public_feeder_agrees_with_its_unmodified_opendss_model(name, shared_data):
     """The user's check: `gridedge validate --feeder M --reference M` on the model as published (its own
     load limits, controls off), every row compared."""
@@ -438,8 +442,7 @@ def test_newton_rows_have_the_same_implicit_gradient(limits_model):
     feeder, _ = limits_model
     c = powerflow.compile(feeder, load_voltage_limits=False)
     scales = torch.tensor([[1.0], [3.6]], dtype=torch.float64)
-    plain = powerflow.solve(c, c.load_p_kw * scales, c.load_q_kvar * scales, tol=1e-12, max_iter=40,
-                            fallback=False)
+    plain = powerflow.solve(c, c.load_p_kw * scales, c.load_q_kvar * scales, tol=1e-12, max_iter=40, fallback=False)
     assert plain.converged.tolist() == [True, False]
 
     def f(p, q):

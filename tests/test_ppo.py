@@ -31,8 +31,15 @@ def sim13():
 
 
 def tiny(factory=ippo_config, **overrides) -> PPOConfig:
-    fields = {"iterations": 2, "num_envs": 2, "hidden": 8, "critic_hidden": 16, "epochs": 2, "minibatches": 2,
-              "checkpoint_every": 1}
+    fields = {
+        "iterations": 2,
+        "num_envs": 2,
+        "hidden": 8,
+        "critic_hidden": 16,
+        "epochs": 2,
+        "minibatches": 2,
+        "checkpoint_every": 1,
+    }
     return factory(**{**fields, **overrides})
 
 
@@ -137,8 +144,9 @@ def test_gae_matches_a_hand_computation():
     torch.testing.assert_close(ret, adv + values)
     # lambda 1: the returns are the discounted Monte-Carlo returns; broadcasting over [T, B, N]
     _, ret = gae(rewards[:, None, None].expand(3, 2, 4), values[:, None, None].expand(3, 2, 4), gamma=0.9, lam=1.0)
-    torch.testing.assert_close(ret[:, 1, 3], torch.tensor([1 + 0.9 * 2 + 0.81 * 3, 2 + 0.9 * 3, 3.0],
-                                                          dtype=torch.float64))
+    torch.testing.assert_close(
+        ret[:, 1, 3], torch.tensor([1 + 0.9 * 2 + 0.81 * 3, 2 + 0.9 * 3, 3.0], dtype=torch.float64)
+    )
 
 
 def test_bad_inputs_give_clear_errors(sim13):
@@ -164,8 +172,27 @@ def test_cli_trains_resumes_and_evaluates(tmp_path):
     from gridedge_run.cli import main
 
     out = tmp_path / "mappo"
-    argv = ["train", "mappo", "--feeder", "ieee13", "--agents", str(N_AGENTS), "--iterations", "1", "--seed", "2",
-            "--out", str(out), "--set", "num_envs=2", "--set", "hidden=8", "--set", "epochs=1", "--json"]
+    argv = [
+        "train",
+        "mappo",
+        "--feeder",
+        "ieee13",
+        "--agents",
+        str(N_AGENTS),
+        "--iterations",
+        "1",
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "num_envs=2",
+        "--set",
+        "hidden=8",
+        "--set",
+        "epochs=1",
+        "--json",
+    ]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
         assert main(argv) == 0
@@ -176,8 +203,20 @@ def test_cli_trains_resumes_and_evaluates(tmp_path):
     info = json.loads((out / "config.json").read_text())
     assert info["seed"] == 2 and info["config"]["centralized_critic"] is True
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in ("wall_s", "cost", "violation_share", "worst_violation_pu", "device_violation", "pf_failures",
-                   "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "env_steps_per_s"):
+    for column in (
+        "wall_s",
+        "cost",
+        "violation_share",
+        "worst_violation_pu",
+        "device_violation",
+        "pf_failures",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "approx_kl",
+        "clip_fraction",
+        "env_steps_per_s",
+    ):
         assert column in header, column
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

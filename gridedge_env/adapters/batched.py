@@ -201,8 +201,9 @@ class BatchedEnv:
             episode_seed = int(seed)
         else:
             episode_seed = int(self._rng.integers(2**31 - 1))
-        self.state = self.sim.reset(None if days is not None else self.num_envs, seed=episode_seed,
-                                    split=self.split, days=days)
+        self.state = self.sim.reset(
+            None if days is not None else self.num_envs, seed=episode_seed, split=self.split, days=days
+        )
         return clip_obs(self.state.obs)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:

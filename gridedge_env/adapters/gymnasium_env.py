@@ -70,8 +70,12 @@ class GridEdgeCentralEnv(gym.Env):
         super().reset(seed=seed)
         episode_seed = int(self.np_random.integers(2**31 - 1)) if seed is None else int(seed)
         self._state = self.sim.reset(None if days else 1, seed=episode_seed, split=self.split, days=days)
-        return self._obs(), {"cost": 0.0, "device_violation": 0.0, "feeder_voltage_violation": 0.0,
-                             "pf_converged": True}
+        return self._obs(), {
+            "cost": 0.0,
+            "device_violation": 0.0,
+            "feeder_voltage_violation": 0.0,
+            "pf_converged": True,
+        }
 
     def _obs(self) -> np.ndarray:
         return global_state(self.sim, self._state, clip_obs(self._state.obs))[0].cpu().numpy()
@@ -90,8 +94,12 @@ class GridEdgeCentralEnv(gym.Env):
         net = float(result.voltage_violation.sum())
         rc = self.reward_config
         reward = -(cost + rc.w_dev * dev + rc.w_net * net)
-        info = {"cost": cost, "device_violation": dev, "feeder_voltage_violation": net,
-                "pf_converged": bool(result.converged[0])}
+        info = {
+            "cost": cost,
+            "device_violation": dev,
+            "feeder_voltage_violation": net,
+            "pf_converged": bool(result.converged[0]),
+        }
         return self._obs(), reward, False, bool(result.truncated), info
 
 

@@ -147,8 +147,15 @@ from gridedge_env.scenarios import split_days
 
 __all__ = ["GridEdgeParallelEnv", "bench_parallel_env", "env", "parallel_env", "raw_env"]
 
-INFO_KEYS = ("cost", "device_violation", "v_node_pu", "node_voltage_violation", "feeder_voltage_violation",
-             "pf_converged", "TimeLimit.truncated")
+INFO_KEYS = (
+    "cost",
+    "device_violation",
+    "v_node_pu",
+    "node_voltage_violation",
+    "feeder_voltage_violation",
+    "pf_converged",
+    "TimeLimit.truncated",
+)
 RENDER_MODES = ("human", "rgb_array")
 
 
@@ -158,15 +165,20 @@ def _require_matplotlib():
     except ImportError as exc:
         raise DependencyNotInstalled(
             "rendering needs matplotlib, which is not installed: pip install matplotlib "
-            "(or the 'render' extra of gridedge)") from exc
+            "(or the 'render' extra of gridedge)"
+        ) from exc
     return matplotlib
 
 
 class GridEdgeParallelEnv(ParallelEnv):
     """PettingZoo ParallelEnv over the functional core (spec: this module's docstring)."""
 
-    metadata = {"name": "gridedge_ieee123_v0", "render_modes": list(RENDER_MODES), "is_parallelizable": True,
-                "render_fps": 2}
+    metadata = {
+        "name": "gridedge_ieee123_v0",
+        "render_modes": list(RENDER_MODES),
+        "is_parallelizable": True,
+        "render_fps": 2,
+    }
 
     def __init__(self, render_mode: str | None = None, split: str = "train", **cfg) -> None:
         if render_mode is not None and render_mode not in RENDER_MODES:
@@ -239,9 +251,18 @@ class GridEdgeParallelEnv(ParallelEnv):
         return dict(zip(self.possible_agents, rows, strict=True))
 
     def _infos(self, cost, dev, v, node_vv, feeder_vv: float, conv: float, trunc: bool) -> dict[str, dict]:
-        return {a: {"cost": c, "device_violation": d, "v_node_pu": vn, "node_voltage_violation": nv,
-                    "feeder_voltage_violation": feeder_vv, "pf_converged": conv, "TimeLimit.truncated": trunc}
-                for a, c, d, vn, nv in zip(self.possible_agents, cost, dev, v, node_vv, strict=True)}
+        return {
+            a: {
+                "cost": c,
+                "device_violation": d,
+                "v_node_pu": vn,
+                "node_voltage_violation": nv,
+                "feeder_voltage_violation": feeder_vv,
+                "pf_converged": conv,
+                "TimeLimit.truncated": trunc,
+            }
+            for a, c, d, vn, nv in zip(self.possible_agents, cost, dev, v, node_vv, strict=True)
+        }
 
     def _parse_actions(self, actions) -> torch.Tensor:
         if self._core_state is None:
@@ -253,11 +274,12 @@ class GridEdgeParallelEnv(ParallelEnv):
         if actions.keys() != self._agent_set:
             unknown = [a for a in actions if a not in self._agent_set]
             if unknown:
-                raise ValueError(f"unknown agent name(s) in actions: {unknown[:5]}"
-                                 f"{' ...' if len(unknown) > 5 else ''}")
+                raise ValueError(f"unknown agent name(s) in actions: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
             missing = [a for a in self.agents if a not in actions]
-            raise ValueError(f"actions missing for {len(missing)} agent(s): {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''} (every live agent must act each step)")
+            raise ValueError(
+                f"actions missing for {len(missing)} agent(s): {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''} (every live agent must act each step)"
+            )
         values = [actions[a] for a in self.possible_agents]
         try:  # fast path: one conversion for all agents
             arr = real_array(values, "actions")
@@ -296,9 +318,15 @@ class GridEdgeParallelEnv(ParallelEnv):
         self._last = (result.v_mag_pu[0].detach().cpu().numpy(), result.action[0].detach().cpu().numpy())
         trunc = bool(result.truncated)
         v_agent = result.v_mag_pu[0].detach().cpu().numpy()[self._node_index_np]
-        infos = self._infos(result.cost[0].detach().cpu().tolist(), result.device_violation[0].detach().cpu().tolist(),
-                            v_agent.tolist(), own[0].cpu().tolist(), float(feeder[0]),
-                            float(bool(result.converged[0])), trunc)
+        infos = self._infos(
+            result.cost[0].detach().cpu().tolist(),
+            result.device_violation[0].detach().cpu().tolist(),
+            v_agent.tolist(),
+            own[0].cpu().tolist(),
+            float(feeder[0]),
+            float(bool(result.converged[0])),
+            trunc,
+        )
         agents = self.possible_agents
         obs = self._obs_dict()
         rew = dict(zip(agents, rewards.cpu().tolist(), strict=True))

@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
         feeder = import_shipped(name, args.data)
         path = out / SHIPPED_FEEDERS[name].file_name(name)
         feeder.save(path)
-        print(f"{name}: {len(feeder.buses)} buses, {len(feeder.lines)} lines, {len(feeder.transformers)} "
-              f"transformers, {len(feeder.loads)} loads -> {path}")
+        print(
+            f"{name}: {len(feeder.buses)} buses, {len(feeder.lines)} lines, {len(feeder.transformers)} "
+            f"transformers, {len(feeder.loads)} loads -> {path}"
+        )
 
 
 if __name__ == "__main__":

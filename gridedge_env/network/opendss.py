@@ -112,8 +112,10 @@ def _check_classes(origin: str) -> None:
         if cls not in _SUPPORTED_CLASSES:
             dss.Circuit.SetActiveElement(full)
             if dss.CktElement.Enabled():
-                raise FeederError(f"{origin}: element {full} cannot be represented by gridedge "
-                                  f"(supported: {sorted(_SUPPORTED_CLASSES)})")
+                raise FeederError(
+                    f"{origin}: element {full} cannot be represented by gridedge "
+                    f"(supported: {sorted(_SUPPORTED_CLASSES)})"
+                )
         if cls == "vsource" and name.lower() != "source":
             raise FeederError(f"{origin}: element {full}: only the circuit's own source is supported")
 
@@ -127,9 +129,17 @@ def _read_source(origin: str) -> Source:
     if any(term2.nodes):
         raise FeederError(f"{origin}: element Vsource.source: bus2 must be grounded")
     value = lambda p: float(_property("Vsource.source", p))  # noqa: E731
-    return Source(bus=term1.bus, nodes=term1.nodes, kv_base_ll=value("basekv"), v_pu=value("pu"),
-                  angle_deg=value("angle"), r1_ohm=value("R1"), x1_ohm=value("X1"), r0_ohm=value("R0"),
-                  x0_ohm=value("X0"))
+    return Source(
+        bus=term1.bus,
+        nodes=term1.nodes,
+        kv_base_ll=value("basekv"),
+        v_pu=value("pu"),
+        angle_deg=value("angle"),
+        r1_ohm=value("R1"),
+        x1_ohm=value("X1"),
+        r0_ohm=value("R0"),
+        x0_ohm=value("X0"),
+    )
 
 
 def _read_lines() -> list[Line]:
@@ -141,14 +151,18 @@ def _read_lines() -> list[Line]:
             n = dss.Lines.Phases()
             km_per_unit = _KM_PER_UNIT[dss.Lines.Units()]
             t1, t2 = _terminals(dss.CktElement.NumConductors())
-            lines.append(Line(
-                name=dss.Lines.Name().lower(), terminal1=t1, terminal2=t2,
-                length_km=dss.Lines.Length() * km_per_unit,
-                r_ohm_per_km=(np.asarray(_square(dss.Lines.RMatrix(), n)) / km_per_unit).tolist(),
-                x_ohm_per_km=(np.asarray(_square(dss.Lines.XMatrix(), n)) / km_per_unit).tolist(),
-                c_nf_per_km=(np.asarray(_square(dss.Lines.CMatrix(), n)) / km_per_unit).tolist(),
-                is_switch=bool(dss.Lines.IsSwitch()),
-            ))
+            lines.append(
+                Line(
+                    name=dss.Lines.Name().lower(),
+                    terminal1=t1,
+                    terminal2=t2,
+                    length_km=dss.Lines.Length() * km_per_unit,
+                    r_ohm_per_km=(np.asarray(_square(dss.Lines.RMatrix(), n)) / km_per_unit).tolist(),
+                    x_ohm_per_km=(np.asarray(_square(dss.Lines.XMatrix(), n)) / km_per_unit).tolist(),
+                    c_nf_per_km=(np.asarray(_square(dss.Lines.CMatrix(), n)) / km_per_unit).tolist(),
+                    is_switch=bool(dss.Lines.IsSwitch()),
+                )
+            )
         i = dss.Lines.Next()
     return lines
 
@@ -175,12 +189,21 @@ def _read_reactors(origin: str, frequency_hz: float) -> list[Line]:
         if y is None or not any(terminals[1].nodes):
             raise FeederError(f"{origin}: element {full}: only series reactors (bus2 given) are supported")
         z = np.linalg.inv(y[:n, :n])
-        line = Line(name=f"reactor_{name.lower()}", terminal1=terminals[0], terminal2=terminals[1], length_km=1.0,
-                    r_ohm_per_km=z.real.tolist(), x_ohm_per_km=z.imag.tolist(), c_nf_per_km=np.zeros((n, n)).tolist())
+        line = Line(
+            name=f"reactor_{name.lower()}",
+            terminal1=terminals[0],
+            terminal2=terminals[1],
+            length_km=1.0,
+            r_ohm_per_km=z.real.tolist(),
+            x_ohm_per_km=z.imag.tolist(),
+            c_nf_per_km=np.zeros((n, n)).tolist(),
+        )
         ours, _ = line_yprim(line, frequency_hz)
         if np.abs(ours - y).max() > 1e-9 * np.abs(y).max():
-            raise FeederError(f"{origin}: element {full}: only a plain series impedance is supported (no parallel "
-                              "resistance or shunt part)")
+            raise FeederError(
+                f"{origin}: element {full}: only a plain series impedance is supported (no parallel "
+                "resistance or shunt part)"
+            )
         out.append(line)
     return out
 
@@ -200,30 +223,45 @@ def _read_transformers(origin: str) -> list[Transformer]:
         if dss.CktElement.Enabled():
             n_windings = dss.Transformers.NumWindings()
             if n_windings not in (2, 3):
-                raise FeederError(f"{origin}: element {element}: only two- and three-winding transformers are "
-                                  "supported")
+                raise FeederError(
+                    f"{origin}: element {element}: only two- and three-winding transformers are supported"
+                )
             terminals = _terminals(dss.CktElement.NumConductors())
             windings = []
             for w in range(1, n_windings + 1):
                 dss.Transformers.Wdg(w)
-                windings.append(Winding(terminal=terminals[w - 1],
-                                        conn="delta" if dss.Transformers.IsDelta() else "wye",
-                                        kv=dss.Transformers.kV(), kva=dss.Transformers.kVA(),
-                                        r_percent=dss.Transformers.R(), tap_pu=dss.Transformers.Tap()))
+                windings.append(
+                    Winding(
+                        terminal=terminals[w - 1],
+                        conn="delta" if dss.Transformers.IsDelta() else "wye",
+                        kv=dss.Transformers.kV(),
+                        kva=dss.Transformers.kVA(),
+                        r_percent=dss.Transformers.R(),
+                        tap_pu=dss.Transformers.Tap(),
+                    )
+                )
                 neutral = terminals[w - 1].nodes[-1]
                 if windings[-1].conn == "wye" and neutral and dss.Transformers.Rneut() >= 0:
-                    raise FeederError(f"{origin}: element {element}: winding {w}'s neutral impedance (rneut, "
-                                      "xneut) is not supported")
+                    raise FeederError(
+                        f"{origin}: element {element}: winding {w}'s neutral impedance (rneut, xneut) is not supported"
+                    )
             step = (dss.Transformers.MaxTap() - dss.Transformers.MinTap()) / dss.Transformers.NumTaps()
-            out.append(Transformer(name=name, phases=dss.CktElement.NumPhases(), windings=tuple(windings),
-                                   xhl_percent=dss.Transformers.Xhl(),
-                                   ppm_antifloat=float(_property(element, "ppm_antifloat")),
-                                   regulated_winding=regulated.get(name, 0), tap_step_pu=step,
-                                   xht_percent=dss.Transformers.Xht() if n_windings == 3 else 0.0,
-                                   xlt_percent=dss.Transformers.Xlt() if n_windings == 3 else 0.0,
-                                   imag_percent=float(_property(element, "%imag")),
-                                   noloadloss_percent=float(_property(element, "%noloadloss")),
-                                   hv_leads_lv=_property(element, "leadlag").lower() in ("lead", "euro")))
+            out.append(
+                Transformer(
+                    name=name,
+                    phases=dss.CktElement.NumPhases(),
+                    windings=tuple(windings),
+                    xhl_percent=dss.Transformers.Xhl(),
+                    ppm_antifloat=float(_property(element, "ppm_antifloat")),
+                    regulated_winding=regulated.get(name, 0),
+                    tap_step_pu=step,
+                    xht_percent=dss.Transformers.Xht() if n_windings == 3 else 0.0,
+                    xlt_percent=dss.Transformers.Xlt() if n_windings == 3 else 0.0,
+                    imag_percent=float(_property(element, "%imag")),
+                    noloadloss_percent=float(_property(element, "%noloadloss")),
+                    hv_leads_lv=_property(element, "leadlag").lower() in ("lead", "euro"),
+                )
+            )
         i = dss.Transformers.Next()
     return out
 
@@ -242,8 +280,15 @@ def _read_capacitors(origin: str) -> list[Capacitor]:
                 raise FeederError(f"{origin}: element Capacitor.{name}: series capacitors are not supported")
             if dss.Capacitors.IsDelta() and dss.CktElement.NumPhases() == 2:
                 raise FeederError(f"{origin}: element Capacitor.{name}: two-phase delta banks are not supported")
-            out.append(Capacitor(name=name, terminal=t1, conn="delta" if dss.Capacitors.IsDelta() else "wye",
-                                 kvar=dss.Capacitors.kvar(), kv=dss.Capacitors.kV()))
+            out.append(
+                Capacitor(
+                    name=name,
+                    terminal=t1,
+                    conn="delta" if dss.Capacitors.IsDelta() else "wye",
+                    kvar=dss.Capacitors.kvar(),
+                    kv=dss.Capacitors.kV(),
+                )
+            )
         i = dss.Capacitors.Next()
     return out
 
@@ -261,18 +306,33 @@ def _read_loads(origin: str) -> list[Load]:
             elif model in _LOAD_MODEL_EXPONENTS:
                 exponents = _LOAD_MODEL_EXPONENTS[model]
             else:
-                raise FeederError(f"{origin}: element Load.{name}: OpenDSS load model {model} is not supported "
-                                  "(supported: 1, 2, 3, 4, 5)")
+                raise FeederError(
+                    f"{origin}: element Load.{name}: OpenDSS load model {model} is not supported "
+                    "(supported: 1, 2, 3, 4, 5)"
+                )
             if not all(e in (0.0, 1.0, 2.0) for e in exponents):
-                raise FeederError(f"{origin}: element Load.{name}: CVR exponents {tuple(exponents)} are not supported "
-                                  "(gridedge models exponents 0, 1 and 2)")
+                raise FeederError(
+                    f"{origin}: element Load.{name}: CVR exponents {tuple(exponents)} are not supported "
+                    "(gridedge models exponents 0, 1 and 2)"
+                )
             (terminal,) = _terminals(dss.CktElement.NumConductors())
-            out.append(Load(name=name, terminal=terminal, phases=dss.Loads.Phases(),
-                            conn="delta" if dss.Loads.IsDelta() else "wye", kv=dss.Loads.kV(),
-                            p_kw=dss.Loads.kW(), q_kvar=dss.Loads.kvar(), model=model,
-                            p_exponent=float(exponents[0]), q_exponent=float(exponents[1]),
-                            vminpu=dss.Loads.Vminpu(), vmaxpu=dss.Loads.Vmaxpu(),
-                            vlowpu=float(_property(f"Load.{name}", "vlowpu"))))
+            out.append(
+                Load(
+                    name=name,
+                    terminal=terminal,
+                    phases=dss.Loads.Phases(),
+                    conn="delta" if dss.Loads.IsDelta() else "wye",
+                    kv=dss.Loads.kV(),
+                    p_kw=dss.Loads.kW(),
+                    q_kvar=dss.Loads.kvar(),
+                    model=model,
+                    p_exponent=float(exponents[0]),
+                    q_exponent=float(exponents[1]),
+                    vminpu=dss.Loads.Vminpu(),
+                    vmaxpu=dss.Loads.Vmaxpu(),
+                    vlowpu=float(_property(f"Load.{name}", "vlowpu")),
+                )
+            )
         i = dss.Loads.Next()
     return out
 
@@ -284,11 +344,20 @@ def _read_buses(origin: str) -> list[Bus]:
         dss.Circuit.SetActiveBus(name)
         kv = dss.Bus.kVBase()
         if not kv > 0:
-            raise FeederError(f"{origin}: bus {name} has no voltage base; add 'Set VoltageBases=[...]' and "
-                              "'CalcVoltageBases' to the model")
+            raise FeederError(
+                f"{origin}: bus {name} has no voltage base; add 'Set VoltageBases=[...]' and "
+                "'CalcVoltageBases' to the model"
+            )
         has_xy = dss.Bus.Coorddefined()
-        buses.append(Bus(name=name.lower(), nodes=tuple(sorted(dss.Bus.Nodes())), kv_base_ln=kv,
-                         x=dss.Bus.X() if has_xy else None, y=dss.Bus.Y() if has_xy else None))
+        buses.append(
+            Bus(
+                name=name.lower(),
+                nodes=tuple(sorted(dss.Bus.Nodes())),
+                kv_base_ln=kv,
+                x=dss.Bus.X() if has_xy else None,
+                y=dss.Bus.Y() if has_xy else None,
+            )
+        )
     return buses
 
 
@@ -371,7 +440,8 @@ def _sequence_impedances(line: Line) -> str | None:
         diagonal = m[np.eye(n, dtype=bool)]
         off = m[~np.eye(n, dtype=bool)]
         if np.ptp(diagonal) > 1e-12 * abs(diagonal).max(initial=1.0) or (
-                off.size and np.ptp(off) > 1e-12 * abs(diagonal).max(initial=1.0)):
+            off.size and np.ptp(off) > 1e-12 * abs(diagonal).max(initial=1.0)
+        ):
             return None
         self_, mutual = diagonal[0], (off[0] if off.size else 0.0)
         values[f"{name}1"], values[f"{name}0"] = self_ - mutual, self_ + 2 * mutual
@@ -396,10 +466,14 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
         f"r1={_fmt(s.r1_ohm)} x1={_fmt(s.x1_ohm)} r0={_fmt(s.r0_ohm)} x0={_fmt(s.x0_ohm)}",
     ]
     for ln in feeder.lines:
-        impedance = (f"units=km length={_fmt(ln.length_km)} rmatrix={_matrix(ln.r_ohm_per_km)} "
-                     f"xmatrix={_matrix(ln.x_ohm_per_km)} cmatrix={_matrix(ln.c_nf_per_km)}")
-        header = (f"New Line.{ln.name} phases={len(ln.r_ohm_per_km)} bus1={_bus_spec(ln.terminal1)} "
-                  f"bus2={_bus_spec(ln.terminal2)}")
+        impedance = (
+            f"units=km length={_fmt(ln.length_km)} rmatrix={_matrix(ln.r_ohm_per_km)} "
+            f"xmatrix={_matrix(ln.x_ohm_per_km)} cmatrix={_matrix(ln.c_nf_per_km)}"
+        )
+        header = (
+            f"New Line.{ln.name} phases={len(ln.r_ohm_per_km)} bus1={_bus_spec(ln.terminal1)} "
+            f"bus2={_bus_spec(ln.terminal2)}"
+        )
         sequence = _sequence_impedances(ln) if ln.is_switch else None
         if sequence is not None:
             # OpenDSS rebuilds a switch's impedance from sequence values at the end of its command, so a
@@ -408,27 +482,34 @@ def write_opendss(feeder: Feeder, path: str | Path) -> Path:
         else:
             lines.append(f"{header} {impedance}")
     for t in feeder.transformers:
-        three = (f" xht={_fmt(t.xht_percent)} xlt={_fmt(t.xlt_percent)}" if len(t.windings) == 3 else "")
-        lines.append(f"New Transformer.{t.name} phases={t.phases} windings={len(t.windings)} "
-                     f"xhl={_fmt(t.xhl_percent)}{three} ppm_antifloat={_fmt(t.ppm_antifloat)} "
-                     f"%imag={_fmt(t.imag_percent)} %noloadloss={_fmt(t.noloadloss_percent)} "
-                     f"leadlag={'lead' if t.hv_leads_lv else 'lag'}")
+        three = f" xht={_fmt(t.xht_percent)} xlt={_fmt(t.xlt_percent)}" if len(t.windings) == 3 else ""
+        lines.append(
+            f"New Transformer.{t.name} phases={t.phases} windings={len(t.windings)} "
+            f"xhl={_fmt(t.xhl_percent)}{three} ppm_antifloat={_fmt(t.ppm_antifloat)} "
+            f"%imag={_fmt(t.imag_percent)} %noloadloss={_fmt(t.noloadloss_percent)} "
+            f"leadlag={'lead' if t.hv_leads_lv else 'lag'}"
+        )
         for w, wdg in enumerate(t.windings, start=1):
-            lines.append(f"~ wdg={w} bus={_bus_spec(wdg.terminal)} conn={wdg.conn} kv={_fmt(wdg.kv)} "
-                         f"kva={_fmt(wdg.kva)} %r={_fmt(wdg.r_percent)} tap={_fmt(wdg.tap_pu)}")
+            lines.append(
+                f"~ wdg={w} bus={_bus_spec(wdg.terminal)} conn={wdg.conn} kv={_fmt(wdg.kv)} "
+                f"kva={_fmt(wdg.kva)} %r={_fmt(wdg.r_percent)} tap={_fmt(wdg.tap_pu)}"
+            )
         if t.regulated_winding:
             # kept so that the model says which winding regulates; maxtapchange=0 holds the tap fixed
-            lines.append(f"New RegControl.{t.name} transformer={t.name} winding={t.regulated_winding} "
-                         "maxtapchange=0")
+            lines.append(f"New RegControl.{t.name} transformer={t.name} winding={t.regulated_winding} maxtapchange=0")
     for c in feeder.capacitors:
-        lines.append(f"New Capacitor.{c.name} bus1={_bus_spec(c.terminal)} "
-                     f"phases={sum(1 for n in c.terminal.nodes if n) if c.conn == 'wye' else len(c.terminal.nodes)} "
-                     f"conn={c.conn} kvar={_fmt(c.kvar)} kv={_fmt(c.kv)}")
+        lines.append(
+            f"New Capacitor.{c.name} bus1={_bus_spec(c.terminal)} "
+            f"phases={sum(1 for n in c.terminal.nodes if n) if c.conn == 'wye' else len(c.terminal.nodes)} "
+            f"conn={c.conn} kvar={_fmt(c.kvar)} kv={_fmt(c.kv)}"
+        )
     for ld in feeder.loads:
         cvr = f" cvrwatts={_fmt(ld.p_exponent)} cvrvars={_fmt(ld.q_exponent)}" if ld.model == 4 else ""
-        lines.append(f"New Load.{ld.name} bus1={_bus_spec(ld.terminal)} phases={ld.phases} conn={ld.conn} "
-                     f"kv={_fmt(ld.kv)} kw={_fmt(ld.p_kw)} kvar={_fmt(ld.q_kvar)} model={ld.model}{cvr} "
-                     f"vminpu={_fmt(ld.vminpu)} vmaxpu={_fmt(ld.vmaxpu)} vlowpu={_fmt(ld.vlowpu)}")
+        lines.append(
+            f"New Load.{ld.name} bus1={_bus_spec(ld.terminal)} phases={ld.phases} conn={ld.conn} "
+            f"kv={_fmt(ld.kv)} kw={_fmt(ld.p_kw)} kvar={_fmt(ld.q_kvar)} model={ld.model}{cvr} "
+            f"vminpu={_fmt(ld.vminpu)} vmaxpu={_fmt(ld.vmaxpu)} vlowpu={_fmt(ld.vlowpu)}"
+        )
     # build the bus list with OpenDSS's own base-voltage estimate, then pin each bus to the feeder's base
     bases_ll = sorted({round(b.kv_base_ln * math.sqrt(3.0), 6) for b in feeder.buses})
     lines.append(f"Set VoltageBases=[{', '.join(_fmt(v) for v in bases_ll)}]")
@@ -467,8 +548,11 @@ class OpenDSSReference:
             bus, n = node.split(".")
             kv = feeder.bus(bus).kv_base_ln
             name = f"gridedge_injection_{k}"
-            _command(f"New Load.{name} bus1={bus}.{n} phases=1 conn=wye model=1 kv={_fmt(kv)} kw=0 kvar=0 "
-                     "vminpu=0.3 vmaxpu=3.0 vlowpu=0.01", origin)
+            _command(
+                f"New Load.{name} bus1={bus}.{n} phases=1 conn=wye model=1 kv={_fmt(kv)} kw=0 kvar=0 "
+                "vminpu=0.3 vmaxpu=3.0 vlowpu=0.01",
+                origin,
+            )
             self.injection_names.append(name)
         names = [ld.name for ld in feeder.loads]
         present = {n.lower() for n in dss.Loads.AllNames()}
@@ -502,9 +586,12 @@ class OpenDSSReference:
     def solve(self, load_kw, load_kvar, injection_kw, injection_kvar) -> tuple[np.ndarray, bool]:
         """Set every load and injection, solve, read all node voltages (V, complex, in gridedge's order)."""
         dss = _dss()
-        for idx, kw, kvar in zip(self._load_index + self._injection_index,
-                                 np.concatenate([load_kw, injection_kw]),
-                                 np.concatenate([load_kvar, injection_kvar]), strict=True):
+        for idx, kw, kvar in zip(
+            self._load_index + self._injection_index,
+            np.concatenate([load_kw, injection_kw]),
+            np.concatenate([load_kvar, injection_kvar]),
+            strict=True,
+        ):
             dss.Loads.Idx(idx)
             dss.Loads.kW(float(kw))
             dss.Loads.kvar(float(kvar))

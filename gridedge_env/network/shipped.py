@@ -34,12 +34,19 @@ class ShippedFeeder:
 
 
 SHIPPED_FEEDERS: dict[str, ShippedFeeder] = {
-    "ieee13": ShippedFeeder("ieee13/IEEE13Nodeckt.dss", "ieee13/IEEE13Node_BusXY.csv",
-                            {"reg1": 10, "reg2": 8, "reg3": 11}),
-    "ieee34": ShippedFeeder("ieee34/ieee34Mod1.dss", "ieee34/IEEE34_BusXY.csv",
-                            {"reg1a": 12, "reg1b": 5, "reg1c": 5, "reg2a": 13, "reg2b": 11, "reg2c": 12}),
-    "ieee123": ShippedFeeder("ieee123/IEEE123Master.dss", "ieee123/BusCoords.dat",
-                             {"reg1a": 7, "reg2a": -1, "reg3a": 0, "reg3c": -1, "reg4a": 8, "reg4b": 1, "reg4c": 5}),
+    "ieee13": ShippedFeeder(
+        "ieee13/IEEE13Nodeckt.dss", "ieee13/IEEE13Node_BusXY.csv", {"reg1": 10, "reg2": 8, "reg3": 11}
+    ),
+    "ieee34": ShippedFeeder(
+        "ieee34/ieee34Mod1.dss",
+        "ieee34/IEEE34_BusXY.csv",
+        {"reg1a": 12, "reg1b": 5, "reg1c": 5, "reg2a": 13, "reg2b": 11, "reg2c": 12},
+    ),
+    "ieee123": ShippedFeeder(
+        "ieee123/IEEE123Master.dss",
+        "ieee123/BusCoords.dat",
+        {"reg1a": 7, "reg2a": -1, "reg3a": 0, "reg3c": -1, "reg4a": 8, "reg4b": 1, "reg4c": 5},
+    ),
     # regulator taps as the model compiles them (1.0: its RegControls are not modelled); 4.4 MB as indented
     # JSON, 0.2 MB compressed
     "ieee8500": ShippedFeeder("ieee8500/Master.dss", None, {}, compressed=True),
@@ -65,9 +72,18 @@ def import_shipped(name: str, data_dir: str | Path) -> Feeder:
 
     spec = SHIPPED_FEEDERS[name]
     data_dir = Path(data_dir)
-    feeder = from_opendss(data_dir / spec.master, name=name, regulator_tap_steps=spec.regulator_tap_steps,
-                          bus_coords=data_dir / spec.bus_coords if spec.bus_coords else None)
-    taps = (f"regulator tap steps {spec.regulator_tap_steps}" if spec.regulator_tap_steps
-            else "regulator taps as the model compiles them")
-    return feeder.replace(notes=f"Imported by gridedge from the OpenDSS test case {spec.master} "
-                                f"(DSS-Extensions electricdss-tst, BSD licence); {taps}.")
+    feeder = from_opendss(
+        data_dir / spec.master,
+        name=name,
+        regulator_tap_steps=spec.regulator_tap_steps,
+        bus_coords=data_dir / spec.bus_coords if spec.bus_coords else None,
+    )
+    taps = (
+        f"regulator tap steps {spec.regulator_tap_steps}"
+        if spec.regulator_tap_steps
+        else "regulator taps as the model compiles them"
+    )
+    return feeder.replace(
+        notes=f"Imported by gridedge from the OpenDSS test case {spec.master} "
+        f"(DSS-Extensions electricdss-tst, BSD licence); {taps}."
+    )

@@ -157,7 +157,7 @@ def assemble_ybus_sparse(feeder: Feeder, yprims=None) -> scipy.sparse.csc_matrix
     `yprims` (from `element_yprims`) saves computing the element matrices again."""
     index = node_index(feeder)
     rows, cols, values = [], [], []
-    for _, yprim, conductors in (yprims if yprims is not None else element_yprims(feeder)):
+    for _, yprim, conductors in yprims if yprims is not None else element_yprims(feeder):
         at = np.array([index.get(c, -1) if c[1] else -1 for c in conductors])
         keep = np.flatnonzero(at >= 0)
         rows.append(np.repeat(at[keep], len(keep)))
@@ -165,8 +165,7 @@ def assemble_ybus_sparse(feeder: Feeder, yprims=None) -> scipy.sparse.csc_matrix
         values.append(yprim[np.ix_(keep, keep)].ravel())
     n = len(index)
     # duplicate entries are summed
-    return scipy.sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
-                                   shape=(n, n))
+    return scipy.sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
 def assemble_ybus(feeder: Feeder) -> np.ndarray:

@@ -149,9 +149,11 @@ def _load_branches(feeder: Feeder, index: dict, v_base: np.ndarray):
     branches = []
     for li, load in enumerate(feeder.loads):
         if load.p_exponent not in (0.0, 1.0, 2.0) or load.q_exponent not in (0.0, 1.0, 2.0):
-            raise FeederError(f"element Load.{load.name}: voltage exponents ({load.p_exponent}, "
-                              f"{load.q_exponent}) are not supported; gridedge models exponents 0, 1 and 2 "
-                              "(constant power, current, impedance)")
+            raise FeederError(
+                f"element Load.{load.name}: voltage exponents ({load.p_exponent}, "
+                f"{load.q_exponent}) are not supported; gridedge models exponents 0, 1 and 2 "
+                "(constant power, current, impedance)"
+            )
         nodes = load.terminal.nodes
         bus = load.terminal.bus
         if load.conn == "wye":
@@ -182,24 +184,24 @@ def load_law(load: Load, v_nominal: float, limits: bool) -> tuple[np.ndarray, np
     which is s = S (vlowpu (1 - k) v + k v^2); at or below vlowpu s = S v^2.
     """
     p, q = np.zeros(N_ROWS - 1), np.zeros(N_ROWS - 1)
-    p[int(load.p_exponent)] = v_nominal ** -load.p_exponent
-    q[int(load.q_exponent)] = v_nominal ** -load.q_exponent
+    p[int(load.p_exponent)] = v_nominal**-load.p_exponent
+    q[int(load.q_exponent)] = v_nominal**-load.q_exponent
     if load.model == 2 or not limits:
         if load.model == 2:  # the same impedance in every region, so that it can share a switching slot
-            p[[ROW_HIGH_Z, ROW_INTERP_Z, ROW_LOW_Z]] = q[[ROW_HIGH_Z, ROW_INTERP_Z, ROW_LOW_Z]] = v_nominal ** -2.0
+            p[[ROW_HIGH_Z, ROW_INTERP_Z, ROW_LOW_Z]] = q[[ROW_HIGH_Z, ROW_INTERP_Z, ROW_LOW_Z]] = v_nominal**-2.0
         return p, q, None
     vmin, vmax, vlow = load.vminpu, load.vmaxpu, load.vlowpu
     outside = np.zeros(N_ROWS - 1)
     if vmax > 0:
-        outside[ROW_HIGH_Z] = v_nominal ** -2.0 / (vmax if load.model == 5 else vmax ** 2)
+        outside[ROW_HIGH_Z] = v_nominal**-2.0 / (vmax if load.model == 5 else vmax**2)
     else:  # OpenDSS: no upper limit given means the nominal impedance above it
-        outside[ROW_HIGH_Z] = v_nominal ** -2.0
+        outside[ROW_HIGH_Z] = v_nominal**-2.0
     if vmin > vlow:
         i_at_vmin = 1.0 if load.model == 5 else (1.0 / vmin if vmin > 0 else 0.0)
         k = (i_at_vmin - vlow) / (vmin - vlow)
         outside[ROW_INTERP_I] = vlow * (1.0 - k) / v_nominal
-        outside[ROW_INTERP_Z] = k * v_nominal ** -2.0
-    outside[ROW_LOW_Z] = v_nominal ** -2.0
+        outside[ROW_INTERP_Z] = k * v_nominal**-2.0
+    outside[ROW_LOW_Z] = v_nominal**-2.0
     return p + outside, q + outside, (vlow * v_nominal, vmin * v_nominal, vmax * v_nominal)
 
 
@@ -233,8 +235,9 @@ def compile(
         # minimum-degree ordering on Y^T Y: the least fill-in on radial feeders (IEEE-8500: 61k nonzeros)
         lu = scipy.sparse.linalg.splu(assemble_ybus_sparse(feeder, yprims), permc_spec="MMD_ATA")
     except RuntimeError as exc:  # "Factor is exactly singular"
-        raise FeederError(f"feeder {feeder.name!r}: admittance matrix is singular (an island without a "
-                          "path to the source?)") from exc
+        raise FeederError(
+            f"feeder {feeder.name!r}: admittance matrix is singular (an island without a path to the source?)"
+        ) from exc
 
     # source Norton current, then the no-load voltages
     y_s, s_conductors = source_yprim(feeder.source)
@@ -269,8 +272,9 @@ def compile(
         n_t1 = len(conductors) // terminals.get(name, 2)
         for k in range(n_t1):
             row = len(current_names)
-            current_entries += [(row, index[cond], yprim[k, c]) for c, cond in enumerate(conductors)
-                                if cond[1] and cond in index]
+            current_entries += [
+                (row, index[cond], yprim[k, c]) for c, cond in enumerate(conductors) if cond[1] and cond in index
+            ]
             current_names.append(f"{name}.{k + 1}")
 
     # Z columns of the active nodes (pu), from the sparse factorisation in blocks of columns; all rows are kept

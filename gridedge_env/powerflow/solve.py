@@ -100,8 +100,9 @@ def _slot_factor(coef: torch.Tensor, x: torch.Tensor, regions) -> torch.Tensor:
     k = (coef[0] * x + coef[1]) * x + coef[2]
     if regions is not None:
         high, interp, low = regions
-        outside = torch.where(high, coef[ROW_HIGH_Z],
-                              torch.where(interp, coef[ROW_INTERP_I] * x + coef[ROW_INTERP_Z], coef[ROW_LOW_Z]))
+        outside = torch.where(
+            high, coef[ROW_HIGH_Z], torch.where(interp, coef[ROW_INTERP_I] * x + coef[ROW_INTERP_Z], coef[ROW_LOW_Z])
+        )
         k = torch.where(high | interp | low, outside, k)
     return k + coef[ROW_INJECTION] * x * x if coef.shape[0] > ROW_INJECTION else k
 
@@ -159,8 +160,7 @@ def _fused_factor(coef_t: torch.Tensor, x: torch.Tensor, regions) -> torch.Tenso
     k = torch.addcmul(coef_t[1], coef_t[0], x).mul_(x).add_(coef_t[2])
     if regions is not None:
         high, interp, low = regions
-        outside = torch.where(interp, torch.addcmul(coef_t[ROW_INTERP_Z], coef_t[ROW_INTERP_I], x),
-                              coef_t[ROW_LOW_Z])
+        outside = torch.where(interp, torch.addcmul(coef_t[ROW_INTERP_Z], coef_t[ROW_INTERP_I], x), coef_t[ROW_LOW_Z])
         outside = torch.where(high, coef_t[ROW_HIGH_Z], outside)
         k = torch.where(high | interp | low, outside, k)
     return k.addcmul_(coef_t[ROW_INJECTION], x * x) if coef_t.shape[0] > ROW_INJECTION else k
@@ -219,8 +219,7 @@ def _solve_conjugate_linear(m1: torch.Tensor, m2: torch.Tensor, rhs: torch.Tenso
     m = rhs.shape[1]
     eye = torch.eye(m, dtype=rhs.real.dtype, device=rhs.device)
     r1, i1, r2, i2 = m1.real, m1.imag, m2.real, m2.imag
-    system = torch.cat([torch.cat([eye - r1 - r2, i1 - i2], dim=2),
-                        torch.cat([-i1 - i2, eye - r1 + r2], dim=2)], dim=1)
+    system = torch.cat([torch.cat([eye - r1 - r2, i1 - i2], dim=2), torch.cat([-i1 - i2, eye - r1 + r2], dim=2)], dim=1)
     x, info = torch.linalg.solve_ex(system, torch.cat([rhs.real, rhs.imag], dim=1))
     x = torch.complex(x[:, :m], x[:, m:])
     return torch.where((info == 0).unsqueeze(1), x, torch.full_like(x, torch.nan))  # NaN rows: singular
@@ -366,8 +365,9 @@ _ADJOINT_SINGLE_TOL = 1e-7
 _SINGLE_PRECISION = {torch.complex128: torch.complex64}
 
 
-def _adjoint_iteration(c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float, max_iter: int, scale=None,
-                       stop_at_rounding: bool = False):
+def _adjoint_iteration(
+    c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float, max_iter: int, scale=None, stop_at_rounding: bool = False
+):
     """Iterate `mu <- h + (J_i^T mu + g) Z^H` from mu; returns (mu, scale).
 
     `factors` = (a, b) of the nodes and of the delta branches (or None): J_i^T mu = a mu + b conj(mu).
@@ -470,8 +470,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             direct = newton.nonzero().flatten()
             big_a, big_b = _linearisation(c, v[direct], coef_t[:, direct])
             z_h = z_conj.T
-            mu_direct = _solve_conjugate_linear(z_h @ big_a.conj(), z_h @ big_b,
-                                                h_all[direct] + g_active[direct] @ z_conj)
+            mu_direct = _solve_conjugate_linear(
+                z_h @ big_a.conj(), z_h @ big_b, h_all[direct] + g_active[direct] @ z_conj
+            )
             mask = (converged & ~newton).unsqueeze(1)
         if not bool(mask.all()):
             h_all = torch.where(mask, h_all, zero)
@@ -492,12 +493,21 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         mu, scale = h_all, None
         single = _SINGLE_PRECISION.get(v.dtype)
         if single is not None:
+
             def low(x):
                 return None if x is None else x.to(single)
 
-            mu, scale = _adjoint_iteration(c, low(h_all), low(h_all), low(g_active), low(z_conj),
-                                           tuple(map(low, factors)), _ADJOINT_SINGLE_TOL, adjoint_max_iter,
-                                           stop_at_rounding=True)
+            mu, scale = _adjoint_iteration(
+                c,
+                low(h_all),
+                low(h_all),
+                low(g_active),
+                low(z_conj),
+                tuple(map(low, factors)),
+                _ADJOINT_SINGLE_TOL,
+                adjoint_max_iter,
+                stop_at_rounding=True,
+            )
             mu = mu.to(v.dtype)
         mu, _ = _adjoint_iteration(c, mu, h_all, g_active, z_conj, factors, adjoint_tol, adjoint_max_iter, scale)
         if direct is not None:
@@ -513,8 +523,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         grad_t = grad.transpose(0, 1)
         _coefficient_grad(grad_t[:, :, :m], v, mu, _limits(c, slice(0, m)))
         if has_delta:
-            _coefficient_grad(grad_t[:, :, m:], u, _across(c, mu),
-                              _limits(c, slice(m, None)))
+            _coefficient_grad(grad_t[:, :, m:], u, _across(c, mu), _limits(c, slice(m, None)))
         return grad, None, None, None, None, None, None, None
 
 
@@ -561,10 +570,18 @@ def solve(
         PowerFlowResult.
     """
     c = compiled
-    inputs = {"load_p_kw": (load_p_kw, c.load_p_kw), "load_q_kvar": (load_q_kvar, c.load_q_kvar),
-              "injection_p_kw": (injection_p_kw, None), "injection_q_kvar": (injection_q_kvar, None)}
-    sizes = {"load_p_kw": c.n_loads, "load_q_kvar": c.n_loads, "injection_p_kw": c.n_injections,
-             "injection_q_kvar": c.n_injections}
+    inputs = {
+        "load_p_kw": (load_p_kw, c.load_p_kw),
+        "load_q_kvar": (load_q_kvar, c.load_q_kvar),
+        "injection_p_kw": (injection_p_kw, None),
+        "injection_q_kvar": (injection_q_kvar, None),
+    }
+    sizes = {
+        "load_p_kw": c.n_loads,
+        "load_q_kvar": c.n_loads,
+        "injection_p_kw": c.n_injections,
+        "injection_q_kvar": c.n_injections,
+    }
     batches = {x.shape[0] for x, _ in inputs.values() if x is not None and x.dim() == 2}
     if v_init is not None:
         batches.add(v_init.shape[0])
@@ -595,13 +612,20 @@ def solve(
         v_init = torch.where(usable, v_init, c.w_active)
 
     v_all, v_mag, v_active, converged, iterations = _ImplicitFixedPoint.apply(
-        coef, v_init, c, tol, max_iter, adjoint_tol, adjoint_max_iter, fallback)
+        coef, v_init, c, tol, max_iter, adjoint_tol, adjoint_max_iter, fallback
+    )
     if raise_on_failure and not bool(converged.all()):
         bad = (~converged).nonzero().flatten().tolist()
-        raise PowerFlowError(f"power flow did not converge for batch rows {bad[:10]} "
-                             f"(of {batch}) within {max_iter} iterations")
-    result = {"v_pu": v_all, "v_mag_pu": v_mag, "v_active_pu": v_active, "converged": converged,
-              "iterations": iterations}
+        raise PowerFlowError(
+            f"power flow did not converge for batch rows {bad[:10]} (of {batch}) within {max_iter} iterations"
+        )
+    result = {
+        "v_pu": v_all,
+        "v_mag_pu": v_mag,
+        "v_active_pu": v_active,
+        "converged": converged,
+        "iterations": iterations,
+    }
     if return_source_power or return_currents:
         v_volts = v_all * c.v_base_v
         if return_source_power:
@@ -611,6 +635,7 @@ def solve(
             result["source_p_kw"], result["source_q_kvar"] = s_src.real, s_src.imag
         if return_currents:
             currents = v_volts.new_zeros(batch, len(c.current_names))
-            result["currents_a"] = currents.index_add_(1, c.current_rows,
-                                                       v_volts[:, c.current_nodes] * c.current_admittances)
+            result["currents_a"] = currents.index_add_(
+                1, c.current_rows, v_volts[:, c.current_nodes] * c.current_admittances
+            )
     return PowerFlowResult(**result)

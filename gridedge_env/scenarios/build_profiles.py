@@ -90,9 +90,7 @@ def read_source_profiles(source: Path | str) -> np.ndarray:
             raise FileNotFoundError(f"household profile file {str(path)!r} is missing")
         values = np.loadtxt(path, dtype=np.float64, ndmin=1)
         if values.shape != (SOURCE_MINUTES,):
-            raise ValueError(
-                f"{str(path)!r} holds {values.size} values, expected {SOURCE_MINUTES} (one per minute)"
-            )
+            raise ValueError(f"{str(path)!r} holds {values.size} values, expected {SOURCE_MINUTES} (one per minute)")
         if not np.all(np.isfinite(values)) or np.any(values < 0):
             raise ValueError(f"{str(path)!r} holds non-finite or negative kW values")
         rows.append(values)

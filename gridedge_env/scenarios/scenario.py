@@ -83,9 +83,7 @@ class ScenarioData:
 
 def _check_step_minutes(step_minutes: int) -> None:
     if isinstance(step_minutes, bool) or step_minutes not in SUPPORTED_STEP_MINUTES:
-        raise ValueError(
-            f"unsupported step_minutes={step_minutes!r}; expected one of {list(SUPPORTED_STEP_MINUTES)}"
-        )
+        raise ValueError(f"unsupported step_minutes={step_minutes!r}; expected one of {list(SUPPORTED_STEP_MINUTES)}")
 
 
 def load_scenario_data(step_minutes: int = SCENARIO_STEP_MINUTES) -> ScenarioData:
@@ -166,8 +164,7 @@ def draw_load_shapes(
     day_idx = torch.as_tensor(day_idx)
     if day_idx.ndim != 1 or day_idx.dtype not in _INTEGER_DTYPES:
         raise ValueError(
-            f"day_idx must be a 1-D integer tensor [B], "
-            f"got dtype {day_idx.dtype} and shape {tuple(day_idx.shape)}"
+            f"day_idx must be a 1-D integer tensor [B], got dtype {day_idx.dtype} and shape {tuple(day_idx.shape)}"
         )
     if day_idx.numel() and (int(day_idx.min()) < 0 or int(day_idx.max()) >= data.n_days):
         bad = day_idx[(day_idx < 0) | (day_idx >= data.n_days)]
