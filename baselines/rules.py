@@ -1,9 +1,9 @@
 """Rule baselines: decentralised policies that need no learning, as ``policy(sim, state) -> actions [B, N]``.
 
-- ``noop`` ("doing nothing", `noop_actions`): batteries idle (action 0), generators off (action +1), heat
-  pumps on the price-seeking thermostat (the heat-pump part of `price_seeking_actions`, which keeps the
-  indoor temperature inside the comfort band, preheating/precooling in cheap hours). All zeros would
-  switch the heat pumps off and violate comfort.
+- ``noop`` ("doing nothing", `noop_actions`): batteries idle (action 0), generators at their minimum output
+  (action +1), heat pumps on the price-seeking thermostat (the heat-pump part of `price_seeking_actions`,
+  which keeps the indoor temperature inside the comfort band, preheating/precooling in cheap hours). All
+  zeros would switch the heat pumps off.
 - ``price-seeking``: the uncoordinated price-seeking rule (`price_seeking_actions`), the reference the
   benchmark task is calibrated with (``python -m gridedge_run.calibration``).
 - ``droop``: price-seeking inside a voltage dead band, and volt-watt curves outside it: each device reacts
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from gridedge_env.core import OBS_NAMES, OBS_SCALES, Sim, State, feasible_action_bounds, heatpump_target_actions
+from gridedge_env.devices import heatpump_heating
 
 __all__ = ["HEATPUMP_RULE_MARGIN_K", "RULES", "DroopCurves", "droop_actions", "noop_actions", "price_seeking_actions"]
 
@@ -36,7 +37,7 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
 
     - battery: charge at full power in cheap hours, discharge at full power in expensive hours, idle
       otherwise; the request is cut to what its state of charge allows in this step (no device violation);
-    - generator: full output in expensive hours, off otherwise, moving towards that target as fast as its
+    - generator: full output in expensive hours, minimum output otherwise, moving towards that target as fast as its
       ramp limit allows (no device violation);
     - heat pump: a thermostat that preheats (precools) in cheap hours. In heating mode (outdoor below the
       band centre) it aims at the top of its comfort band (minus a 0.25 K margin) in cheap hours and at
@@ -55,12 +56,12 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     battery = torch.clamp(want, low[:, sl], high[:, sl])
 
     p = sim.params["heatpump"]
-    heating = state.t_outdoor_c[:, t : t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
+    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
     top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
     target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
     heatpump = heatpump_target_actions(sim, state, target)
 
-    # generator: full output (-1) in expensive hours, off (+1) otherwise, as fast as its ramp limit allows
+    # generator: full output (-1) in expensive hours, minimum (+1) otherwise, as fast as its ramp limit allows
     sl = sim.agent_slices["generator"]
     want = torch.where(dear, -1.0, 1.0).to(sim.dtype)
     generator = torch.clamp(want, low[:, sl], high[:, sl])
@@ -68,7 +69,7 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
 
 
 def noop_actions(sim: Sim, state: State) -> torch.Tensor:
-    """Doing nothing: batteries idle, generators off, heat pumps on the price-seeking thermostat."""
+    """Doing nothing: batteries idle, generators at their minimum output, heat pumps on the price-seeking thermostat."""
     a = price_seeking_actions(sim, state).clone()
     a[:, sim.agent_slices["battery"]] = 0.0
     a[:, sim.agent_slices["generator"]] = 1.0
@@ -80,7 +81,7 @@ class DroopCurves:
     """Breakpoints of the volt-watt curves, pu of the agent's own node voltage (``v_low_full <= v_low_zero <
     v_high_zero <= v_high_full``).
 
-    In consumption terms (action +1 = most consumption: battery charging, generator off, heat pump at the
+    In consumption terms (action +1 = most consumption: battery charging, generator at its minimum, heat pump at the
     most-consuming end of its comfort band; -1 = most export):
 
     - below ``v_low_zero`` the highest allowed action falls linearly from +1 to -1 at ``v_low_full``
@@ -90,20 +91,20 @@ class DroopCurves:
       (batteries stop discharging and then charge, generators back off, heat pumps pre-heat);
     - in between, the price-seeking action stands.
 
-    The defaults were tuned on 8 training days of IEEE-123 with 1,000 agents (``docs/baselines.md``). The
+    The defaults were tuned on the 70 validation days of IEEE-123 with 1,000 agents (``docs/baselines.md``). The
     curves start inside the band because an agent sees the voltage after the previous step; they are no
     steeper than 2 action units per 0.07 pu because every agent of a node reacts to the same voltage with
     a step's delay, and steeper curves (e.g. 0.05 pu wide) make whole nodes oscillate between export and
     import from one step to the next.
     """
 
-    v_low_full: float = 0.925
+    v_low_full: float = 0.92
     """At or below: full export (action -1)."""
-    v_low_zero: float = 0.995
+    v_low_zero: float = 1.0
     """Above: no limit on consumption."""
-    v_high_zero: float = 1.01
+    v_high_zero: float = 1.005
     """Below: no limit on export."""
-    v_high_full: float = 1.07
+    v_high_full: float = 1.065
     """At or above: full consumption (action +1)."""
     battery_reserve: bool = True
     """Batteries discharge only on the under-voltage curve, not in expensive hours: they keep their energy
@@ -153,7 +154,7 @@ def droop_actions(sim, state, curves: DroopCurves = DroopCurves()) -> torch.Tens
     sl = sim.agent_slices["heatpump"]
     p = sim.params["heatpump"]
     t = min(state.t, sim.n_steps - 1)
-    heating = state.t_outdoor_c[:, t : t + 1] < 0.5 * (p.t_min_c + p.t_max_c)
+    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
     warm_end, cool_end = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
     least = heatpump_target_actions(sim, state, torch.where(heating, cool_end, warm_end))
     most = heatpump_target_actions(sim, state, torch.where(heating, warm_end, cool_end))

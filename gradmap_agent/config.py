@@ -58,9 +58,9 @@ class RunConfig:
     checkpoint_every: int = 25
     """Write a checkpoint every this many iterations (and at the end)."""
     eval_every: int = 0
-    """Evaluate the deterministic policies on `eval_days` test days every this many iterations (0: off)."""
+    """Evaluate the deterministic policies on `eval_days` validation days every this many iterations (0: off)."""
     eval_days: int = 8
-    """Test days of the periodic evaluation (evenly spaced over the test split)."""
+    """Validation days of the periodic evaluation (evenly spaced over the validation split)."""
     max_pf_failure_share: float = 0.5
     """Stop (divergence) when more than this share of a rollout's power flows fail."""
 

@@ -28,10 +28,16 @@ import numpy as np
 import torch
 
 from gridedge_env import powerflow
-from gridedge_env.devices import DEVICE_TYPES, heatpump_cop
+from gridedge_env.devices import DEVICE_TYPES, heatpump_cop, heatpump_heating
 from gridedge_env.network import Feeder, load_feeder
 from gridedge_env.placement import hosting_capacity, load_node_shares, node_spot_kw, place_agents, split_mix
-from gridedge_env.scenarios import draw_load_shapes, load_scenario_data, split_days
+from gridedge_env.scenarios import (
+    design_temperatures,
+    draw_load_shapes,
+    load_scenario_data,
+    split_days,
+    split_profiles,
+)
 
 __all__ = [
     "AGENT_TYPES",
@@ -114,6 +120,12 @@ class SimConfig:
     """True: exports are credited at the import (TOU) price; False: at the tariff's export price."""
     generator_ramp_limit: bool = True
     """Generators have ramp limits (False: unlimited ramping)."""
+    generator_min_output: float = 0.15
+    """Minimum stable output of every generator, fraction of its p_max_kw (0: generators can switch off)."""
+    heatpump_sizing_margin: float = 0.25
+    """Heat pumps cover their building's design heat loss (gain) at the design temperatures plus this share."""
+    terminal_price_per_kwh: float = 0.5
+    """Terminal condition: $ per kWh of stored energy (battery, building heat) below its initial value at day end."""
     v_min_pu: float = 0.95
     """Lower voltage limit, pu."""
     v_max_pu: float = 1.05
@@ -151,6 +163,10 @@ class State:
     """[B, N_h] indoor temperature of each heat pump's building, C."""
     p_prev_kw: torch.Tensor
     """[B, N_g] generator output of the previous step, kW (generation positive)."""
+    soc_init_kwh: torch.Tensor
+    """[B, N_b] battery state of charge at the start of the day, kWh (the terminal condition's reference)."""
+    t_indoor_init_c: torch.Tensor
+    """[B, N_h] indoor temperature at the start of the day, C (the terminal condition's reference)."""
     v_node_pu: torch.Tensor
     """[B, J] voltage magnitude at each load node after the previous step, pu."""
     v_active_pu: torch.Tensor
@@ -194,13 +210,19 @@ class StepResult:
     state: State
     """Next state (its ``obs`` is the observation for the next step)."""
     cost: torch.Tensor
-    """[B, N] per-agent cost of the step, $ (electricity_cost + device_cost)."""
+    """[B, N] per-agent cost of the step, $ (electricity_cost + device_cost + terminal_cost)."""
     electricity_cost: torch.Tensor
     """[B, N] electricity cost of the agent's device power at the step's price, $ (negative = revenue)."""
     device_cost: torch.Tensor
     """[B, N] degradation (battery) or fuel (generator) cost, $; 0 for heat pumps."""
     device_violation: torch.Tensor
     """[B, N] device violation: kW projected away (battery, generator), K outside the comfort band (heat pump)."""
+    terminal_shortfall: torch.Tensor
+    """[B, N] on the day's last step, stored energy below its initial value: battery kWh, heat pump K (indoor
+    temperature below its initial value when heating, above it when cooling); 0 for generators and before
+    the last step."""
+    terminal_cost: torch.Tensor
+    """[B, N] the terminal shortfall priced at ``terminal_price_per_kwh``, $ (part of ``cost``)."""
     voltage_violation: torch.Tensor
     """[B, n] per-node distance outside [v_min_pu, v_max_pu], pu."""
     v_mag_pu: torch.Tensor
@@ -316,6 +338,12 @@ def _check_config(config: SimConfig) -> None:
         raise ValueError(f"households_per_load must be an integer >= 1, got {h!r}")
     if config.min_spot_kw_per_agent <= 0:
         raise ValueError(f"min_spot_kw_per_agent must be > 0, got {config.min_spot_kw_per_agent!r}")
+    if not (isinstance(config.generator_min_output, int | float) and 0 <= config.generator_min_output < 1):
+        raise ValueError(f"generator_min_output must be in [0, 1), got {config.generator_min_output!r}")
+    for name in ("heatpump_sizing_margin", "terminal_price_per_kwh"):
+        value = getattr(config, name)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if not config.v_min_pu < config.v_max_pu:
         raise ValueError(f"v_min_pu must be below v_max_pu, got {config.v_min_pu} and {config.v_max_pu}")
 
@@ -377,7 +405,16 @@ class Sim:
         self._params64 = {}
         self.params = {}
         for name, spec in DEVICE_TYPES.items():
-            kwargs = {"ramp_limit": config.generator_ramp_limit} if name == "generator" else {}
+            kwargs = {}
+            if name == "generator":
+                kwargs = {"ramp_limit": config.generator_ramp_limit, "min_output_fraction": config.generator_min_output}
+            elif name == "heatpump":
+                heating_design_c, cooling_design_c = design_temperatures()
+                kwargs = {
+                    "heating_design_c": heating_design_c,
+                    "cooling_design_c": cooling_design_c,
+                    "sizing_margin": config.heatpump_sizing_margin,
+                }
             p64 = spec.sample_params(counts[name], gen, dtype=torch.float64, device="cpu", **kwargs)
             self._params64[name] = p64
             self.params[name] = dataclasses.replace(
@@ -459,14 +496,15 @@ class Sim:
 
         Randomness, in this order from ``torch.Generator().manual_seed(seed)``: the day of every row
         (uniform with replacement over the split, unless ``days`` is given), the household load shapes
-        (`scenarios.draw_load_shapes`), the initial device states (battery SOC and indoor temperature
-        uniform within their bounds; generators off). Then one power flow of step 0's household load and PV
+        (`scenarios.draw_load_shapes`, from the split's household profiles), the initial device states
+        (battery SOC and indoor temperature uniform within their bounds; generators at their minimum output).
+        Then one power flow of step 0's household load and PV
         with every device idle gives the initial node voltages (observation) and the warm start.
 
         Args:
             batch_size: Number of episodes B (>= 1). With ``days`` it may be None or must equal len(days).
             seed: Seed of this reset.
-            split: "train", "test" or "all" (`scenarios.split_days`).
+            split: "train", "validation", "test" or "all" (`scenarios.split_days`, `scenarios.split_profiles`).
             days: Optional explicit day indices [B], each in the split.
 
         Returns:
@@ -499,7 +537,9 @@ class Sim:
 
         c, data = self.compiled, self.data
         h = self.config.households_per_load
-        shapes = draw_load_shapes(data, day_dev, c.n_loads * h, gen)  # [B, T, L * H]
+        shapes = draw_load_shapes(
+            data, day_dev, c.n_loads * h, gen, profiles=split_profiles(split, data.n_profiles)
+        )  # [B, T, L * H]
         shapes = shapes.reshape(batch, self.n_steps, c.n_loads, h).mean(dim=3)  # [B, T, L]
         load_p = shapes * self._spot_p
         load_q = shapes * self._spot_q
@@ -511,7 +551,7 @@ class Sim:
             for name, spec in DEVICE_TYPES.items()
         }
 
-        # devices idle at step 0 (generators at their initial output, which is 0)
+        # devices idle at step 0 (generators at their initial output, their minimum)
         inj = -pv[:, 0]
         if self.n_per_type["generator"]:
             gen_p = -dev_state["p_prev_kw"]
@@ -533,6 +573,8 @@ class Sim:
             soc_kwh=dev_state["soc_kwh"],
             t_indoor_c=dev_state["t_indoor_c"],
             p_prev_kw=dev_state["p_prev_kw"],
+            soc_init_kwh=dev_state["soc_kwh"],
+            t_indoor_init_c=dev_state["t_indoor_c"],
             v_node_pu=r.v_mag_pu[:, self._load_node_index],
             v_active_pu=v_active,
             load_p_kw=load_p,
@@ -675,6 +717,7 @@ class Sim:
             export = state.export_price_per_kwh[:, t : t + 1]
             electricity_cost = price * torch.relu(energy_kwh) - export * torch.relu(-energy_kwh)
 
+        terminal_shortfall, terminal_cost = self._terminal(state, next_dev)
         v_active = torch.where(r.converged[:, None], r.v_active_pu.detach(), c.w_active.expand(batch, -1))
         next_state = dataclasses.replace(
             state,
@@ -690,10 +733,12 @@ class Sim:
         next_state = dataclasses.replace(next_state, obs=self.observe(next_state))
         return StepResult(
             state=next_state,
-            cost=electricity_cost + device_cost,
+            cost=electricity_cost + device_cost + terminal_cost,
             electricity_cost=electricity_cost,
             device_cost=device_cost,
             device_violation=device_violation,
+            terminal_shortfall=terminal_shortfall,
+            terminal_cost=terminal_cost,
             voltage_violation=voltage_violation,
             v_mag_pu=v,
             p_kw=p_kw,
@@ -702,6 +747,29 @@ class Sim:
             iterations=r.iterations,
             truncated=next_state.t == self.n_steps,
         )
+
+    def _terminal(self, state: State, next_dev: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Terminal shortfall and its cost [B, N] of the step from ``state`` (zeros unless it is the last).
+
+        Battery: ``relu(soc_init - soc_end)`` kWh, priced per kWh. Heat pump: the indoor temperature below its
+        initial value when heating at the last step (above it when cooling), K; the heat ``C * K`` is priced
+        per electrical kWh at the last step's COP (what restoring it would draw)."""
+        batch, t = state.batch_size, state.t
+        zeros = torch.zeros((batch, self.n_agents), dtype=self.dtype, device=self.device)
+        if t != self.n_steps - 1:
+            return zeros, zeros
+        p = self.params["heatpump"]
+        t_out = state.t_outdoor_c[:, t : t + 1]
+        heating = heatpump_heating(p, t_out)
+        cop_heat, cop_cool = heatpump_cop(p, t_out)
+        drop_k = state.t_indoor_init_c - next_dev["t_indoor_c"]
+        hp_short_k = torch.relu(torch.where(heating, drop_k, -drop_k))
+        hp_kwh = p.c_kwh_per_k * hp_short_k / torch.where(heating, cop_heat, cop_cool)
+        bat_short_kwh = torch.relu(state.soc_init_kwh - next_dev["soc_kwh"])
+        gen = zeros[:, self.agent_slices["generator"]]
+        shortfall = torch.cat([bat_short_kwh, hp_short_k, gen], dim=1)
+        price = self.config.terminal_price_per_kwh
+        return shortfall, price * torch.cat([bat_short_kwh, hp_kwh, gen], dim=1)
 
     def detach(self, state: State) -> State:
         """A copy of ``state`` with every tensor detached (cuts the gradient flow into later steps)."""
@@ -794,7 +862,9 @@ def feasible_action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.
 
 def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> torch.Tensor:
     """Heat-pump actions [B, N_h] that bring each building to ``target_c`` ([B, N_h], C) at the end of the
-    step in the 1R1C model, clipped to [-1, 1] (a thermostat with perfect knowledge of its own building)."""
+    step in the 1R1C model, as far as the unit can (a thermostat with perfect knowledge of its own building):
+    the heat flow needed, in the step's mode (`gridedge_env.devices.heatpump_heating`), as a share ``u`` of
+    full load clipped to [0, 1], mapped to the action ``2 u - 1``."""
     t = min(state.t, sim.n_steps - 1)
     p = sim.params["heatpump"]
     t_out = state.t_outdoor_c[:, t : t + 1]
@@ -802,5 +872,6 @@ def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> t
     t_steady = (target_c - state.t_indoor_c * decay) / (1.0 - decay)
     q_kw = (t_steady - t_out) / p.r_k_per_kw
     cop_heat, cop_cool = heatpump_cop(p, t_out)
-    cop = torch.where(q_kw >= 0, cop_heat, cop_cool)
-    return torch.clamp(q_kw / (p.p_max_kw * cop), -1.0, 1.0)
+    heating = heatpump_heating(p, t_out)
+    share = torch.where(heating, q_kw / (p.p_max_kw * cop_heat), -q_kw / (p.p_max_kw * cop_cool))
+    return 2.0 * torch.clamp(share, 0.0, 1.0) - 1.0

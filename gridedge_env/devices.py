@@ -1,4 +1,4 @@
-"""Single-phase grid-edge device models: battery, reversible heat pump, controllable generator.
+"""Single-phase grid-edge device models: battery, heat pump (heating or cooling), controllable generator.
 
 Every function here is pure (inputs are never mutated; parameters and results are frozen dataclasses of
 tensors), vectorised over a leading batch dimension ``B`` and over the ``N`` agents of one device type, and
@@ -10,9 +10,13 @@ Conventions:
 - Electrical power ``p_kw`` is positive for consumption from the grid and negative for injection into it.
 - Actions are normalised to ``[-1, 1]``. The caller clips them; the maps below assume that range and do not
   clip again (a request outside it is simply a larger request, which the projection then cuts back).
-- For every device type the action is roughly the normalised electrical power ``p_kw / p_max_kw``:
-  a battery charges for ``a > 0``, a heat pump draws ``|a| * p_max_kw``, and a generator runs at full output
-  (``p_kw = -p_max_kw``) for ``a = -1`` and is off for ``a = +1``.
+- Every action maps affinely onto the device's range of normalised electrical power ``p_kw / p_max_kw``
+  (GradMAP's ranges): a battery ``a`` in [-1, 1] (charging for ``a > 0``); a heat pump ``(1 + a) / 2`` in
+  [0, 1] (it only consumes; heating or cooling is set by the outdoor temperature, as a changeover thermostat
+  does); a generator ``-(f + (1 - a) / 2 * (1 - f))`` in [-1, -f], with ``f`` its minimum stable output
+  (0.15 by default): full output for ``a = -1``, minimum output for ``a = +1``.
+- Sizes follow installers' rules: every heat pump is sized for its own building at the weather's design
+  temperatures (`size_heatpump`), every battery's capacity is its power times a storage duration.
 - Physics is enforced by projection: a request that the device cannot deliver (battery beyond its state of
   charge bounds, generator beyond its ramp limit) is clamped onto the feasible interval and the part that
   was cut away is reported as that agent's device ``violation``, so a Lagrangian learner gets a gradient
@@ -42,7 +46,9 @@ __all__ = [
     "GENERATOR_RANGES",
     "HEATING_SINK_C",
     "HEAT_EXCHANGER_APPROACH_K",
+    "GENERATOR_MIN_OUTPUT_FRACTION",
     "HEATPUMP_RANGES",
+    "HEATPUMP_SIZING_MARGIN",
     "MIN_LIFT_K",
     "BatteryParams",
     "DeviceStep",
@@ -52,6 +58,7 @@ __all__ = [
     "battery_step",
     "generator_step",
     "heatpump_cop",
+    "heatpump_heating",
     "heatpump_step",
     "initial_battery_state",
     "initial_generator_state",
@@ -59,6 +66,7 @@ __all__ = [
     "sample_battery_params",
     "sample_generator_params",
     "sample_heatpump_params",
+    "size_heatpump",
 ]
 
 Range = tuple[float, float]
@@ -68,10 +76,11 @@ Range = tuple[float, float]
 # these same numbers.
 # --------------------------------------------------------------------------------------------------------
 
-#: Residential battery (home storage in the size class of 5-15 kWh packs with 3-7 kW inverters).
+#: Residential battery (home storage: 3-7 kW inverters with 2-3 hours of storage, 6-21 kWh packs). Sizing
+#: rule: the capacity is the power times the storage duration, ``e_max_kwh = p_max_kw * duration_h``.
 BATTERY_RANGES: dict[str, Range] = {
     "p_max_kw": (3.0, 7.0),
-    "e_max_kwh": (5.0, 15.0),
+    "duration_h": (2.0, 3.0),
     "eta_charge": (0.92, 0.97),
     "eta_discharge": (0.92, 0.97),
     "degradation_cost_per_kwh": (0.01, 0.05),
@@ -81,11 +90,11 @@ BATTERY_RANGES: dict[str, Range] = {
 BATTERY_SOC_MIN_FRACTION: float = 0.1
 BATTERY_SOC_MAX_FRACTION: float = 0.9
 
-#: Reversible air-source heat pump in a single-zone house (1R1C).
+#: Air-source heat pump (heating and cooling) in a single-zone house (1R1C). Its electrical size
+#: ``p_max_kw`` is not drawn: `size_heatpump` derives it from the building and the design temperatures.
 HEATPUMP_RANGES: dict[str, Range] = {
-    "p_max_kw": (2.0, 5.0),  # electrical input at full load
-    "r_k_per_kw": (2.0, 6.0),  # envelope resistance; 1/R = 167-500 W/K heat-loss coefficient
-    "c_kwh_per_k": (2.0, 8.0),  # thermal capacitance; time constants R*C of 4-48 h
+    "r_k_per_kw": (3.0, 8.0),  # envelope resistance; 1/R = 125-333 W/K heat-loss coefficient
+    "c_kwh_per_k": (2.0, 8.0),  # thermal capacitance; time constants R*C of 6-64 h
     "carnot_efficiency": (0.35, 0.50),  # fraction of the Carnot COP the unit achieves
     "t_comfort_centre_c": (20.5, 21.5),  # centre of the comfort band (heating-season setpoint)
     "t_comfort_width_k": (2.0, 4.0),  # full width of the comfort band
@@ -105,8 +114,20 @@ MIN_LIFT_K: float = 10.0
 #: the Carnot-fraction model is extrapolating beyond what air-source units reach.
 COP_MIN: float = 1.0
 COP_MAX: float = 6.0
+#: Installer's margin: at the design temperature the heat pump's full-load heating (cooling) capacity is
+#: this much above the building's design heat loss (gain) at the band centre.
+HEATPUMP_SIZING_MARGIN: float = 0.25
+#: Design temperatures used when the caller gives none (a cold-temperate climate); the simulator passes the
+#: 99 % heating and 1 % cooling design temperatures of its own weather data.
+DEFAULT_HEATING_DESIGN_C: float = -10.0
+DEFAULT_COOLING_DESIGN_C: float = 32.0
 
-#: Small controllable generator (micro-CHP / gas or diesel genset). Minimum output is 0 (it can be off).
+#: Minimum stable output of a running generator as a fraction of ``p_max_kw`` (GradMAP's [-1, -0.15]); 0 gives
+#: a generator that can switch off.
+GENERATOR_MIN_OUTPUT_FRACTION: float = 0.15
+
+#: Small controllable generator (micro-CHP / gas or diesel genset), always running between its minimum
+#: stable output and ``p_max_kw``.
 GENERATOR_RANGES: dict[str, Range] = {
     "p_max_kw": (3.0, 10.0),  # maximum electrical output
     "fuel_cost_c1_per_kwh": (0.10, 0.25),  # linear fuel cost coefficient, $/kWh
@@ -173,7 +194,7 @@ class HeatPumpParams:
     """Per-agent heat-pump and building parameters, every field a tensor of shape [N].
 
     Attributes:
-        p_max_kw: Electrical input at full load, kW (heating and cooling alike).
+        p_max_kw: Electrical input at full load, kW (heating and cooling alike; sized by `size_heatpump`).
         r_k_per_kw: Thermal resistance between indoor air and outdoors, K/kW.
         c_kwh_per_k: Thermal capacitance of the building, kWh/K.
         carnot_efficiency: Fraction of the Carnot COP achieved, dimensionless.
@@ -199,7 +220,7 @@ class GeneratorParams:
     """Per-agent generator parameters, every field a tensor of shape [N].
 
     Attributes:
-        p_min_kw: Minimum electrical output, kW (0: the unit can be switched off).
+        p_min_kw: Minimum stable output, kW (0: the unit can be switched off).
         p_max_kw: Maximum electrical output, kW.
         fuel_cost_c1_per_kwh: Linear fuel-cost coefficient, $/kWh.
         fuel_cost_c2_per_kw2h: Quadratic fuel-cost coefficient, $/(kW^2 h); non-negative, so the fuel cost
@@ -259,7 +280,8 @@ def sample_battery_params(
 ) -> BatteryParams:
     """Draw parameters of ``n`` batteries uniformly from :data:`BATTERY_RANGES`.
 
-    The state-of-charge bounds are :data:`BATTERY_SOC_MIN_FRACTION` and :data:`BATTERY_SOC_MAX_FRACTION` of
+    The capacity is ``e_max_kwh = p_max_kw * duration_h``; the state-of-charge bounds are
+    :data:`BATTERY_SOC_MIN_FRACTION` and :data:`BATTERY_SOC_MAX_FRACTION` of
     the sampled capacity.
 
     Args:
@@ -273,15 +295,58 @@ def sample_battery_params(
     """
     # One draw per field in the dict's (fixed) order, so results depend only on the seed.
     drawn = {k: _uniform(n, r, generator, dtype, device) for k, r in BATTERY_RANGES.items()}
+    e_max_kwh = drawn["p_max_kw"] * drawn["duration_h"]
     return BatteryParams(
         p_max_kw=drawn["p_max_kw"],
-        e_max_kwh=drawn["e_max_kwh"],
+        e_max_kwh=e_max_kwh,
         eta_charge=drawn["eta_charge"],
         eta_discharge=drawn["eta_discharge"],
-        soc_min_kwh=BATTERY_SOC_MIN_FRACTION * drawn["e_max_kwh"],
-        soc_max_kwh=BATTERY_SOC_MAX_FRACTION * drawn["e_max_kwh"],
+        soc_min_kwh=BATTERY_SOC_MIN_FRACTION * e_max_kwh,
+        soc_max_kwh=BATTERY_SOC_MAX_FRACTION * e_max_kwh,
         degradation_cost_per_kwh=drawn["degradation_cost_per_kwh"],
     )
+
+
+def size_heatpump(
+    r_k_per_kw: torch.Tensor,
+    carnot_efficiency: torch.Tensor,
+    t_design_indoor_c: torch.Tensor,
+    heating_design_c: float,
+    cooling_design_c: float,
+    margin: float = HEATPUMP_SIZING_MARGIN,
+) -> torch.Tensor:
+    """Electrical size of a heat pump, as an installer sizes it for its building.
+
+    At the heating design temperature the full-load heating capacity ``p_max * cop_heat`` covers the
+    building's design heat loss ``(t_indoor - heating_design_c) / R`` plus ``margin``; at the cooling design
+    temperature the full-load cooling capacity ``p_max * cop_cool`` covers the design heat gain
+    ``(cooling_design_c - t_indoor) / R`` plus ``margin``. The size is the larger of the two.
+
+    Args:
+        r_k_per_kw: Envelope resistance [N], K/kW.
+        carnot_efficiency: Fraction of the Carnot COP [N].
+        t_design_indoor_c: Indoor design temperature [N] (the comfort band's centre), C.
+        heating_design_c: Outdoor heating design temperature (e.g. the 99 % value of the weather year), C.
+        cooling_design_c: Outdoor cooling design temperature (e.g. the 1 % value), C.
+        margin: Capacity above the design load, as a fraction (>= 0).
+
+    Returns:
+        ``p_max_kw`` [N], kW of electrical input at full load.
+    """
+    if not margin >= 0:
+        raise ValueError(f"the sizing margin must be >= 0, got {margin!r}")
+    if not heating_design_c < cooling_design_c:
+        raise ValueError(
+            f"heating design temperature {heating_design_c!r} C must be below the cooling design "
+            f"temperature {cooling_design_c!r} C"
+        )
+    t_heat = torch.full_like(r_k_per_kw, float(heating_design_c))
+    t_cool = torch.full_like(r_k_per_kw, float(cooling_design_c))
+    cop_heat, _ = _cop(carnot_efficiency, t_heat)
+    _, cop_cool = _cop(carnot_efficiency, t_cool)
+    heat_kw = torch.relu(t_design_indoor_c - t_heat) / r_k_per_kw
+    gain_kw = torch.relu(t_cool - t_design_indoor_c) / r_k_per_kw
+    return (1.0 + margin) * torch.maximum(heat_kw / cop_heat, gain_kw / cop_cool)
 
 
 def sample_heatpump_params(
@@ -289,30 +354,40 @@ def sample_heatpump_params(
     generator: torch.Generator,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    heating_design_c: float = DEFAULT_HEATING_DESIGN_C,
+    cooling_design_c: float = DEFAULT_COOLING_DESIGN_C,
+    sizing_margin: float = HEATPUMP_SIZING_MARGIN,
 ) -> HeatPumpParams:
-    """Draw parameters of ``n`` heat pumps and their buildings uniformly from :data:`HEATPUMP_RANGES`.
+    """Draw ``n`` buildings uniformly from :data:`HEATPUMP_RANGES` and size each one's heat pump.
 
     The comfort band is ``centre -/+ width / 2`` with centre and width drawn per agent, so every band lies
-    within [18.5, 23.5] C and contains [20.5, 21.5] C.
+    within [18.5, 23.5] C and contains [20.5, 21.5] C. The electrical size ``p_max_kw`` is
+    `size_heatpump` at the band centre and the given design temperatures.
 
     Args:
         n: Number of heat-pump agents N.
         generator: Source of randomness; the same seed gives the same parameters.
         dtype: Floating dtype of the returned tensors.
         device: Device of the returned tensors.
+        heating_design_c: Outdoor heating design temperature, C.
+        cooling_design_c: Outdoor cooling design temperature, C.
+        sizing_margin: Capacity above the design load (`size_heatpump`).
 
     Returns:
         HeatPumpParams with [N] tensors.
     """
     drawn = {k: _uniform(n, r, generator, dtype, device) for k, r in HEATPUMP_RANGES.items()}
     half_width = 0.5 * drawn["t_comfort_width_k"]
+    centre = drawn["t_comfort_centre_c"]
     return HeatPumpParams(
-        p_max_kw=drawn["p_max_kw"],
+        p_max_kw=size_heatpump(
+            drawn["r_k_per_kw"], drawn["carnot_efficiency"], centre, heating_design_c, cooling_design_c, sizing_margin
+        ),
         r_k_per_kw=drawn["r_k_per_kw"],
         c_kwh_per_k=drawn["c_kwh_per_k"],
         carnot_efficiency=drawn["carnot_efficiency"],
-        t_min_c=drawn["t_comfort_centre_c"] - half_width,
-        t_max_c=drawn["t_comfort_centre_c"] + half_width,
+        t_min_c=centre - half_width,
+        t_max_c=centre + half_width,
     )
 
 
@@ -322,8 +397,12 @@ def sample_generator_params(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     ramp_limit: bool = True,
+    min_output_fraction: float = GENERATOR_MIN_OUTPUT_FRACTION,
 ) -> GeneratorParams:
     """Draw parameters of ``n`` generators uniformly from :data:`GENERATOR_RANGES`.
+
+    Sizing rule: ``p_max_kw`` uniform over the product class, minimum stable output
+    ``p_min_kw = min_output_fraction * p_max_kw``.
 
     Args:
         n: Number of generator agents N.
@@ -332,16 +411,20 @@ def sample_generator_params(
         device: Device of the returned tensors.
         ramp_limit: If False, ``ramp_kw_per_h`` is ``+inf`` (no ramp limit). The ramp fraction is drawn
             either way, so the other parameters do not depend on this flag.
+        min_output_fraction: Minimum stable output as a fraction of ``p_max_kw``, in [0, 1) (0: the unit
+            can switch off).
 
     Returns:
-        GeneratorParams with [N] tensors; ``p_min_kw`` is 0.
+        GeneratorParams with [N] tensors.
     """
+    if not 0.0 <= min_output_fraction < 1.0:
+        raise ValueError(f"min_output_fraction must be in [0, 1), got {min_output_fraction!r}")
     drawn = {k: _uniform(n, r, generator, dtype, device) for k, r in GENERATOR_RANGES.items()}
     ramp = drawn["ramp_fraction_per_h"] * drawn["p_max_kw"]
     if not ramp_limit:
         ramp = torch.full_like(ramp, float("inf"))
     return GeneratorParams(
-        p_min_kw=torch.zeros_like(drawn["p_max_kw"]),
+        p_min_kw=min_output_fraction * drawn["p_max_kw"],
         p_max_kw=drawn["p_max_kw"],
         fuel_cost_c1_per_kwh=drawn["fuel_cost_c1_per_kwh"],
         fuel_cost_c2_per_kw2h=drawn["fuel_cost_c2_per_kw2h"],
@@ -383,7 +466,8 @@ def initial_heatpump_state(params: HeatPumpParams, batch_size: int, generator: t
 
 
 def initial_generator_state(params: GeneratorParams, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Initial previous output of every generator: 0 kW (off).
+    """Initial previous output of every generator: its minimum stable output ``p_min_kw`` (0 kW if it can
+    switch off).
 
     Args:
         params: Generator parameters ([N] tensors).
@@ -392,10 +476,10 @@ def initial_generator_state(params: GeneratorParams, batch_size: int, generator:
             are drawn from it.
 
     Returns:
-        p_prev_kw [B, N] of zeros in kW (output, generation positive), dtype and device of ``params``.
+        p_prev_kw [B, N] in kW (output, generation positive), dtype and device of ``params``.
     """
     del generator
-    return params.p_max_kw.new_zeros((batch_size, params.n_agents))
+    return params.p_min_kw.expand(batch_size, params.n_agents).clone()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -452,6 +536,17 @@ def battery_step(params: BatteryParams, soc_kwh: torch.Tensor, action: torch.Ten
     return DeviceStep(p_kw=p_kw, next_state=next_soc, device_cost=cost, violation=violation)
 
 
+def _cop(carnot_efficiency: torch.Tensor, t_outdoor_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d = HEAT_EXCHANGER_APPROACH_K
+    heat_hot_k = HEATING_SINK_C + d + 273.15
+    cool_cold_k = COOLING_SOURCE_C - d + 273.15
+    lift_heat_k = torch.clamp((HEATING_SINK_C + d) - (t_outdoor_c - d), min=MIN_LIFT_K)
+    lift_cool_k = torch.clamp((t_outdoor_c + d) - (COOLING_SOURCE_C - d), min=MIN_LIFT_K)
+    cop_heat = torch.clamp(carnot_efficiency * heat_hot_k / lift_heat_k, COP_MIN, COP_MAX)
+    cop_cool = torch.clamp(carnot_efficiency * cool_cold_k / lift_cool_k, COP_MIN, COP_MAX)
+    return cop_heat, cop_cool
+
+
 def heatpump_cop(params: HeatPumpParams, t_outdoor_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Heating and cooling coefficients of performance as functions of the outdoor temperature.
 
@@ -473,14 +568,13 @@ def heatpump_cop(params: HeatPumpParams, t_outdoor_c: torch.Tensor) -> tuple[tor
     Returns:
         ``(cop_heat, cop_cool)``, each broadcast to the shape of ``t_outdoor_c`` against [N].
     """
-    d = HEAT_EXCHANGER_APPROACH_K
-    heat_hot_k = HEATING_SINK_C + d + 273.15
-    cool_cold_k = COOLING_SOURCE_C - d + 273.15
-    lift_heat_k = torch.clamp((HEATING_SINK_C + d) - (t_outdoor_c - d), min=MIN_LIFT_K)
-    lift_cool_k = torch.clamp((t_outdoor_c + d) - (COOLING_SOURCE_C - d), min=MIN_LIFT_K)
-    cop_heat = torch.clamp(params.carnot_efficiency * heat_hot_k / lift_heat_k, COP_MIN, COP_MAX)
-    cop_cool = torch.clamp(params.carnot_efficiency * cool_cold_k / lift_cool_k, COP_MIN, COP_MAX)
-    return cop_heat, cop_cool
+    return _cop(params.carnot_efficiency, t_outdoor_c)
+
+
+def heatpump_heating(params: HeatPumpParams, t_outdoor_c: torch.Tensor) -> torch.Tensor:
+    """Mode of every heat pump: True (heating) when the outdoor temperature is below the comfort band's
+    centre, False (cooling) otherwise; a changeover thermostat. Shape of ``t_outdoor_c`` against [N]."""
+    return t_outdoor_c < 0.5 * (params.t_min_c + params.t_max_c)
 
 
 def heatpump_step(
@@ -492,23 +586,21 @@ def heatpump_step(
 ) -> DeviceStep:
     """Advance all heat pumps and their 1R1C buildings by one step.
 
-    The action sets the electrical input ``p = |a| * p_max_kw`` and the mode: ``a > 0`` heats, ``a < 0``
-    cools. The thermal power into the building is ``q = a * p_max_kw * cop`` (kW), with ``cop`` the heating
-    COP for ``a >= 0`` and the cooling COP for ``a < 0`` (see :func:`heatpump_cop`); equivalently
-    ``q_max = p_max_kw * cop`` and ``p = |q| / cop``. Holding ``q`` and ``T_out`` constant over the step,
-    ``C dT/dt = q - (T - T_out) / R`` is integrated exactly::
+    The action sets the normalised electrical input ``u = (1 + a) / 2`` in [0, 1], ``p = u * p_max_kw``
+    (``a = -1``: off, ``a = +1``: full load). The mode follows the outdoor temperature
+    (`heatpump_heating`): below the band centre the unit heats, ``q = u * p_max_kw * cop_heat``, otherwise it
+    cools, ``q = -u * p_max_kw * cop_cool`` (see :func:`heatpump_cop`). Holding ``q`` and ``T_out`` constant
+    over the step, ``C dT/dt = q - (T - T_out) / R`` is integrated exactly::
 
         T_ss = T_out + R q
         T'   = T_ss + (T - T_ss) * exp(-dt / (R C))
 
-    Gradients: ``q`` is continuous in ``a`` with a kink at ``a = 0`` (slopes ``p_max * cop_cool`` and
-    ``p_max * cop_heat``); autograd returns the right-hand slope there. ``|a|`` has subgradient 0 at 0.
-    Both are finite everywhere.
+    Everything is smooth in ``a`` (the mode does not depend on it).
 
     Args:
         params: Heat-pump parameters ([N] tensors).
         t_indoor_c: Indoor temperature [B, N] in degrees C.
-        action: Normalised request [B, N], assumed in [-1, 1]; +1 = full heating, -1 = full cooling.
+        action: Normalised request [B, N], assumed in [-1, 1]; -1 = off, +1 = full load.
         t_outdoor_c: Outdoor temperature in degrees C, [B, N] or broadcastable to it (e.g. [B, 1]).
         dt_h: Step length in hours (> 0).
 
@@ -519,9 +611,9 @@ def heatpump_step(
         ``relu(T' - t_max_c) + relu(t_min_c - T')``.
     """
     cop_heat, cop_cool = heatpump_cop(params, t_outdoor_c)
-    cop = torch.where(action >= 0, cop_heat, cop_cool)
-    q_kw = action * params.p_max_kw * cop
-    p_kw = torch.abs(action) * params.p_max_kw
+    heating = heatpump_heating(params, t_outdoor_c)
+    p_kw = 0.5 * (1.0 + action) * params.p_max_kw
+    q_kw = torch.where(heating, p_kw * cop_heat, -p_kw * cop_cool)
 
     t_steady_c = t_outdoor_c + params.r_k_per_kw * q_kw
     decay = torch.exp(-dt_h / (params.r_k_per_kw * params.c_kwh_per_k))
@@ -541,11 +633,10 @@ def generator_step(params: GeneratorParams, p_prev_kw: torch.Tensor, action: tor
 
         out_req = p_min + (1 - a) / 2 * (p_max - p_min)
 
-    so ``a = -1`` requests full output and ``a = +1`` requests the minimum (0 kW: off). Thus
-    ``a`` is the normalised electrical power ``p_kw / p_max_kw`` shifted onto the full action range:
-    ``p_kw / p_max_kw = (a - 1) / 2`` when ``p_min = 0`` and no ramp limit binds. The request is projected
-    onto ``[max(p_min, prev - ramp*dt), min(p_max, prev + ramp*dt)]`` (the ramp window is first clipped to
-    the output limits, so the interval is never empty).
+    so ``a = -1`` requests full output and ``a = +1`` the minimum stable output (0.15 ``p_max`` by default, so
+    ``p_kw / p_max_kw`` spans [-1, -0.15]; 0 kW, off, for a generator built with ``p_min = 0``). The request is
+    projected onto ``[max(p_min, prev - ramp*dt), min(p_max, prev + ramp*dt)]`` (the ramp window is first
+    clipped to the output limits, so the interval is never empty).
 
     Args:
         params: Generator parameters ([N] tensors).

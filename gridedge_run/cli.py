@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start again a run in --out that stopped before its first checkpoint (replaces its files)",
     )
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate on test days every N iterations")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate on validation days every N iterations")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the method's config")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="(with --method oracle) override an OracleConfig field, e.g. iterations=100",
     )
-    p.add_argument("--split", default="test", choices=["test", "train", "all"])
+    p.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
     p.add_argument("--days", type=int, default=None, help="number of days, evenly spaced (default: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="days simulated together (does not change the numbers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the household draws of the evaluation days")

@@ -50,7 +50,7 @@ def evaluate_policy(
         sim: The simulator (`gridedge_env.make_sim`).
         policy_fn: ``policy(sim, state) -> actions [B, N]`` in [-1, 1]; wrap an observation-only policy
             with `obs_policy`.
-        split: "test" (default), "train" or "all".
+        split: "test" (default), "validation", "train" or "all".
         days: None (every day of the split), a count (evenly spaced), or explicit day indices.
         batch: Days simulated together (does not change the numbers).
         seed: Seed of the household-load draws and initial device states.

@@ -2,7 +2,7 @@
 
 `train(env_or_config, config, ...)` drives any trainer of the registry (`gridedge_run.methods`): it calls
 ``trainer.iterate()`` until the budget (``config.run.iterations`` and/or ``config.run.minutes``) is spent,
-evaluates the deterministic policies on test days every ``config.run.eval_every`` iterations, writes
+evaluates the deterministic policies on validation days every ``config.run.eval_every`` iterations, writes
 ``metrics.csv`` after every iteration and a checkpoint every ``config.run.checkpoint_every``, and on
 divergence or interruption saves the last consistent state before re-raising. A resumed run continues bit
 for bit as the uninterrupted one would have.
@@ -163,7 +163,7 @@ def train(
 
         def eval_fn() -> dict:
             policy = make_policy(trainer.params())
-            return evaluate_policy(sim, obs_policy(policy), split="test", days=run.eval_days)
+            return evaluate_policy(sim, obs_policy(policy), split="validation", days=run.eval_days)
 
     wall0 = time.perf_counter()
     snapshot = None

@@ -67,10 +67,10 @@ def test_import_stays_light():
 
 
 def test_exports_and_versioned_module():
-    from gridedge_env import ieee123_v0
+    from gridedge_env import ieee123_v1
 
-    assert gridedge_env.parallel_env is ieee123_v0.parallel_env is pettingzoo_env.parallel_env
-    assert gridedge_env.env is ieee123_v0.env and gridedge_env.raw_env is ieee123_v0.raw_env
+    assert gridedge_env.parallel_env is ieee123_v1.parallel_env is pettingzoo_env.parallel_env
+    assert gridedge_env.env is ieee123_v1.env and gridedge_env.raw_env is ieee123_v1.raw_env
     doc = pettingzoo_env.__doc__
     for section in (
         "## Agents",
@@ -333,7 +333,7 @@ def test_batched_shapes_and_errors():
 def test_gymnasium_registered_and_checked():
     from gymnasium.utils.env_checker import check_env
 
-    assert ENV_ID == "gridedge/IEEE123-v0" and ENV_ID in gym.registry
+    assert ENV_ID == "gridedge/IEEE123-v1" and ENV_ID in gym.registry
     env = gym.make(ENV_ID, **SMALL)
     assert isinstance(env.unwrapped, GridEdgeCentralEnv)
     check_env(env.unwrapped, skip_render_check=True)

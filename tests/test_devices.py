@@ -157,29 +157,32 @@ def test_battery_projection_properties(seed: int, dt_h: float, soc_frac: list, a
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_heatpump_heats_and_cools_and_consumes_in_both_modes() -> None:
-    params = _heatpump()
+def test_heatpump_mode_follows_outdoor_temperature_and_consumes_in_both_modes() -> None:
+    params = _heatpump()  # band 20-23 C, centre 21.5 C
     # Indoor == outdoor: no envelope flow, so the sign of the change is the sign of q.
-    t_in = _t([21.0], [21.0], [21.0])
-    t_out = _t([21.0], [21.0], [21.0])
-    out = dev.heatpump_step(params, t_in, _t([0.5], [-0.5], [0.0]), t_out, DT_H)
-    assert out.next_state[0, 0] > 21.0
-    assert out.next_state[1, 0] < 21.0
-    torch.testing.assert_close(out.next_state[2], _t([21.0])[0])
-    torch.testing.assert_close(out.p_kw, _t([1.5], [1.5], [0.0]))
+    t_in = _t([21.0], [22.0], [21.0], [22.0])
+    t_out = _t([21.0], [22.0], [21.0], [22.0])
+    out = dev.heatpump_step(params, t_in, _t([0.0], [0.0], [-1.0], [-1.0]), t_out, DT_H)
+    assert out.next_state[0, 0] > 21.0  # outdoor below the band centre: heating
+    assert out.next_state[1, 0] < 22.0  # above it: cooling
+    torch.testing.assert_close(out.next_state[2:], t_in[2:])  # a = -1: off
+    # normalised electrical power (1 + a) / 2 in [0, 1], the same in both modes
+    torch.testing.assert_close(out.p_kw, _t([1.5], [1.5], [0.0], [0.0]))
     torch.testing.assert_close(out.device_cost, torch.zeros_like(t_in))
+    heating = dev.heatpump_heating(params, t_out)
+    assert heating[:, 0].tolist() == [True, False, True, False]
 
 
 def test_heatpump_cold_house_drifts_down_without_heating() -> None:
     params = _heatpump()
-    out = dev.heatpump_step(params, _t([21.0]), _t([0.0]), _t([0.0]), DT_H)
+    out = dev.heatpump_step(params, _t([21.0]), _t([-1.0]), _t([0.0]), DT_H)
     assert 0.0 < out.next_state[0, 0] < 21.0
 
 
 def test_heatpump_steady_state_matches_1r1c() -> None:
     params = _heatpump()
     t_out = _t([-3.0])
-    a = _t([0.7])
+    a = _t([0.4])  # 70 % of full load
     cop_heat, _ = dev.heatpump_cop(params, t_out)
     q_kw = 0.7 * 3.0 * cop_heat
     t = _t([21.0])
@@ -191,11 +194,12 @@ def test_heatpump_steady_state_matches_1r1c() -> None:
 def test_heatpump_exact_discretisation_against_fine_euler() -> None:
     params = _heatpump()
     t_out = _t([5.0], [30.0])
-    a = _t([0.8], [-0.6])
+    a = _t([0.6], [0.2])
     t0 = _t([19.0], [26.0])
     exact = dev.heatpump_step(params, t0, a, t_out, 2.0).next_state
     cop_heat, cop_cool = dev.heatpump_cop(params, t_out)
-    q = torch.where(a >= 0, a * 3.0 * cop_heat, a * 3.0 * cop_cool)
+    u = 0.5 * (1.0 + a)
+    q = torch.where(t_out < 21.5, u * 3.0 * cop_heat, -u * 3.0 * cop_cool)
     t = t0.clone()
     n = 20000
     for _ in range(n):
@@ -209,11 +213,38 @@ def test_heatpump_exact_discretisation_against_fine_euler() -> None:
 def test_heatpump_electricity_is_thermal_over_cop() -> None:
     params = _heatpump()
     t_out = _t([-10.0], [32.0])
-    a = _t([0.9], [-0.9])
-    out = dev.heatpump_step(params, _t([20.0], [24.0]), a, t_out, DT_H)
+    a = _t([0.8], [0.8])
+    t_in = _t([20.0], [24.0])
+    out = dev.heatpump_step(params, t_in, a, t_out, DT_H)
     cop_heat, cop_cool = dev.heatpump_cop(params, t_out)
-    q_kw = torch.where(a >= 0, a * 3.0 * cop_heat, a * 3.0 * cop_cool)
-    torch.testing.assert_close(out.p_kw, q_kw.abs() / torch.where(a >= 0, cop_heat, cop_cool))
+    cop = torch.where(t_out < 21.5, cop_heat, cop_cool)
+    # the heat moved, from the exact 1R1C solution, over the COP is the electrical input
+    decay = torch.exp(_t([-DT_H / 20.0]))
+    q_kw = ((out.next_state - t_in * decay) / (1 - decay) - t_out) / 4.0
+    torch.testing.assert_close(out.p_kw, q_kw.abs() / cop)
+    torch.testing.assert_close(out.p_kw, _t([2.7], [2.7]))
+
+
+def test_heatpump_sizing_covers_design_loss_with_margin() -> None:
+    params = dev.sample_heatpump_params(200, _gen(5), heating_design_c=-9.4, cooling_design_c=32.2, sizing_margin=0.25)
+    centre = 0.5 * (params.t_min_c + params.t_max_c)
+    cop_heat, _ = dev.heatpump_cop(params, torch.full((1, 200), -9.4, dtype=F64))
+    _, cop_cool = dev.heatpump_cop(params, torch.full((1, 200), 32.2, dtype=F64))
+    heat_cap, cool_cap = params.p_max_kw * cop_heat[0], params.p_max_kw * cop_cool[0]
+    heat_loss, heat_gain = (centre + 9.4) / params.r_k_per_kw, (32.2 - centre) / params.r_k_per_kw
+    assert torch.all(heat_cap >= 1.25 * heat_loss * (1 - 1e-12))
+    assert torch.all(cool_cap >= 1.25 * heat_gain * (1 - 1e-12))
+    # the binding one of the two is met with equality: no unit is larger than the rule asks
+    torch.testing.assert_close(
+        torch.minimum(heat_cap / heat_loss, cool_cap / heat_gain), torch.full((200,), 1.25, dtype=F64)
+    )
+    # at full load and the design temperature, a building at the band centre does not cool down
+    out = dev.heatpump_step(
+        params, centre[None], torch.ones(1, 200, dtype=F64), torch.full((1, 200), -9.4, dtype=F64), DT_H
+    )
+    assert torch.all(out.next_state > centre)
+    with pytest.raises(ValueError, match="margin"):
+        dev.sample_heatpump_params(3, _gen(0), sizing_margin=-0.1)
 
 
 def test_heatpump_cop_monotone_and_clipped() -> None:
@@ -237,7 +268,7 @@ def test_heatpump_comfort_violation_in_kelvin() -> None:
     params = _heatpump()
     # Very hot and very cold houses, heat pump off, outdoor equal to indoor: the state does not move.
     t = _t([25.5], [17.0], [21.0])
-    out = dev.heatpump_step(params, t, torch.zeros_like(t), t, DT_H)
+    out = dev.heatpump_step(params, t, torch.full_like(t, -1.0), t, DT_H)
     torch.testing.assert_close(out.violation, _t([2.5], [3.0], [0.0]))
 
 
@@ -282,7 +313,7 @@ def test_generator_projection_properties(
     seed: int, dt_h: float, prev_frac: list, action: list, ramp_limit: bool
 ) -> None:
     params = dev.sample_generator_params(5, _gen(seed), ramp_limit=ramp_limit)
-    prev = torch.tensor([prev_frac], dtype=F64) * params.p_max_kw
+    prev = params.p_min_kw + torch.tensor([prev_frac], dtype=F64) * (params.p_max_kw - params.p_min_kw)
     a = torch.tensor([action], dtype=F64)
     out = dev.generator_step(params, prev, a, dt_h)
     output = out.next_state
@@ -423,7 +454,17 @@ def test_derived_params_consistent_with_ranges() -> None:
     assert torch.all((frac >= lo - 1e-12) & (frac <= hi + 1e-12))
     assert torch.all(torch.isinf(gen_free.ramp_kw_per_h))
     torch.testing.assert_close(gen_free.p_max_kw, gen_limited.p_max_kw)  # flag changes nothing else
-    assert torch.all(gen_limited.p_min_kw == 0)
+    # GradMAP's generator range: normalised power in [-1, -0.15] by default; 0 keeps an off-able unit
+    torch.testing.assert_close(gen_limited.p_min_kw, dev.GENERATOR_MIN_OUTPUT_FRACTION * gen_limited.p_max_kw)
+    assert dev.GENERATOR_MIN_OUTPUT_FRACTION == 0.15
+    off_able = dev.sample_generator_params(300, _gen(3), min_output_fraction=0.0)
+    assert torch.all(off_able.p_min_kw == 0)
+    with pytest.raises(ValueError, match="min_output_fraction"):
+        dev.sample_generator_params(3, _gen(3), min_output_fraction=1.0)
+    # battery sizing rule: capacity = power x storage duration
+    duration = bat.e_max_kwh / bat.p_max_kw
+    lo, hi = dev.BATTERY_RANGES["duration_h"]
+    assert torch.all((duration >= lo - 1e-12) & (duration <= hi + 1e-12))
 
 
 def test_initial_states() -> None:
@@ -436,7 +477,7 @@ def test_initial_states() -> None:
     t = dev.initial_heatpump_state(hp, 8, _gen(2))
     assert t.shape == (8, 50) and torch.all((t >= hp.t_min_c) & (t <= hp.t_max_c))
     gen = dev.sample_generator_params(50, _gen(1))
-    assert torch.equal(dev.initial_generator_state(gen, 8, _gen(2)), torch.zeros(8, 50, dtype=F64))
+    assert torch.equal(dev.initial_generator_state(gen, 8, _gen(2)), gen.p_min_kw.expand(8, 50))
 
 
 def _random_case(name: str, batch: int, seed: int):

@@ -19,6 +19,7 @@ from gridedge_env.scenarios import (
     draw_load_shapes,
     load_scenario_data,
     split_days,
+    split_profiles,
 )
 from gridedge_env.scenarios.build_profiles import DEFAULT_OUTPUT, build_profiles_text, main
 from gridedge_env.scenarios.days import month_of_day
@@ -171,26 +172,58 @@ def test_build_profiles_rejects_missing_source(tmp_path):
 
 
 def test_split_disjoint_and_exhaustive():
-    train, test, every = split_days("train"), split_days("test"), split_days("all")
-    assert set(train.tolist()).isdisjoint(test.tolist())
-    assert sorted(np.concatenate([train, test]).tolist()) == list(range(N_DAYS))
+    train, validation, test = split_days("train"), split_days("validation"), split_days("test")
+    every = split_days("all")
+    parts = [set(x.tolist()) for x in (train, validation, test)]
+    assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
+    assert sorted(np.concatenate([train, validation, test]).tolist()) == list(range(N_DAYS))
     assert every.tolist() == list(range(N_DAYS))
-    assert len(test) == 73 and len(train) == 292
-    assert np.all(test % 5 == 4)
+    assert (len(train), len(validation), len(test)) == (225, 70, 70)
     assert train.dtype == np.int64
-    # The test days cover every month, hence every season.
-    assert set(month_of_day(test + 1).tolist()) == set(range(1, 13))
+    # whole weeks: a validation or test day's whole week (d // 7) belongs to the same split
+    for days in (validation, test):
+        weeks = np.unique(days // 7)
+        whole = (weeks[:, None] * 7 + np.arange(7)).ravel()
+        assert len(weeks) == 10 and sorted(days.tolist()) == sorted(whole.tolist())
+    # no test week touches a training day of the same week
+    assert set((test // 7).tolist()).isdisjoint((train // 7).tolist())
+    # every season is held out: test weeks fall in 10 different months, spread over the year
+    months = set(month_of_day(test + 1).tolist())
+    assert len(months) >= 9 and {1, 4, 7, 10} & months
+
+
+def test_split_profiles_disjoint():
+    parts = {name: split_profiles(name, 100) for name in ("train", "validation", "test")}
+    assert {name: len(p) for name, p in parts.items()} == {"train": 60, "validation": 20, "test": 20}
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(100))
+    assert set(parts["test"].tolist()).isdisjoint(parts["train"].tolist())
+    assert split_profiles("all", 100).tolist() == list(range(100))
+    with pytest.raises(ValueError, match="at least 5"):
+        split_profiles("train", 4)
+
+
+def test_draw_load_shapes_uses_only_the_given_profiles(data):
+    pool = split_profiles("test", data.n_profiles)
+    days = torch.zeros(40, dtype=torch.int64)
+    shapes = draw_load_shapes(data, days, n_loads=25, generator=torch.Generator().manual_seed(0), profiles=pool)
+    unscaled = shapes / shapes.amax(dim=1, keepdim=True)
+    rows = unscaled.permute(0, 2, 1).reshape(-1, STEPS_PER_DAY)
+    distance = (rows[:, None, :] - data.household_shape[None, :, :]).abs().amax(dim=-1)  # [rows, P]
+    used = set(distance.argmin(dim=1).tolist())
+    assert used <= set(pool.tolist()) and len(used) == len(pool)
+    with pytest.raises(ValueError, match="profiles"):
+        draw_load_shapes(data, days, 3, torch.Generator().manual_seed(0), profiles=[100])
 
 
 def test_split_returns_copies():
     days = split_days("test")
     days[:] = 0
-    assert split_days("test")[0] == 4
+    assert split_days("test")[0] == 28
 
 
-@pytest.mark.parametrize("bad", ["validation", "Train", "", None])
+@pytest.mark.parametrize("bad", ["valid", "Train", "", None])
 def test_split_unknown(bad):
-    with pytest.raises(ValueError, match=r"unknown split .*'train', 'test', 'all'"):
+    with pytest.raises(ValueError, match=r"unknown split .*'train', 'validation', 'test', 'all'"):
         split_days(bad)
 
 

@@ -165,7 +165,7 @@ class BatchedEnv:
 
     Args:
         num_envs: Batch size B.
-        split: Days to draw episodes from: "train", "test" or "all".
+        split: Days (and household profiles) to draw episodes from: "train", "validation", "test" or "all".
         w_dev, w_net, net_scope: The reward (`RewardConfig`).
         **cfg: Simulator options (`make_sim`; default the full task: IEEE-123, 1,000 agents).
 

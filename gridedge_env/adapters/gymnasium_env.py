@@ -1,10 +1,10 @@
-"""Centralised Gymnasium environment: one controller sets every agent's action (``gridedge/IEEE123-v0``).
+"""Centralised Gymnasium environment: one controller sets every agent's action (``gridedge/IEEE123-v1``).
 
 ```python
 import gymnasium as gym
 import gridedge_env.adapters.gymnasium_env  # importing the module registers the id
-env = gym.make("gridedge/IEEE123-v0")       # keyword arguments as for gridedge_env.parallel_env
-# without the import: gym.make("gridedge_env.adapters.gymnasium_env:gridedge/IEEE123-v0")
+env = gym.make("gridedge/IEEE123-v1")       # keyword arguments as for gridedge_env.parallel_env
+# without the import: gym.make("gridedge_env.adapters.gymnasium_env:gridedge/IEEE123-v1")
 obs, info = env.reset(seed=0)
 obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 ```
@@ -40,7 +40,7 @@ from gridedge_env.scenarios import split_days
 
 __all__ = ["ENV_ID", "GridEdgeCentralEnv"]
 
-ENV_ID = "gridedge/IEEE123-v0"
+ENV_ID = "gridedge/IEEE123-v1"
 
 
 class GridEdgeCentralEnv(gym.Env):

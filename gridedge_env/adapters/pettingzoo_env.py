@@ -1,4 +1,4 @@
-"""# gridedge IEEE-123 (``gridedge_env.ieee123_v0``): decentralised control of grid-edge devices
+"""# gridedge IEEE-123 (``gridedge_env.ieee123_v1``): decentralised control of grid-edge devices
 
 ```python
 import gridedge_env
@@ -11,7 +11,7 @@ while env.agents:
 
 | | |
 |---|---|
-| Import | ``from gridedge_env import ieee123_v0`` (or ``gridedge_env.parallel_env`` / ``env`` / ``raw_env``) |
+| Import | ``from gridedge_env import ieee123_v1`` (or ``gridedge_env.parallel_env`` / ``env`` / ``raw_env``) |
 | Actions | continuous, ``Box(-1, 1, (1,), float32)`` per agent |
 | Parallel API | yes (native); AEC through PettingZoo's ``parallel_to_aec`` |
 | Agents | ``battery_<i>``, ``heatpump_<i>``, ``generator_<i>``; default 400 / 400 / 200 (1,000) |
@@ -39,8 +39,8 @@ One float in [-1, 1] per agent (values outside are clipped by the core), rescale
 | type | action a |
 |---|---|
 | battery | ``a * p_max``: charge (+) / discharge (-) |
-| heatpump | ``|a| * p_max`` electrical; heating for a > 0, cooling for a < 0 |
-| generator | output ``(1 - a) / 2 * p_max`` (a = -1 full output, +1 off) |
+| heatpump | ``(1 + a) / 2 * p_max`` electrical (a = -1 off, +1 full load); heats below the band centre, else cools |
+| generator | output ``(0.15 + 0.85 (1 - a) / 2) * p_max`` (a = -1 full output, +1 the 15 % minimum) |
 
 ``step(actions)`` needs a dict with exactly the live agents (``env.agents``), each value of shape ``(1,)`` or
 ``()``. **A missing agent, an unknown agent name, a value of another shape, a non-numeric value, NaN or
@@ -102,7 +102,8 @@ nodes), ``pf_converged`` (1.0 / 0.0), ``TimeLimit.truncated`` (bool).
 
 ``parallel_env(render_mode=None, split="train", w_dev=10.0, w_net=1000.0, net_scope="node", **sim_options)``
 
-- ``split``: days episodes are drawn from: ``"train"``, ``"test"`` (out-of-sample) or ``"all"``;
+- ``split``: days and household profiles episodes are drawn from: ``"train"``, ``"validation"`` (for tuning),
+  ``"test"`` (out-of-sample: held-out weeks and households) or ``"all"``;
 - ``w_dev``, ``w_net``, ``net_scope``: the reward, above;
 - ``render_mode``: ``None``, ``"rgb_array"`` or ``"human"`` (needs matplotlib, the ``render`` extra): per-phase
   voltage profile over the feeder's nodes with the limits, and the last actions by device type;
@@ -115,6 +116,12 @@ picks a day of the split. The environment pickles (``pickle``, ``cloudpickle``) 
 
 ## Version history
 
+- v1: a well-posed task. Heat pumps sized for their buildings at the weather's design temperatures, the
+  paper's device ranges (heat pumps consume [0, 1] of full load in a heating or cooling mode set by the
+  outdoor temperature; generators run between 15 % and 100 %), batteries sized by storage duration, a terminal
+  condition priced into the last step's cost, days split by whole weeks into train/validation/test with
+  disjoint household profiles. v0 (reversible heat pumps drawn independently of their buildings, generators
+  that switch off, no terminal condition, every fifth day a test day) is no longer shipped.
 - v0: first release (IEEE-123, 1,000 agents, 48 x 30-minute steps).
 """
 
@@ -174,7 +181,7 @@ class GridEdgeParallelEnv(ParallelEnv):
     """PettingZoo ParallelEnv over the functional core (spec: this module's docstring)."""
 
     metadata = {
-        "name": "gridedge_ieee123_v0",
+        "name": "gridedge_ieee123_v1",
         "render_modes": list(RENDER_MODES),
         "is_parallelizable": True,
         "render_fps": 2,

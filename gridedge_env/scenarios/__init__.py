@@ -4,7 +4,8 @@
 - PV: rooftop AC output per kWp computed with pvlib from that weather.
 - Household load: 100 one-day profiles of the IEEE European LV test feeder, shipped as half-hour means.
 - Price: an illustrative time-of-use tariff shaped like typical US utility TOU plans.
-- Days: a fixed train/test split (every 5th day of the year is a test day).
+- Days and households: a fixed train/validation/test split (whole weeks of the year, disjoint household
+  profiles).
 
 Provenance, licences and derivation commands: `docs/data.md`.
 
@@ -18,7 +19,7 @@ Example:
     ((4, 48, 3), (4, 48))
 """
 
-from gridedge_env.scenarios.days import N_DAYS, SPLITS, split_days
+from gridedge_env.scenarios.days import N_DAYS, SPLITS, split_days, split_profiles
 from gridedge_env.scenarios.pv import DEFAULT_PV, PVConfig
 from gridedge_env.scenarios.scenario import (
     LOAD_SCALE_SIGMA,
@@ -30,6 +31,7 @@ from gridedge_env.scenarios.scenario import (
     load_scenario_data,
 )
 from gridedge_env.scenarios.tariff import DEFAULT_TARIFF, TouTariff
+from gridedge_env.scenarios.weather import design_temperatures
 
 __all__ = [
     "DEFAULT_PV",
@@ -43,7 +45,9 @@ __all__ = [
     "PVConfig",
     "ScenarioData",
     "TouTariff",
+    "design_temperatures",
     "draw_load_shapes",
     "load_scenario_data",
     "split_days",
+    "split_profiles",
 ]

@@ -132,14 +132,16 @@ def draw_load_shapes(
     n_loads: int,
     generator: torch.Generator,
     sigma: float = LOAD_SCALE_SIGMA,
+    profiles: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
     """Draw a normalised one-day load shape for every load of every batch row.
 
     For each batch row b and load l, independently: a household profile index uniform over the P
-    profiles, and a multiplicative scale `exp(sigma * z - sigma^2 / 2)` with z ~ N(0, 1) (lognormal with
-    mean 1 and median `exp(-sigma^2 / 2)`). The result is that profile's peak-normalised shape times the
-    scale; multiply by a feeder load's spot kW to get its consumption. The draws consume `generator` in a
-    fixed order (profile indices, then scales), so the same generator state gives the same shapes.
+    profiles (or over ``profiles``, e.g. a split's from `split_profiles`), and a multiplicative scale
+    `exp(sigma * z - sigma^2 / 2)` with z ~ N(0, 1) (lognormal with mean 1 and median `exp(-sigma^2 / 2)`).
+    The result is that profile's peak-normalised shape times the scale; multiply by a feeder load's spot kW
+    to get its consumption. The draws consume `generator` in a fixed order (profile indices, then scales), so
+    the same generator state gives the same shapes.
     The shapes do not (yet) depend on the day beyond its validation: day-to-day variation comes from the
     random draws.
 
@@ -149,6 +151,7 @@ def draw_load_shapes(
         n_loads: number of loads L >= 1.
         generator: source of randomness; draws happen on its device and are moved to the data's device.
         sigma: log-standard deviation of the scale (>= 0).
+        profiles: optional indices of the profiles to draw from (default: all P).
 
     Returns:
         [B, T, L] normalised load (dimensionless, peak of each unscaled shape = 1).
@@ -172,7 +175,11 @@ def draw_load_shapes(
     n_rows = int(day_idx.shape[0])
     shapes = data.household_shape
     gen_device = generator.device
-    profile = torch.randint(data.n_profiles, (n_rows, n_loads), generator=generator, device=gen_device)
+    pool = torch.arange(data.n_profiles) if profiles is None else torch.as_tensor(profiles, dtype=torch.int64)
+    if pool.ndim != 1 or pool.numel() < 1 or int(pool.min()) < 0 or int(pool.max()) >= data.n_profiles:
+        raise ValueError(f"profiles must be a non-empty list of indices in 0..{data.n_profiles - 1}")
+    pick = torch.randint(pool.numel(), (n_rows, n_loads), generator=generator, device=gen_device)
+    profile = pool.to(gen_device)[pick]
     z = torch.randn((n_rows, n_loads), generator=generator, device=gen_device, dtype=torch.float64)
     scale = torch.exp(sigma * z - 0.5 * sigma**2).to(device=shapes.device, dtype=shapes.dtype)
     drawn = shapes[profile.to(shapes.device)]  # [B, L, T]

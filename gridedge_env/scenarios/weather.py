@@ -129,3 +129,24 @@ def load_weather(step_minutes: int) -> Weather:
         pressure_pa=at_steps("pressure_mbar", hour_end) * 100.0,
         midpoint_hours=t,
     )
+
+
+#: Heating design temperature: the hourly dry-bulb temperature is at or above it in this share of the year's hours.
+HEATING_DESIGN_SHARE = 0.99
+#: Cooling design temperature: the hourly dry-bulb temperature is at or below it in this share of the year's hours.
+COOLING_DESIGN_SHARE = 0.99
+
+
+@lru_cache(maxsize=1)
+def design_temperatures() -> tuple[float, float]:
+    """The weather year's heating and cooling design temperatures, C, from its 8,760 hourly readings.
+
+    Heating: the 99 % value (the 1st percentile: 99 % of the hours are at least this warm); cooling: the 1 %
+    value (the 99th percentile: 1 % of the hours are warmer). Greensboro's TMY3: -9.4 C and 32.2 C.
+    These are the temperatures HVAC installers size equipment for (ASHRAE's 99 % and 1 % design conditions).
+    """
+    _, hourly = _read_hourly()
+    temp = hourly["temp_air"]
+    heating = float(np.percentile(temp, 100.0 * (1.0 - HEATING_DESIGN_SHARE)))
+    cooling = float(np.percentile(temp, 100.0 * COOLING_DESIGN_SHARE))
+    return heating, cooling
