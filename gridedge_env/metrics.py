@@ -7,12 +7,13 @@ comparison tables, docs):
 - ``cost``: operating cost, $ per day summed over all agents (electricity + degradation + fuel), mean over
   the days (every row counts, also one whose power flow failed);
 - ``violation_share``: share of node-steps outside [v_min_pu, v_max_pu], over every feeder node, step and
-  row whose power flow converged;
+  row; every node of a row-step whose power flow failed counts as outside, so failures never score well;
 - ``violation_sum_pu``: voltage violation in pu·steps, summed over nodes and steps, mean per day;
 - ``worst_violation_pu``: the largest excursion outside the band, pu (the worst excursion);
 - ``device_violation``: mean device violation per agent-step (kW projected away for batteries and
   generators, K outside the comfort band for heat pumps);
-- ``pf_failures``: number of (row, step) power flows that did not converge (their voltages are left out);
+- ``pf_failures``: number of (row, step) power flows that did not converge (counted as violated in
+  ``violation_share``; their voltages are left out of the pu metrics);
 
 Beside them `summary` reports ``cost_per_agent_day``, ``cost_by_type``, ``device_violation_by_type``,
 ``violation_share_over`` and ``violation_share_under`` (above v_max_pu, below v_min_pu), ``v_min_pu``,
@@ -49,6 +50,7 @@ class RolloutMetrics:
         self.violation_sum = 0.0
         self.worst = 0.0
         self.failures = 0
+        self.failed_node_steps = 0
         self.v_min, self.v_max = float("inf"), float("-inf")
 
     @torch.no_grad()
@@ -60,7 +62,13 @@ class RolloutMetrics:
         self.device_by_agent += result.device_violation.detach().sum(dim=0).to(torch.float64).cpu()
         self.row_steps += cost.shape[0]
         ok = result.converged
-        self.failures += int((~ok).sum())
+        failed = int((~ok).sum())
+        self.failures += failed
+        # a failed power flow is never free: every node of that row-step counts as outside the band
+        n_nodes = result.v_mag_pu.shape[1]
+        self.failed_node_steps += failed * n_nodes
+        self.outside += failed * n_nodes
+        self.node_steps += failed * n_nodes
         if bool(ok.any()):
             v = result.v_mag_pu.detach()[ok]
             excess = torch.relu(v - self.v_max_pu) + torch.relu(self.v_min_pu - v)
@@ -99,7 +107,7 @@ class RolloutMetrics:
                 for name, sl in self.agent_slices.items()
             },
             "violation_share_over": self.over / max(self.node_steps, 1),
-            "violation_share_under": (self.outside - self.over) / max(self.node_steps, 1),
+            "violation_share_under": (self.outside - self.over - self.failed_node_steps) / max(self.node_steps, 1),
             "v_min_pu": self.v_min,
             "v_max_pu": self.v_max,
         }

@@ -44,9 +44,9 @@ def test_two_steps_of_two_rows_by_hand():
     )
     s = m.summary(days=2)
     assert s["cost"] == pytest.approx((6.0 + 1.0 + 3.0 + 2.0) / 2)
-    # converged node-steps: 3 + 3 + 3 = 9, outside: 0.94, 1.07, 1.051, 0.90
-    assert s["violation_share"] == pytest.approx(4 / 9)
-    assert s["violation_share_over"] == pytest.approx(2 / 9) and s["violation_share_under"] == pytest.approx(2 / 9)
+    # node-steps: 3 + 3 + 3 converged and 3 failed = 12; outside: 0.94, 1.07, 1.051, 0.90 and the 3 failed ones
+    assert s["violation_share"] == pytest.approx(7 / 12)
+    assert s["violation_share_over"] == pytest.approx(2 / 12) and s["violation_share_under"] == pytest.approx(2 / 12)
     assert s["violation_sum_pu"] == pytest.approx((0.01 + 0.02 + 0.001 + 0.05) / 2)
     assert s["worst_violation_pu"] == pytest.approx(0.05)
     assert s["pf_failures"] == 1
@@ -61,3 +61,13 @@ def test_two_steps_of_two_rows_by_hand():
 def test_days_must_be_positive():
     with pytest.raises(ValueError, match="days must be >= 1"):
         RolloutMetrics(fake_sim()).summary(0)
+
+
+def test_failed_power_flows_never_score_as_perfect():
+    m = RolloutMetrics(fake_sim())
+    nan = float("nan")
+    m.add(step([[0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]], [[nan, nan, nan]], [False]))
+    s = m.summary(days=1)
+    assert s["pf_failures"] == 1
+    assert s["violation_share"] == 1.0
+    assert s["violation_share_under"] == 0.0 and s["violation_share_over"] == 0.0
