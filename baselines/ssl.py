@@ -37,6 +37,14 @@ from gradmap_agent.config import (
     build_config,
     section,
 )
+from gradmap_agent.distributed import (
+    all_sum,
+    all_sum_grads,
+    fold_observations,
+    rank_rows,
+    sum_dual_statistics,
+    sum_metrics,
+)
 from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, dual_update, step_lagrangian
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
 from gradmap_agent.train import DivergenceError, update_stats
@@ -141,6 +149,8 @@ class SSLTrainer:
 
     metric_fields: tuple[str, ...] = METRIC_FIELDS
     """Columns of metrics.csv."""
+    data_parallel = True
+    """Trains data-parallel over ``torch.distributed`` ranks (`gradmap_agent.distributed`)."""
 
     def __init__(self, sim, config: SSLConfig):
         if not isinstance(config, SSLConfig):
@@ -175,6 +185,7 @@ class SSLTrainer:
         t1 = time.perf_counter()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        all_sum_grads(self.policy.parameters())  # data parallelism: the whole batch's gradient on every rank
         norms = clip_grad_norm_per_agent_(list(self.policy.parameters()), cfg.optim.max_grad_norm)
         if not bool(torch.isfinite(norms).all()):
             raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
@@ -184,12 +195,10 @@ class SSLTrainer:
         if not cfg.fixed_penalties:
             dual_update(
                 self.multipliers,
-                roll["device_violation"],
-                roll["voltage_violation"],
-                roll["converged"].sum(dim=1),
+                *sum_dual_statistics(roll["device_violation"], roll["voltage_violation"], roll["converged"]),
                 cfg.lagrangian,
             )
-        self.normalizer.update(roll["raw_obs"])
+        fold_observations(self.normalizer, roll["raw_obs"])
         t2 = time.perf_counter()
         return {
             "iteration": self.iteration + 1,
@@ -203,13 +212,15 @@ class SSLTrainer:
 
     def rollout(self) -> dict:
         """B training days with the actions' graph through the policies and the observations (cut every
-        `bptt_window` steps), then one backward of the rollout's Lagrangian."""
+        `bptt_window` steps), then one backward of the rollout's Lagrangian. The scenarios and the noise are
+        drawn for all B rows; under data parallelism this rank rolls out its rows (as GradMAP's rollout)."""
         sim, cfg, lag = self.sim, self.config, self.config.lagrangian
         batch, n_steps = cfg.batch_days, sim.n_steps
+        rows = rank_rows(batch)
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
-        noise = noise.to(dtype=self.pdtype, device=sim.device)
-        state = sim.reset(batch, seed=reset_seed, split="train")
+        noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
+        state = sim.reset(batch, seed=reset_seed, split="train").select(rows)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         raw_obs, dev_viol, volt_viol, converged = [], [], [], []
         x0 = None
@@ -233,10 +244,12 @@ class SSLTrainer:
             volt_viol.append(w)
             converged.append(r.converged)
             metrics.add(r)
-        lagrangian = total / batch
-        if not bool(torch.isfinite(lagrangian.detach())):
-            raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
-        lagrangian.backward()
+        (total / batch).backward()  # this rank's rows' share of the batch's Lagrangian
+        total = all_sum(total.detach().to(torch.float64))  # every rank checks the same sum
+        sum_metrics(metrics)
+        lagrangian = float(total) / batch
+        if not bool(torch.isfinite(total)):
+            raise DivergenceError(f"non-finite Lagrangian ({lagrangian}) at iteration {self.iteration}")
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
             raise DivergenceError(
                 f"{metrics.failures} of {batch * n_steps} power flows failed at iteration "
@@ -248,7 +261,7 @@ class SSLTrainer:
             "device_violation": torch.stack(dev_viol),
             "voltage_violation": torch.stack(volt_viol),
             "converged": torch.stack(converged),
-            "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)},
+            "stats": {"lagrangian": lagrangian, **metrics.standard(batch)},
         }
 
     # --- checkpoints -------------------------------------------------------------------------------------------

@@ -205,18 +205,22 @@ class ObsNormalizer:
     @property
     def std(self) -> torch.Tensor:
         """[N, d] standard deviation used to normalise (1 before any data)."""
-        if float(self.count) < 2:
-            return torch.ones_like(self.mean)
-        return (self.m2 / self.count).sqrt().clamp_min(self.std_min)
+        # on the statistics' device (no host round trip per step)
+        std = (self.m2 / self.count.clamp_min(1.0)).sqrt().clamp_min(self.std_min)
+        return torch.where(self.count < 2, torch.ones_like(std), std)
 
     def update(self, obs: torch.Tensor) -> None:
         """Fold observations [..., N, d] (every leading index one sample) into the statistics."""
         x = obs.detach().to(torch.float64).reshape(-1, *self.mean.shape)
-        n_b = float(x.shape[0])
-        if n_b == 0:
+        if x.shape[0] == 0:
             return
         mean_b = x.mean(dim=0)
-        m2_b = ((x - mean_b) ** 2).sum(dim=0)
+        self.merge(float(x.shape[0]), mean_b, ((x - mean_b) ** 2).sum(dim=0))
+
+    def merge(self, n_b: float | torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        """Fold in a sample's count (> 0), mean [N, d] and squared deviations from that mean summed over the
+        sample [N, d] (Chan et al.'s parallel update; data parallelism passes the moments of every rank's
+        observations, `gradmap_agent.distributed.fold_observations`)."""
         n_a = self.count
         total = n_a + n_b
         delta = mean_b - self.mean

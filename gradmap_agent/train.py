@@ -18,6 +18,11 @@
 With ``hard_scenario_share``, part of every rollout re-runs the hardest scenarios seen so far (a training
 day with its household draws: its reset seed) with the current policy.
 
+Under data parallelism (`gradmap_agent.distributed`: ``torchrun`` or ``gridedge train --nproc``) every rank
+draws the whole batch's scenarios and noise, rolls out its share of the rows, and the ranks sum the policy
+gradients, the dual statistics and the observation moments: every rank holds the same policies and
+multipliers as one process with the same batch.
+
 The run layer (`gridedge_run.loop.train`) drives `GradMAPTrainer.iterate` with a budget, checkpoints and
 periodic evaluation. ``docs/gradmap.md`` has the equations and the configuration.
 """
@@ -38,6 +43,17 @@ from gradmap_agent.config import (
     RunConfig,
     build_config,
     section,
+)
+from gradmap_agent.distributed import (
+    all_gather_rows,
+    all_sum,
+    all_sum_grads,
+    fold_observations,
+    rank_rows,
+    sum_dual_statistics,
+    sum_floats,
+    sum_metrics,
+    world,
 )
 from gradmap_agent.losses import (
     Multipliers,
@@ -183,6 +199,8 @@ class GradMAPTrainer:
 
     metric_fields: tuple[str, ...] = METRIC_FIELDS
     """Columns of metrics.csv."""
+    data_parallel = True
+    """Trains data-parallel over ``torch.distributed`` ranks (`gradmap_agent.distributed`)."""
 
     def __init__(self, sim, config: GradMAPConfig):
         self.sim, self.config = sim, config
@@ -226,7 +244,7 @@ class GradMAPTrainer:
         t1 = time.perf_counter()
         upd = self.update_policy(roll, lr)
         self.dual_step(roll)
-        self.normalizer.update(roll["raw_obs"])
+        fold_observations(self.normalizer, roll["raw_obs"])
         self.average_policy()
         t2 = time.perf_counter()
         return {
@@ -240,18 +258,24 @@ class GradMAPTrainer:
         }
 
     def rollout(self) -> dict:
-        """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them."""
+        """Rollout of B training days with leaf actions, and the Lagrangian's gradient w.r.t. them.
+
+        The scenarios and the noise are drawn for all B rows; under data parallelism this rank rolls out its
+        rows (`gradmap_agent.distributed.rank_rows`): the returned tensors hold those rows, ``stats`` the
+        whole batch."""
         sim, cfg, lag = self.sim, self.config, self.config.lagrangian
         batch, n_steps = cfg.batch_days, sim.n_steps
+        rows = rank_rows(batch)
         if cfg.hard_scenario_share > 0:
             scenarios = self.draw_scenarios(batch)
             noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
-            state = reset_scenarios(sim, "train", scenarios["day"].tolist(), scenarios["seed"].tolist())
+            state = reset_scenarios(sim, "train", scenarios["day"][rows].tolist(), scenarios["seed"][rows].tolist())
         else:
             reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
             noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
-            state = sim.reset(batch, seed=reset_seed, split="train")
-        noise = noise.to(dtype=self.pdtype, device=sim.device)
+            # the whole batch's draws (one reset of B rows), then this rank's rows
+            state = sim.reset(batch, seed=reset_seed, split="train").select(rows)
+        noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         xs, raw_obs, acts, leaves, dev_viol, volt_viol, converged = [], [], [], [], [], [], []
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
@@ -276,20 +300,25 @@ class GradMAPTrainer:
             volt_viol.append(w)
             converged.append(r.converged)
             metrics.add(r)
-        voltage_violation = torch.stack(volt_viol)  # [T, B, n]
-        fresh = torch.ones(batch, dtype=torch.bool, device=sim.device)
+        voltage_violation = torch.stack(volt_viol)  # [T, b, n] (b: this rank's rows)
+        fresh = torch.ones(rows.stop - rows.start, dtype=torch.bool, device=sim.device)
         if cfg.hard_scenario_share > 0:
-            row_worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64).cpu()  # [B] pu
-            self.update_pool(scenarios, row_worst)
-            fresh = (scenarios["pooled"] < 0).to(sim.device)
-        lagrangian = total / batch
-        if not bool(torch.isfinite(lagrangian.detach())):
-            raise DivergenceError(f"non-finite Lagrangian ({float(lagrangian.detach())}) at iteration {self.iteration}")
-        lagrangian.backward()
+            row_worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64)  # [b] pu
+            self.update_pool(scenarios, all_gather_rows(row_worst).cpu())
+            fresh = (scenarios["pooled"][rows] < 0).to(sim.device)
+        (total / batch).backward()  # this rank's rows' share of the batch's Lagrangian: dL/da of those rows
         grad = torch.stack(
             [(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).detach() for leaf in leaves]
-        )  # [T, B, N]
-        if not bool(torch.isfinite(grad).all()):
+        )  # [T, b, N]
+        # summed over the ranks, so that every rank raises together
+        checks = all_sum(
+            torch.stack([total.detach().to(torch.float64), (~torch.isfinite(grad)).sum().to(torch.float64)])
+        )
+        sum_metrics(metrics)
+        lagrangian = float(checks[0]) / batch
+        if not torch.isfinite(checks[0]):
+            raise DivergenceError(f"non-finite Lagrangian ({lagrangian}) at iteration {self.iteration}")
+        if float(checks[1]) > 0:
             raise DivergenceError(f"non-finite environment gradient dL/da at iteration {self.iteration}")
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
             raise DivergenceError(
@@ -306,40 +335,65 @@ class GradMAPTrainer:
             "voltage_violation": voltage_violation,
             "converged": torch.stack(converged),
             "fresh": fresh,
-            "stats": {"lagrangian": float(lagrangian.detach()), **metrics.standard(batch)},
+            "rows": rows,
+            "stats": {"lagrangian": lagrangian, **metrics.standard(batch)},
         }
 
     def update_policy(self, roll: dict, lr: float) -> dict:
-        """K Adam steps on the proximal surrogate (K = 1, no trust region: GradMA's chain-rule step)."""
+        """K Adam steps on the proximal surrogate (K = 1, no trust region: GradMA's chain-rule step).
+
+        A minibatch is a random share of the batch's T x B (step, day) rows, drawn for the whole batch;
+        under data parallelism each rank differentiates the surrogate over the rows it holds and the ranks
+        sum the gradients before the per-agent clipping."""
         cfg = self.config
-        n_steps, batch, n = roll["a_old"].shape
-        x = roll["x"].reshape(n_steps * batch, n, -1)
-        noise = roll["noise"].reshape(n_steps * batch, n)
-        a_old = roll["a_old"].reshape(n_steps * batch, n)
-        grad = roll["grad"].to(self.pdtype).reshape(n_steps * batch, n)
+        n_steps, local, n = roll["a_old"].shape
+        batch, first = cfg.batch_days, roll["rows"].start
+        x = roll["x"].reshape(n_steps * local, n, -1)
+        noise = roll["noise"].reshape(n_steps * local, n)
+        a_old = roll["a_old"].reshape(n_steps * local, n)
+        grad = roll["grad"].to(self.pdtype).reshape(n_steps * local, n)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        n_rows = n_steps * batch
+        n_rows = n_steps * batch  # of the whole batch; row t * B + b is day b at step t
+        params = list(self.policy.parameters())
         stats, norms, order = {}, None, None
         for k in range(cfg.reuse):
             if cfg.minibatches == 1:
-                rows = slice(None)
+                rows, scale = slice(None), 1.0
             else:
                 part = k % cfg.minibatches
                 if part == 0:
-                    order = torch.randperm(n_rows, generator=self.gen).to(x.device)
-                rows = order[part * n_rows // cfg.minibatches : (part + 1) * n_rows // cfg.minibatches]
-            scale = 1.0 if cfg.minibatches == 1 else n_rows / float(len(rows))
+                    order = torch.randperm(n_rows, generator=self.gen)
+                chosen = order[part * n_rows // cfg.minibatches : (part + 1) * n_rows // cfg.minibatches]
+                day = chosen % batch
+                mine = (day >= first) & (day < first + local)  # this rank's days, as rows of its tensors
+                rows = ((chosen[mine] // batch) * local + day[mine] - first).to(x.device)
+                scale = n_rows / float(len(chosen))
             self.optimizer.zero_grad(set_to_none=True)
             a_new = self.policy.act(x[rows], noise[rows])
             surrogate, s = proximal_surrogate(a_new, a_old[rows], grad[rows], cfg.clip_radius)
             (surrogate * scale).backward()
-            norms = clip_grad_norm_per_agent_(list(self.policy.parameters()), cfg.optim.max_grad_norm)
+            all_sum_grads(params)
+            norms = clip_grad_norm_per_agent_(params, cfg.optim.max_grad_norm)
             if not bool(torch.isfinite(norms).all()):
                 raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
             self.optimizer.step()
-            stats = {"surrogate": float(surrogate.detach()) * scale, **s}
-        return {**stats, **update_stats(self, norms, x[:batch])}
+        # the last update's metrics over the whole batch (action statistics weighted by this rank's actions)
+        count = a_new.numel()
+        sums = sum_floats(
+            {
+                "surrogate": float(surrogate.detach()) * scale,
+                "action_change": s["action_change"] * count if count else 0.0,
+                "clip_fraction": s["clip_fraction"] * count if count else 0.0,
+                "count": float(count),
+            }
+        )
+        stats = {
+            "surrogate": sums["surrogate"],
+            "action_change": sums["action_change"] / max(sums["count"], 1.0),
+            "clip_fraction": sums["clip_fraction"] / max(sums["count"], 1.0),
+        }
+        return {**stats, **update_stats(self, norms, x[:local])}
 
     def dual_step(self, roll: dict) -> None:
         """Projected dual ascent on the multipliers with the rollout's violations."""
@@ -348,9 +402,9 @@ class GradMAPTrainer:
         fresh = roll["fresh"]
         dual_update(
             self.multipliers,
-            roll["device_violation"][:, fresh],
-            roll["voltage_violation"][:, fresh],
-            roll["converged"][:, fresh].sum(dim=1),
+            *sum_dual_statistics(
+                roll["device_violation"][:, fresh], roll["voltage_violation"][:, fresh], roll["converged"][:, fresh]
+            ),
             self.config.lagrangian,
         )
 
@@ -452,5 +506,6 @@ def update_stats(trainer, norms: torch.Tensor, x: torch.Tensor) -> dict:
     }
     with torch.no_grad():
         _, log_std = trainer.policy(x)
-        stats["policy_std"] = float(log_std.exp().mean())
+        # this rank's rows' mean, averaged over the ranks (equal shares)
+        stats["policy_std"] = float(all_sum(log_std.exp().mean())) / world()[1]
     return stats

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
         print(f"gridedge {args.command}: error: {' '.join(message.split())}", file=sys.stderr)  # one line
         return 2
-    _emit(result, args.json)
+    if result is not None:  # None: nothing to report (a training rank other than rank 0)
+        _emit(result, args.json)
     return 0
 
 

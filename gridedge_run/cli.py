@@ -5,6 +5,7 @@ exactly one JSON object on stdout (progress and messages go to stderr)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gridedge_env.cli import add_env_commands
@@ -12,10 +13,52 @@ from gridedge_env.cli import main as env_main
 from gridedge_run.methods import TRAIN_METHODS
 
 
-def _cmd_train(args) -> dict:
+def _cmd_train(args) -> dict | None:
     from gridedge_run.commands import run_train
 
-    return run_train(args)
+    if args.nproc is not None:
+        return _launch_ranks(args)
+    result = run_train(args)
+    from gradmap_agent.distributed import world
+
+    return result if world()[0] == 0 else None  # one summary: rank 0's
+
+
+def _launch_ranks(args) -> None:
+    """``gridedge train --nproc N``: this command without ``--nproc``, in N processes started by torch's own
+    launcher (``torchrun --standalone``: one machine, a free port), which then form the process group
+    (`gradmap_agent.distributed`). Rank 0 prints the summary; the exit status is the first failed rank's."""
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise ValueError("--nproc starts the processes itself: leave it out under torchrun")
+    from gridedge_run.commands import check_data_parallel
+
+    check_data_parallel(args.method, args.nproc)  # before any process starts
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(
+            ["--standalone", "--nproc-per-node", str(args.nproc), "-m", "gridedge_run.cli", *_without_nproc(args.argv)]
+        )
+    except ChildFailedError as exc:  # the ranks have printed their errors
+        codes = [failure.exitcode for failure in exc.failures.values()]
+        raise SystemExit(next((c for c in codes if c > 0), 1)) from None
+    return None
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` (or ``--nproc=N``)."""
+    out, skip = [], False
+    for i, item in enumerate(argv):
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = i + 1 < len(argv)
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
 
 
 def _cmd_evaluate(args) -> dict:
@@ -65,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None, help="evaluate on validation days every N iterations")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the method's config")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (gradmap, gradma, ssl, ssl-penalty; "
+        "torchrun --nproc-per-node N -m gridedge_run.cli train ... does the same, also over several nodes)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_train)
 
@@ -117,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gridedge`` console script; returns the exit status."""
-    return env_main(argv, parser=build_parser())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.set_defaults(argv=argv)  # train --nproc hands the command line on to its processes
+    return env_main(argv, parser=parser)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
 
 __all__ = [
     "ProgressLine",
+    "check_data_parallel",
     "evaluate_reference",
     "evaluate_run",
     "fmt_time",
@@ -138,9 +139,14 @@ def train_method(
             checkpoint (they are replaced); a directory with a checkpoint or with other files is refused.
         progress: Called with every iteration's metrics row (default: a `ProgressLine` on stderr).
 
+    Under ``torchrun`` (WORLD_SIZE > 1 in the environment) the process joins the launch's process group
+    before it builds anything (`gradmap_agent.distributed.init_from_env`) and trains its share of every
+    batch; rank 0 alone prepares and writes ``out``.
+
     Returns:
         The summary that ``gridedge train`` prints (iterations, wall time, throughput, final metrics, config).
     """
+    from gradmap_agent.distributed import broadcast_object, init_from_env
     from gridedge_env.core import make_sim, sim_config_dict
     from gridedge_run.loop import train
     from gridedge_run.rundir import CHECKPOINT_NAME, CONFIG_NAME
@@ -174,13 +180,25 @@ def train_method(
         if seed is not None and seed != saved["seed"]:
             raise ValueError(f"cannot resume: --seed {seed} differs from the run's {saved['seed']}")
         config = TRAIN_METHODS[method].make_config(**{**saved["config"], **fields})
-        sim = make_sim(**saved["sim_config"])
+        sim_options = saved["sim_config"]
     else:
-        _prepare_new_run_dir(out, restart)
-        sim = make_sim(**sim_options)
         config = TRAIN_METHODS[method].make_config(**{"seed": 0, **fields})
+    rank, n_ranks = init_from_env(sim_options.get("device", "cpu"))
+    if n_ranks > 1:
+        check_data_parallel(method, n_ranks, config.batch_days)
+    if not resume:
+        problem = None
+        if rank == 0:
+            try:
+                _prepare_new_run_dir(out, restart)
+            except ValueError as exc:
+                problem = str(exc)
+        problem = broadcast_object(problem)  # every rank stops, or none
+        if problem is not None:
+            raise ValueError(problem)
+    sim = make_sim(**sim_options)
 
-    line = ProgressLine(method, config.run.iterations) if progress is None else None
+    line = ProgressLine(method, config.run.iterations) if progress is None and rank == 0 else None
     try:
         _, _, metrics = train(sim, config, progress_fn=progress or line, out_dir=out, resume=resume, method=method)
     finally:
@@ -216,6 +234,21 @@ def train_method(
             summary[f"final_{key}"] = final[key]
     summary["config"] = dataclasses.asdict(config)
     return summary
+
+
+def check_data_parallel(method: str, n_ranks: int, batch_days: int | None = None) -> None:
+    """ValueError unless ``method`` trains data-parallel and ``n_ranks`` divides its ``batch_days``."""
+    if not getattr(TRAIN_METHODS[method].trainer_cls(), "data_parallel", False):
+        parallel = [name for name, m in TRAIN_METHODS.items() if getattr(m.trainer_cls(), "data_parallel", False)]
+        raise ValueError(
+            f"{method} does not train data-parallel over processes (those that do: {', '.join(parallel)}); "
+            "IPPO and MAPPO scale with RLlib's env runners (docs/scaling.md)"
+        )
+    if batch_days is not None and batch_days % n_ranks:
+        raise ValueError(
+            f"batch_days={batch_days} must be a multiple of the number of processes ({n_ranks}); "
+            "pass --set batch_days=..."
+        )
 
 
 def _read_run_config(path: Path) -> dict:

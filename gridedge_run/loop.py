@@ -6,6 +6,12 @@ evaluates the deterministic policies on validation days every ``config.run.eval_
 ``metrics.csv`` after every iteration and a checkpoint every ``config.run.checkpoint_every``, and on
 divergence or interruption saves the last consistent state before re-raising. A resumed run continues bit
 for bit as the uninterrupted one would have.
+
+Under data parallelism (`gradmap_agent.distributed`; the process group started before the simulator, as
+`gridedge_run.commands.train_method` does) every rank runs this loop in step: the iteration's wall time is
+the slowest rank's, so that every rank spends the same budget; only rank 0 evaluates, reports progress and
+writes the run directory. Every rank holds the same state, so a checkpoint does not depend on the number
+of ranks that wrote it and resumes with any number.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradmap_agent.config import flatten_config
+from gradmap_agent.distributed import max_over_ranks, world
 from gradmap_agent.networks import make_policy
 from gradmap_agent.train import DivergenceError, GradMAPConfig
 from gridedge_env.core import SimConfig, make_sim, sim_config_dict
@@ -111,8 +118,13 @@ def train(
         raise ValueError(f"unknown method {method!r}; known: {list(TRAIN_METHODS)}")
     trainer = (trainer_cls or TRAIN_METHODS[method].trainer_cls())(sim, config)
     out = Path(out_dir) if out_dir is not None else None
+    main_rank = world()[0] == 0  # the only rank that evaluates, reports and writes
+    writer = out is not None and main_rank
+    if not main_rank:
+        progress_fn = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if writer:
+            out.mkdir(parents=True, exist_ok=True)
         ckpt_path = out / CHECKPOINT_NAME
         if resume:
             if not ckpt_path.is_file():
@@ -136,13 +148,14 @@ def train(
             "agents_per_type": dict(sim.n_per_type),
             "resumed_at_iteration": trainer.iteration if resume else None,
         }
-        atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
-        write_metrics_csv(out / METRICS_NAME, trainer.history, trainer.metric_fields)
+        if writer:
+            atomic_write_text(json.dumps(run_info, indent=2) + "\n", out / CONFIG_NAME)
+            write_metrics_csv(out / METRICS_NAME, trainer.history, trainer.metric_fields)
     elif resume:
         raise ValueError("resume=True needs out_dir")
 
     def save(state: dict | None = None) -> None:
-        if out is None:
+        if not writer:
             return
         state = trainer.state_dict() if state is None else state
         atomic_save({**state, "method": method}, out / CHECKPOINT_NAME)  # the method names the file's writer
@@ -159,7 +172,7 @@ def train(
         return run.minutes is None or trainer.elapsed_s < 60.0 * run.minutes
 
     eval_fn = None
-    if run.eval_every:
+    if run.eval_every and main_rank:
 
         def eval_fn() -> dict:
             policy = make_policy(trainer.params())
@@ -169,10 +182,10 @@ def train(
     snapshot = None
     try:
         while budget_left():
-            snapshot = trainer.state_dict() if out is not None else None
+            snapshot = trainer.state_dict() if writer else None
             t0 = time.perf_counter()
             row = trainer.iterate()
-            trainer.elapsed_s += time.perf_counter() - t0
+            trainer.elapsed_s += max_over_ranks(time.perf_counter() - t0)
             trainer.iteration += 1
             row["wall_s"] = trainer.elapsed_s
             if eval_fn is not None and (trainer.iteration % run.eval_every == 0 or not budget_left()):
@@ -185,7 +198,7 @@ def train(
                 )
             trainer.history.append(row)
             snapshot = None  # the trainer is consistent again
-            if out is not None:
+            if writer:
                 append_metrics_csv(out / METRICS_NAME, row, trainer.metric_fields)
                 if trainer.iteration % run.checkpoint_every == 0:
                     save()
@@ -198,7 +211,7 @@ def train(
                     left.append(60.0 * run.minutes - trainer.elapsed_s)
                 progress_fn({**row, "time_left_s": max(min(left), 0.0) if left else 0.0})
     except (DivergenceError, KeyboardInterrupt):
-        if out is not None:
+        if writer:
             save(snapshot)  # the state before the failing/interrupted iteration, or the current one
             if snapshot is not None:
                 write_metrics_csv(out / METRICS_NAME, snapshot["history"], trainer.metric_fields)
