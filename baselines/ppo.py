@@ -280,7 +280,7 @@ class _AgentNets(nn.Module):
 def _device_type_group(sim) -> torch.Tensor:
     """[N] index of every agent's device type among the types present (the slices of `share_params`)."""
     present = [name for name, sl in sim.agent_slices.items() if sl.stop > sl.start]
-    return torch.tensor([present.index(t) for t in sim.agent_type], dtype=torch.int64)
+    return torch.tensor([present.index(t) for t in sim.agent_type], dtype=torch.int64, device=sim.device)
 
 
 class _CentralCritic(nn.Module):
@@ -339,20 +339,22 @@ class PPOTrainer:
         group = _device_type_group(sim) if config.share_params else None
         pol = config.policy
         self.actor = _AgentNets(n, OBS_DIM, pol.hidden, pol.layers, pol.init_log_std, group, self.gen, self.pdtype)
-        self.normalizer = ObsNormalizer.from_config(n, OBS_DIM, config.normalizer)
+        self.actor.to(sim.device)
+        self.normalizer = ObsNormalizer.from_config(n, OBS_DIM, config.normalizer, device=sim.device)
         if config.centralized_critic:
             state_dim = len(global_state_bounds(sim)[0])
             with torch.random.fork_rng():  # nn.Linear initialises from the global RNG: seed it, then restore it
                 torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen)))
                 self.critic = _CentralCritic(state_dim, n, config.critic_hidden, config.policy.layers, self.pdtype)
-            self.state_normalizer = ObsNormalizer.from_config(1, state_dim, config.normalizer)
+            self.state_normalizer = ObsNormalizer.from_config(1, state_dim, config.normalizer, device=sim.device)
         else:
             # the value is the network's first output (its second, a log std, is unused)
             self.critic = _AgentNets(n, OBS_DIM, pol.hidden, pol.layers, 0.0, group, self.gen, self.pdtype)
             self.state_normalizer = None
+        self.critic.to(sim.device)
         # running statistics of each agent's discounted return (reward scaling); 1e-3 keeps near-constant
         # returns from being blown up
-        self.return_stats = ObsNormalizer(n, 1, std_min=1e-3)
+        self.return_stats = ObsNormalizer(n, 1, std_min=1e-3, device=sim.device)
         self.optimizer = config.optim.adam([*self.actor.parameters(), *self.critic.parameters()])
         self.iteration = 0
         self.elapsed_s = 0.0
@@ -408,7 +410,8 @@ class PPOTrainer:
         env, sim, cfg = self.env, self.sim, self.config
         batch, n_steps, n = cfg.num_envs, sim.n_steps, sim.n_agents
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
-        noise = torch.randn((n_steps, batch, n), generator=self.gen, dtype=torch.float64).to(self.pdtype)
+        noise = torch.randn((n_steps, batch, n), generator=self.gen, dtype=torch.float64)
+        noise = noise.to(dtype=self.pdtype, device=sim.device)
         obs = env.reset(seed=reset_seed)
         raw_obs, xs, us, logps, states, rewards, oks = [], [], [], [], [], [], []
         metrics = RolloutMetrics(sim)
@@ -478,17 +481,14 @@ class PPOTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-        sums = {
-            "policy_loss": 0.0,
-            "value_loss": 0.0,
-            "entropy": 0.0,
-            "approx_kl": 0.0,
-            "clip_fraction": 0.0,
-            "grad_norm_mean": 0.0,
-        }
+        # summed on the networks' device, read once after the updates (no host round trip per minibatch)
+        sums = dict.fromkeys(
+            ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm_mean"),
+            torch.zeros((), dtype=torch.float64, device=x.device),
+        )
         n_updates = 0
         for _ in range(cfg.epochs):
-            order = torch.randperm(rows, generator=self.gen)
+            order = torch.randperm(rows, generator=self.gen).to(x.device)
             for part in range(cfg.minibatches):
                 mb = order[part * rows // cfg.minibatches : (part + 1) * rows // cfg.minibatches]
                 w = weight[mb]
@@ -510,19 +510,20 @@ class PPOTrainer:
                 norms = self.clip_gradients()
                 self.optimizer.step()
                 with torch.no_grad():
-                    sums["policy_loss"] += float(policy_loss.mean())
-                    sums["value_loss"] += float(value_loss.mean())
-                    sums["entropy"] += float(entropy.mean())
-                    sums["approx_kl"] += float(_masked_mean(ratio - 1.0 - log_ratio, w).mean())
-                    sums["clip_fraction"] += float(
-                        _masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).to(w.dtype), w).mean()
+                    sums["policy_loss"] = sums["policy_loss"] + policy_loss.mean()
+                    sums["value_loss"] = sums["value_loss"] + value_loss.mean()
+                    sums["entropy"] = sums["entropy"] + entropy.mean()
+                    sums["approx_kl"] = sums["approx_kl"] + _masked_mean(ratio - 1.0 - log_ratio, w).mean()
+                    sums["clip_fraction"] = (
+                        sums["clip_fraction"]
+                        + _masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).to(w.dtype), w).mean()
                     )
-                    sums["grad_norm_mean"] += float(norms.mean())
+                    sums["grad_norm_mean"] = sums["grad_norm_mean"] + norms.mean()
                 n_updates += 1
         for p in [*self.actor.parameters(), *self.critic.parameters()]:
             if not bool(torch.isfinite(p.detach()).all()):
                 raise DivergenceError(f"non-finite network parameters after the update of iteration {self.iteration}")
-        stats = {k: v / n_updates for k, v in sums.items()}
+        stats = {k: float(v) / n_updates for k, v in sums.items()}
         with torch.no_grad():
             ok = weight > 0
             residual = (returns - values.reshape(rows, n))[ok]

@@ -1,13 +1,17 @@
-"""RLlib PPO on the default task: one policy per device type, a few training iterations.
+"""RLlib PPO (IPPO with one module per device type) on the default task, its rollouts spread over env runners.
 
     pip install -e ".[rllib]"
     python examples/rllib_ppo.py                                 # IEEE-123, 1,000 agents
     python examples/rllib_ppo.py --feeder ieee13 --agents 10
+    python examples/rllib_ppo.py --address auto --env-runners 32   # on a Ray cluster (docs/scaling.md)
 
 RLlib's `ParallelPettingZooEnv` wraps the PettingZoo env as a `MultiAgentEnv`; `policy_mapping_fn` sends each
 agent to the module of its type (``battery``, ``heatpump``, ``generator``), so agents of one type share
-weights. Everything runs in this process (``num_env_runners=0``); ``ray.init`` still starts Ray's local
-services, which take a few seconds.
+weights. ``--env-runners`` Ray actors (2 by default; 0: sample in this process) each step
+``--envs-per-runner`` environments (gymnasium's vector env), and every iteration trains on one day (48 steps)
+of each of those environments. Without ``--address`` the script starts a local Ray instance with one CPU
+per env runner plus one for the learner; ``--address auto`` (or ``HOST:6379``) joins a running Ray cluster,
+whose nodes then host the env runners.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--env-runners", type=int, default=2, help="Ray actors that step environments (0: in this process)"
+    )
+    parser.add_argument("--envs-per-runner", type=int, default=2, help="environments each env runner steps")
+    parser.add_argument(
+        "--address", default=None, help="a running Ray cluster to join (auto or HOST:PORT; default: a local Ray)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -50,14 +61,18 @@ def main(argv: list[str] | None = None) -> dict:
     env_cfg = {"feeder": args.feeder, "n_agents": args.agents}
     agent_groups = gridedge_env.parallel_env(**env_cfg).agent_groups
     register_env("gridedge", lambda _: ParallelPettingZooEnv(gridedge_env.parallel_env(**env_cfg)))
-    ray.init(num_cpus=1, include_dashboard=False)
+    if args.address is not None:
+        ray.init(address=args.address)
+    else:  # Ray's CPUs are slots for its actors: one per env runner, one for the learner in this process
+        ray.init(num_cpus=args.env_runners + 1, include_dashboard=False)
+    # train batches count environment steps: one day (48 steps) of every agent in every environment
+    days = max(args.env_runners, 1) * args.envs_per_runner
     config = (
         PPOConfig()
         .environment("gridedge")
-        .env_runners(num_env_runners=0)
+        .env_runners(num_env_runners=args.env_runners, num_envs_per_env_runner=args.envs_per_runner)
         .multi_agent(policies=set(agent_groups), policy_mapping_fn=lambda agent, *_, **__: agent_type(agent))
-        # train batches count environment steps: 48 = one day of every agent
-        .training(train_batch_size_per_learner=48, minibatch_size=48, num_epochs=1)
+        .training(train_batch_size_per_learner=48 * days, minibatch_size=48 * days, num_epochs=1)
         .debugging(seed=args.seed)
     )
     algo = config.build_algo()
@@ -71,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         "feeder": args.feeder,
         "agents": sum(len(v) for v in agent_groups.values()),
         "modules": ",".join(sorted(agent_groups)),
+        "env_runners": args.env_runners,
+        "envs_per_runner": args.envs_per_runner,
         "iterations": metrics["training_iteration"],
         "env_steps_sampled": int(metrics["env_runners"]["num_env_steps_sampled_lifetime"]),
         # RLlib reports this one per agent id

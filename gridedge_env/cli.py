@@ -65,6 +65,10 @@ def _cmd_validate(args) -> dict:
 
 
 def _cmd_bench(args) -> dict:
+    if getattr(args, "device", None) is not None:
+        from gridedge_env.core import check_device
+
+        check_device(args.device)  # a device this machine lacks: one line, exit 2
     if args.what == "env":
         from gridedge_env.adapters.pettingzoo_env import bench_parallel_env
 

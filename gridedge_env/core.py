@@ -41,6 +41,7 @@ from gridedge_env.scenarios import (
 
 __all__ = [
     "AGENT_TYPES",
+    "check_device",
     "OBS_DIM",
     "OBS_NAMES",
     "OBS_SCALES",
@@ -346,6 +347,23 @@ def _check_config(config: SimConfig) -> None:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if not config.v_min_pu < config.v_max_pu:
         raise ValueError(f"v_min_pu must be below v_max_pu, got {config.v_min_pu} and {config.v_max_pu}")
+    check_device(config.device)
+
+
+def check_device(name) -> None:
+    """ValueError unless ``name`` is a torch device this machine has (a CUDA device needs a CUDA build of
+    torch and a visible GPU of that index)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {name!r}") from exc
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine ({why}; torch {torch.__version__})")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 class Sim:

@@ -72,7 +72,9 @@ def _cmd_compare(args) -> dict:
 
     from gridedge_run.compare import run_compare
 
-    result = run_compare(args.preset, Path(args.out), minutes=args.minutes, methods=args.methods, jobs=args.jobs)
+    result = run_compare(
+        args.preset, Path(args.out), minutes=args.minutes, methods=args.methods, jobs=args.jobs, device=args.device
+    )
     if not args.json:  # the table, then the scalar fields below it
         print((Path(args.out) / "results.md").read_text())
     return result
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feeder", default=None, help="shipped feeder name (default ieee123)")
     p.add_argument("--agents", type=int, default=None, help="number of agents (default 1000)")
     p.add_argument("--sim-seed", type=int, default=None, help="seed of agent placement and parameters (default 0)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device of the simulator, policies, multipliers and normaliser: cpu (default), cuda, cuda:1; "
+        "with --resume it moves the run",
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="training-time budget in minutes")
     budget.add_argument("--iterations", type=int, default=None, help="number of rollouts (default: the config's)")
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=None, help="number of days, evenly spaced (default: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="days simulated together (does not change the numbers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the household draws of the evaluation days")
+    p.add_argument("--device", default=None, help="torch device of the simulator and the policies (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_evaluate)
 
@@ -159,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="train this many methods at a time, each with an equal share of the CPU cores (default 1)",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="torch device of every training and evaluation (cpu, cuda; default cpu)"
     )
     p.add_argument("--out", required=True, help="comparison directory; rerun with the same --out to continue it")
     p.add_argument("--json", action="store_true", help="print one JSON object")

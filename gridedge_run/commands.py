@@ -106,9 +106,16 @@ class ProgressLine:
             print(file=self.stream, flush=True)
 
 
-def _sim_options(sim_set: list[str] | None, feeder: str | None, agents: int | None, sim_seed: int | None) -> dict:
-    """`make_sim` options from ``--sim-set`` and the task flags (defaults: IEEE-123, 1,000 agents, seed 0)."""
+def _sim_options(
+    sim_set: list[str] | None, feeder: str | None, agents: int | None, sim_seed: int | None, device: str | None = None
+) -> dict:
+    """`make_sim` options from ``--sim-set`` and the task flags (defaults: IEEE-123, 1,000 agents, seed 0,
+    the CPU)."""
     options = parse_assignments(sim_set, "--sim-set")
+    if device is not None:
+        if options.get("device", device) != device:
+            raise ValueError(f"--device {device} disagrees with --sim-set device={options['device']}")
+        options["device"] = device
     options.setdefault("feeder", feeder or "ieee123")
     options.setdefault("n_agents", agents if agents is not None else 1000)
     options.setdefault("seed", sim_seed if sim_seed is not None else 0)
@@ -131,7 +138,8 @@ def train_method(
         method: The method's name.
         out: Run directory; must be new or empty unless ``resume`` or ``restart``.
         sim_options: `make_sim` options of a new run (ignored when resuming, except that a given
-            ``feeder``, ``n_agents`` or ``seed`` must match the run's).
+            ``feeder``, ``n_agents`` or ``seed`` must match the run's, and a given ``device`` moves the
+            run to that device).
         fields: Fields of the method's config; when resuming, they override the saved config (only the
             budget fields may differ from the checkpoint's).
         resume: Continue the run in ``out`` from its checkpoint.
@@ -180,7 +188,8 @@ def train_method(
         if seed is not None and seed != saved["seed"]:
             raise ValueError(f"cannot resume: --seed {seed} differs from the run's {saved['seed']}")
         config = TRAIN_METHODS[method].make_config(**{**saved["config"], **fields})
-        sim_options = saved["sim_config"]
+        device = sim_options.get("device")
+        sim_options = {**saved["sim_config"], **({"device": device} if device is not None else {})}
     else:
         config = TRAIN_METHODS[method].make_config(**{"seed": 0, **fields})
     rank, n_ranks = init_from_env(sim_options.get("device", "cpu"))
@@ -315,9 +324,9 @@ def run_train(args) -> dict:
     if args.resume:
         if args.sim_set:
             raise ValueError("--sim-set cannot change a resumed run: it keeps the simulator in its config.json")
-        sim_options = {"feeder": args.feeder, "n_agents": args.agents, "seed": args.sim_seed}
+        sim_options = {"feeder": args.feeder, "n_agents": args.agents, "seed": args.sim_seed, "device": args.device}
     else:
-        sim_options = _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed)
+        sim_options = _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed, args.device)
     out = Path(args.out)
     try:
         return train_method(
@@ -369,16 +378,18 @@ def evaluate_run(
     days: int | None = None,
     batch: int = 16,
     seed: int = 0,
+    device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Evaluate the policies exported in ``run_dir`` on ``split`` (`evaluate_policy`'s metrics, plus
-    ``method``, ``run_dir`` and the exported ``iteration``)."""
+    ``method``, ``run_dir`` and the exported ``iteration``), with the simulator and the policies on
+    ``device`` (whichever device trained them)."""
     from gridedge_env import make_sim
     from gridedge_run.evaluate import evaluate_policy, obs_policy
     from gridedge_run.rundir import load_policies
 
-    policy, info = load_policies(run_dir)
-    sim = make_sim(**info["sim_config"])
+    policy, info = load_policies(run_dir, device=device)
+    sim = make_sim(**{**info["sim_config"], "device": device})
     if list(sim.agents) != list(info["agents"]):
         raise ValueError("the rebuilt simulator's agents differ from the exported policies' agents")
     if policy.n_agents != sim.n_agents:
@@ -442,12 +453,13 @@ def run_evaluate(args) -> dict:
         "seed": args.seed,
         "progress": stderr_progress("evaluate days", 1),
     }
+    device = args.device or "cpu"
     if args.run_dir is not None:
-        return evaluate_run(args.run_dir, **days)
+        return evaluate_run(args.run_dir, device=device, **days)
     # per Adam step of each batch's plan for the optimum (minutes on IEEE-123); silent for the rules
     return evaluate_reference(
         args.method,
-        _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed),
+        _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed, args.device),
         config=overrides,
         plan_progress=stderr_progress(f"{args.method} plan step", 25),
         **days,

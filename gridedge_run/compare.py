@@ -87,6 +87,8 @@ class Preset:
     """Trainer seed, the same for every method."""
     oracle_set: tuple[str, ...] = ()
     """``KEY=VALUE`` overrides of the optimum's `baselines.oracle.OracleConfig` (``gridedge evaluate --set``)."""
+    device: str = "cpu"
+    """torch device of every simulator, policy and trainer (``gridedge compare --device``)."""
 
 
 PRESETS = {
@@ -151,6 +153,7 @@ def _train(method: str, preset: Preset, minutes: float, out: Path) -> dict:
     else:
         fields.update(seed=preset.seed, eval_days=preset.curve_days, eval_every=preset.eval_every.get(method, 10))
         sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
+    sim_options["device"] = preset.device
     summary = train_method(method, run_dir, sim_options=sim_options, fields=fields, resume=resume)
     atomic_write_text(json_text(summary, indent=2, default=str), done)
     return summary
@@ -162,10 +165,15 @@ def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: st
         return json.loads(path.read_text())
     if method in TRAINED_METHODS:
         result = evaluate_run(
-            out / "runs" / method, split="test", days=days, progress=stderr_progress("evaluate days", 1)
+            out / "runs" / method,
+            split="test",
+            days=days,
+            device=preset.device,
+            progress=stderr_progress("evaluate days", 1),
         )
     else:
         sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
+        sim_options["device"] = preset.device
         result = evaluate_reference(
             method,
             sim_options,
@@ -181,7 +189,7 @@ def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: st
 
 def _policy_fn(method: str, preset: Preset, out: Path):
     if method in TRAINED_METHODS:
-        policy, _ = load_policies(out / "runs" / method)
+        policy, _ = load_policies(out / "runs" / method, device=preset.device)
         return obs_policy(policy)
     return _reference_policy(method, preset)
 
@@ -500,14 +508,23 @@ def _train_all(trained: list[str], preset: Preset, out: Path, jobs: int, announc
 
 
 def run_compare(
-    preset_name: str, out: Path, minutes: float | None = None, methods: list[str] | None = None, jobs: int = 1
+    preset_name: str,
+    out: Path,
+    minutes: float | None = None,
+    methods: list[str] | None = None,
+    jobs: int = 1,
+    device: str = "cpu",
 ) -> dict:
     """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``.
 
-    ``jobs``: trained methods run this many at a time (each with ``cpu_count // jobs`` torch threads)."""
+    ``jobs``: trained methods run this many at a time (each with ``cpu_count // jobs`` torch threads).
+    ``device``: where every method trains and is evaluated (a ValueError names a device this machine lacks)."""
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; presets: {sorted(PRESETS)}")
-    preset = PRESETS[preset_name]
+    from gridedge_env.core import check_device
+
+    check_device(device)  # before anything is written
+    preset = dataclasses.replace(PRESETS[preset_name], device=device)
     if minutes is not None:
         if not (minutes > 0 and math.isfinite(minutes)):
             raise ValueError(f"--minutes must be a positive number, got {minutes}")
@@ -579,7 +596,7 @@ def run_compare(
         )
         rows.append(_row(m, results[m], optimum_cost, summaries.get(m), ttt))
 
-    sim = make_sim(feeder=preset.feeder, n_agents=preset.agents, seed=preset.sim_seed)
+    sim = make_sim(feeder=preset.feeder, n_agents=preset.agents, seed=preset.sim_seed, device=preset.device)
     plot_day = int(select_days("test", preset.test_days)[0])
     _say(f"traces of test day {plot_day} and figures")
     traces = {m: _trace(m, preset, sim, plot_day, out) for m in trained + references}

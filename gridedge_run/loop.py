@@ -65,6 +65,11 @@ def _as_sim(env_or_config):
     )
 
 
+def _without_device(sim_config: dict) -> dict:
+    """A simulator config without its device: a run resumes on any device (the checkpoint is mapped there)."""
+    return {k: v for k, v in sim_config.items() if k != "device"}
+
+
 def _check_resume_config(saved: dict, config) -> None:
     current, saved = flatten_config(config), flatten_config(saved)
     diff = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
@@ -135,7 +140,7 @@ def train(
             if state.get("method", method) != method:
                 raise ValueError(f"cannot resume: {ckpt_path} was written by {state['method']!r}, not {method!r}")
             _check_resume_config(state["config"], config)
-            if state["sim_config"] != sim_config_dict(sim):
+            if _without_device(state["sim_config"]) != _without_device(sim_config_dict(sim)):
                 raise ValueError("cannot resume: the simulator config differs from the checkpoint's")
             trainer.load_state_dict(state)
         run_info = {

@@ -131,8 +131,8 @@ def load_run_file(path: Path, what: str, map_location="cpu") -> dict:
     return data
 
 
-def load_policies(path: str | os.PathLike, deterministic: bool = True):
-    """Load exported policies (a ``policies.pt`` file or a run directory holding one).
+def load_policies(path: str | os.PathLike, deterministic: bool = True, device: str | torch.device = "cpu"):
+    """Load exported policies (a ``policies.pt`` file or a run directory holding one) onto ``device``.
 
     Returns:
         ``(policy, info)``: ``policy(obs [B, N, d]) -> actions [B, N]`` (decentralised; `make_policy`), and
@@ -143,7 +143,7 @@ def load_policies(path: str | os.PathLike, deterministic: bool = True):
         path = path / POLICIES_NAME
     if not path.is_file():
         raise ValueError(f"no exported policies at {path}")
-    info = load_run_file(path, "policies file")
+    info = load_run_file(path, "policies file", map_location=device)
     if info.get("format") != POLICIES_FORMAT:
         raise ValueError(f"{path} is not a GradMAP policies file (format {info.get('format')!r})")
     try:
