@@ -98,7 +98,7 @@ def test_torchrl_grouped_by_type_passes_check_env_specs():
 
 
 # (script, extra arguments, module it needs); the RLlib integration is tested through its example, because
-# ray.init alone takes seconds
+# ray.init alone takes seconds; the example samples with 2 env runners (Ray actors) of 2 environments each
 EXAMPLE_RUNS = [
     ("random_policy.py", [], None),
     ("sb3_ppo.py", ["--timesteps", "960"], "stable_baselines3"),
@@ -118,3 +118,6 @@ def test_example_runs_small(script, args, needs):
     assert out.returncode == 0, out.stderr[-3000:]
     fields = dict(map(str.strip, line.split(": ", 1)) for line in out.stdout.splitlines() if ": " in line)
     assert fields.get("feeder") == "ieee13" and fields.get("agents") == "10", out.stdout
+    if script == "rllib_ppo.py":  # one day of each of the 2 x 2 environments, sampled by the env runners
+        assert fields["env_runners"] == "2" and fields["envs_per_runner"] == "2", out.stdout
+        assert int(fields["env_steps_sampled"]) >= 2 * 2 * 48, out.stdout
