@@ -11,11 +11,18 @@ observations and rewards as the PettingZoo adapter). They differ in the critic o
   the shared features, every agent's local features and every load node's voltage) whose last layer has N
   outputs, one value ``V_i(s)`` per agent (per-agent rewards need per-agent values; the trunk is shared).
 
+Both learn GradMAP's Lagrangian (PPO-Lagrangian): agent i's reward is minus its own cost, its own
+multiplier-weighted device violation, and its share of the network term (the multiplier-weighted
+margin-tightened voltage violations of every node, shared among the agents in proportion to how strongly each
+one's power moves that node's voltage: `network_shares`, `lagrangian_rewards`); the multipliers take GradMAP's
+projected dual-ascent step (`gradmap_agent.losses.dual_update`) on the rollout's violations. A row whose power
+flow failed costs every agent `PPOConfig.pf_failure_penalty` in place of its network share.
+
 One iteration: roll out B training days with the stochastic actors (no gradient through the simulator);
 per-agent GAE(gamma, lambda) advantages; ``epochs`` passes of ``minibatches`` Adam steps on the clipped
 surrogate + value loss - entropy bonus, summed over agents (each agent's own terms drive its own weights);
-then the observation statistics fold in the rollout. Nothing loops over agents in Python. ``docs/ppo.md`` has
-the equations and the defaults; docs/results.md the measured numbers.
+the dual step; then the observation statistics fold in the rollout. Nothing loops over agents in Python.
+``docs/ppo.md`` has the equations and the defaults; docs/results.md the measured numbers.
 
 The run layer's loop (`gridedge_run.loop.train`) drives `PPOTrainer` as it drives GradMAP's trainer
 (budget, checkpoints, metrics.csv, progress, divergence handling); the exported policies have GradMAP's
@@ -33,12 +40,21 @@ import torch
 from torch import nn
 
 from gradmap_agent.checkpoint import common_state, restore_common
-from gradmap_agent.config import NormalizerConfig, OptimConfig, PolicyConfig, RunConfig, build_config, section
-from gradmap_agent.losses import clip_grad_norm_per_agent_
+from gradmap_agent.config import (
+    LagrangianConfig,
+    NormalizerConfig,
+    OptimConfig,
+    PolicyConfig,
+    RunConfig,
+    build_config,
+    section,
+)
+from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, dual_update, voltage_violation
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
 from gradmap_agent.train import DivergenceError
-from gridedge_env.adapters.batched import NET_SCOPES, BatchedEnv, RewardConfig, global_state_bounds
+from gridedge_env import powerflow
+from gridedge_env.adapters.batched import BatchedEnv, global_state_bounds
 from gridedge_env.core import OBS_DIM
 from gridedge_env.metrics import RolloutMetrics
 
@@ -48,11 +64,13 @@ __all__ = [
     "PPOTrainer",
     "gae",
     "ippo_config",
+    "lagrangian_rewards",
     "make_policy",
     "mappo_config",
+    "network_shares",
 ]
 
-CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/2"
+CHECKPOINT_FORMAT = "gridedge-ppo-checkpoint/3"
 
 #: Columns of a PPO run's metrics.csv: GradMAP's rollout and evaluation columns, then PPO's own.
 METRIC_FIELDS = (
@@ -65,6 +83,10 @@ METRIC_FIELDS = (
     "worst_violation_pu",
     "device_violation",
     "pf_failures",
+    "device_multiplier_mean",
+    "device_multiplier_max",
+    "voltage_multiplier_mean",
+    "voltage_multiplier_max",
     "reward",
     "policy_loss",
     "value_loss",
@@ -97,6 +119,8 @@ class PPOConfig:
     policy: PolicyConfig = section(PolicyConfig, hidden=32, init_log_std=-0.5)
     """Every actor (width 32, initial log std -0.5); the IPPO critics and MAPPO's have `layers` hidden layers
     too."""
+    lagrangian: LagrangianConfig = section(LagrangianConfig)
+    """GradMAP's multipliers, margins, budgets and dual ascent (the rewards' weights)."""
     # --- algorithm ----------------------------------------------------------------------------------------
     centralized_critic: bool = False
     """False: IPPO (per-agent critics on local observations); True: MAPPO (a critic on the global state)."""
@@ -107,12 +131,9 @@ class PPOConfig:
     # --- rollout and reward -------------------------------------------------------------------------------
     num_envs: int = 16
     """B: training days simulated together per rollout (B x 48 environment steps per iteration)."""
-    w_dev: float = RewardConfig.w_dev
-    """Reward weight of the agent's own device violation ($ per kW or K), as in `BatchedEnv`."""
-    w_net: float = RewardConfig.w_net
-    """Reward weight of the network term ($ per pu of voltage violation), as in `BatchedEnv`."""
-    net_scope: str = RewardConfig.net_scope
-    """Network term of each agent's reward: "node" (its own node's violation) or "feeder" (the total)."""
+    pf_failure_penalty: float = 100.0
+    """$ per agent and step of a row whose power flow failed, in place of the agent's network share (the
+    voltages of a failed solve mean nothing; never 0, so a failure is never free)."""
     gamma: float = 0.99
     """Discount per 30-minute step. The day is the episode: no bootstrap after its last step."""
     gae_lambda: float = 0.95
@@ -142,14 +163,14 @@ class PPOConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if self.net_scope not in NET_SCOPES:
-            problems.append(f"net_scope must be one of {NET_SCOPES}, got {self.net_scope!r}")
+        if not 0 < self.pf_failure_penalty < float("inf"):
+            problems.append(f"pf_failure_penalty must be finite and > 0, got {self.pf_failure_penalty}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.clip_coef > 0:
             problems.append(f"clip_coef must be > 0, got {self.clip_coef}")
-        for name in ("vf_coef", "ent_coef", "w_dev", "w_net"):
+        for name in ("vf_coef", "ent_coef"):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if problems:
@@ -214,15 +235,86 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -
     return advantages, advantages + values
 
 
+def network_shares(sim, delta_kw: float = 1.0) -> torch.Tensor:
+    """[n, N] share of node n's network term that agent i's reward carries; every row sums to 1.
+
+    Agent i's weight at node n is how far its full power moves that node's voltage: the sensitivity
+    ``|d|v_n| / dp_j|`` (pu per kW) at the agent's node j, at the feeder's nominal loads times ``load_scale``,
+    times the agent's rated power ``p_max_kw``. Each node's weights are normalised over the agents, so the
+    agents' shares add up to the node's term (a node no agent moves is shared equally). The sensitivities come
+    from one batched power flow: a base row and one row per injection node with ``delta_kw`` more demand there.
+    """
+    c = sim.compiled
+    n_inj = len(c.injection_node_names)
+    extra = torch.eye(n_inj, dtype=sim.dtype, device=sim.device) * delta_kw
+    demand = torch.cat([torch.zeros_like(extra[:1]), extra])  # [1 + J, J] kW
+    # the simulator's own default tolerances per dtype (a float32 solve cannot reach 1e-10)
+    tol = 1e-10 if sim.dtype == torch.float64 else 1e-6
+    with torch.no_grad():
+        r = powerflow.solve(
+            c,
+            load_p_kw=c.load_p_kw * sim.config.load_scale,
+            load_q_kvar=c.load_q_kvar * sim.config.load_scale,
+            injection_p_kw=demand,
+            injection_q_kvar=torch.zeros_like(demand),
+            tol=tol,
+            max_iter=sim.config.pf_max_iter,
+        )
+    if not bool(r.converged.all()):
+        raise ValueError("the power flow for the network shares' voltage sensitivities did not converge")
+    sensitivity = (r.v_mag_pu[1:] - r.v_mag_pu[:1]).abs().T / delta_kw  # [n, J] pu per kW
+    rated_kw = torch.empty(sim.n_agents, dtype=sim.dtype, device=sim.device)
+    for name, sl in sim.agent_slices.items():
+        rated_kw[sl] = sim.params[name].p_max_kw
+    weight = sensitivity[:, sim.agent_node] * rated_kw  # [n, N]
+    total = weight.sum(dim=1, keepdim=True)
+    equal = torch.full_like(weight, 1.0 / sim.n_agents)
+    return torch.where(total > 0, weight / total.clamp_min(torch.finfo(sim.dtype).tiny), equal)
+
+
+def lagrangian_rewards(
+    result,
+    t: int,
+    multipliers: Multipliers,
+    shares: torch.Tensor,
+    config: LagrangianConfig,
+    v_min_pu: float,
+    v_max_pu: float,
+    pf_failure_penalty: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-agent rewards of one step: minus each agent's share of GradMAP's Lagrangian.
+
+    ``r[b,i] = -( c[b,i] + lam[i] d[b,i] + sum_n shares[n,i] (mu[t,n] w[b,n] + rho/2 w[b,n]^2) )`` with ``w``
+    the margin-tightened voltage violation (`gradmap_agent.losses.voltage_violation`). Summed over the agents
+    this is the row's term of GradMAP's Lagrangian. In a row whose power flow failed the network share is
+    ``pf_failure_penalty`` per agent instead.
+
+    Args:
+        result: The core's `StepResult` of step ``t``.
+        t: Step index (time of day).
+        multipliers: Device [N] and network [T, n] multipliers.
+        shares: [n, N] `network_shares`.
+        config: The multipliers' `LagrangianConfig` (margin, quadratic weight rho).
+        v_min_pu, v_max_pu: The voltage band.
+        pf_failure_penalty: $ per agent of a failed row.
+
+    Returns:
+        ``(reward [B, N], device violation [B, N], voltage violation w [B, n])``, the violations zero in failed
+        rows (what the dual step takes, as GradMAP's `step_lagrangian` returns them).
+    """
+    ok = result.converged[:, None]
+    w = torch.where(ok, voltage_violation(result.v_mag_pu, v_min_pu, v_max_pu, config.voltage_margin_pu), 0.0)
+    node_term = multipliers.voltage[t].to(w.dtype) * w + 0.5 * config.voltage_quadratic * w * w  # [B, n] $
+    network = torch.where(ok, node_term @ shares, pf_failure_penalty)  # [B, N] $
+    device = multipliers.device.to(w.dtype) * result.device_violation
+    reward = -(result.cost + device + network)
+    return reward, torch.where(ok, result.device_violation, 0.0), w
+
+
 def _gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(u; mean, exp(log_std)^2) of the pre-squash sample ``u``. The tanh's log-Jacobian is the same
     for the old and new policy at the same ``u``, so it cancels in the ratio and is left out."""
     return -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - _HALF_LOG_2PI
-
-
-def _masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``x`` [M, N] with row weights [M] (0 = a failed power flow): [N]."""
-    return (x * weight[:, None]).sum(dim=0) / weight.sum().clamp_min(1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -325,15 +417,19 @@ class PPOTrainer:
             )
         self.sim, self.config = sim, config
         sim_fields = {f.name: getattr(sim.config, f.name) for f in dataclasses.fields(sim.config)}
-        self.env = BatchedEnv(
-            config.num_envs,
-            split="train",
-            w_dev=config.w_dev,
-            w_net=config.w_net,
-            net_scope=config.net_scope,
-            **sim_fields,
-        )
+        # the environment's own reward is not used: the rewards are the Lagrangian's (`lagrangian_rewards`)
+        self.env = BatchedEnv(config.num_envs, split="train", **sim_fields)
         n = sim.n_agents
+        lag = config.lagrangian
+        self.multipliers = Multipliers(
+            n,
+            sim.n_steps,
+            sim.n_nodes,
+            device_init=lag.device_multiplier_init,
+            voltage_init=lag.voltage_multiplier_init,
+            device=sim.device,
+        )
+        self.shares = network_shares(sim)
         self.pdtype = config.policy.dtype
         self.gen = torch.Generator().manual_seed(int(config.run.seed))  # then: rollout seeds, noise, minibatches
         group = _device_type_group(sim) if config.share_params else None
@@ -373,6 +469,7 @@ class PPOTrainer:
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "state_normalizer": None if self.state_normalizer is None else self.state_normalizer.state_dict(),
             "return_stats": self.return_stats.state_dict(),
+            "multipliers": self.multipliers.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -384,6 +481,7 @@ class PPOTrainer:
         if self.state_normalizer is not None:
             self.state_normalizer.load_state_dict(state["state_normalizer"])
         self.return_stats.load_state_dict(state["return_stats"])
+        self.multipliers.load_state_dict(state["multipliers"])
 
     def params(self) -> dict:
         """The trained actors, one slice per agent, and the normaliser (what `make_policy` takes)."""
@@ -406,14 +504,15 @@ class PPOTrainer:
     # --- one iteration ---------------------------------------------------------------------------------------
 
     def rollout(self) -> dict:
-        """B training days with the stochastic actors (no gradient), per-agent rewards and rollout metrics."""
+        """B training days with the stochastic actors (no gradient), per-agent Lagrangian rewards, the
+        violations for the dual step and rollout metrics."""
         env, sim, cfg = self.env, self.sim, self.config
         batch, n_steps, n = cfg.num_envs, sim.n_steps, sim.n_agents
         reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         noise = torch.randn((n_steps, batch, n), generator=self.gen, dtype=torch.float64)
         noise = noise.to(dtype=self.pdtype, device=sim.device)
         obs = env.reset(seed=reset_seed)
-        raw_obs, xs, us, logps, states, rewards, oks = [], [], [], [], [], [], []
+        raw_obs, xs, us, logps, states, rewards, oks, devs, ws = [], [], [], [], [], [], [], [], []
         metrics = RolloutMetrics(sim)
         with torch.no_grad():
             for t in range(n_steps):
@@ -426,10 +525,21 @@ class PPOTrainer:
                 xs.append(x)
                 us.append(u)
                 logps.append(_gaussian_log_prob(u, mean, log_std))
-                obs, reward, _, _, info = env.step(torch.tanh(u))
-                ok = info["pf_converged"]
-                rewards.append(torch.nan_to_num(reward, nan=0.0) * ok[:, None])  # failed rows: masked, no reward
-                oks.append(ok)
+                obs, _, _, _, info = env.step(torch.tanh(u))
+                reward, dev, w = lagrangian_rewards(
+                    info["result"],
+                    t,
+                    self.multipliers,
+                    self.shares,
+                    cfg.lagrangian,
+                    sim.config.v_min_pu,
+                    sim.config.v_max_pu,
+                    cfg.pf_failure_penalty,
+                )
+                rewards.append(reward)
+                devs.append(dev)
+                ws.append(w)
+                oks.append(info["pf_converged"])
                 metrics.add(info["result"])
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
             raise DivergenceError(
@@ -444,7 +554,9 @@ class PPOTrainer:
             "logp": torch.stack(logps),
             "state": torch.stack(states) if states else None,
             "reward": reward,
-            "ok": torch.stack(oks).to(self.pdtype),
+            "converged": torch.stack(oks),  # [T, B]
+            "device_violation": torch.stack(devs),  # [T, B, N]
+            "voltage_violation": torch.stack(ws),  # [T, B, n]
             "stats": {**metrics.standard(batch), "reward": float(reward.mean())},
         }
 
@@ -469,14 +581,13 @@ class PPOTrainer:
         x = roll["x"].reshape(rows, n, -1)
         state = None if roll["state"] is None else roll["state"].reshape(rows, -1)
         u, logp_old = roll["u"].reshape(rows, n), roll["logp"].reshape(rows, n)
-        weight = roll["ok"].reshape(rows)
         with torch.no_grad():
             values = self.value(x, state).reshape(n_steps, batch, n)
         advantages, returns = gae(self.scaled_rewards(roll["reward"]), values, cfg.gamma, cfg.gae_lambda)
         advantages, returns = advantages.reshape(rows, n), returns.reshape(rows, n)
         if cfg.normalize_advantages:
-            mean = _masked_mean(advantages, weight)
-            std = _masked_mean((advantages - mean) ** 2, weight).sqrt()
+            mean = advantages.mean(dim=0)
+            std = ((advantages - mean) ** 2).mean(dim=0).sqrt()
             advantages = (advantages - mean) / (std + 1e-8)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -491,17 +602,16 @@ class PPOTrainer:
             order = torch.randperm(rows, generator=self.gen).to(x.device)
             for part in range(cfg.minibatches):
                 mb = order[part * rows // cfg.minibatches : (part + 1) * rows // cfg.minibatches]
-                w = weight[mb]
                 mean, log_std = self.actor(x[mb])
                 log_ratio = _gaussian_log_prob(u[mb], mean, log_std) - logp_old[mb]
                 ratio = log_ratio.exp()
                 adv = advantages[mb]
                 clipped = ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
-                policy_loss = _masked_mean(-torch.minimum(adv * ratio, adv * clipped), w)  # [N]
-                value_loss = _masked_mean(
-                    0.5 * (self.value(x[mb], None if state is None else state[mb]) - returns[mb]) ** 2, w
+                policy_loss = -torch.minimum(adv * ratio, adv * clipped).mean(dim=0)  # [N]
+                value_loss = (0.5 * (self.value(x[mb], None if state is None else state[mb]) - returns[mb]) ** 2).mean(
+                    dim=0
                 )
-                entropy = _masked_mean(log_std + 0.5 + _HALF_LOG_2PI, w)
+                entropy = (log_std + 0.5 + _HALF_LOG_2PI).mean(dim=0)
                 loss = (policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy).sum()
                 if not bool(torch.isfinite(loss.detach())):
                     raise DivergenceError(f"non-finite PPO loss at iteration {self.iteration}")
@@ -513,10 +623,9 @@ class PPOTrainer:
                     sums["policy_loss"] = sums["policy_loss"] + policy_loss.mean()
                     sums["value_loss"] = sums["value_loss"] + value_loss.mean()
                     sums["entropy"] = sums["entropy"] + entropy.mean()
-                    sums["approx_kl"] = sums["approx_kl"] + _masked_mean(ratio - 1.0 - log_ratio, w).mean()
+                    sums["approx_kl"] = sums["approx_kl"] + (ratio - 1.0 - log_ratio).mean()
                     sums["clip_fraction"] = (
-                        sums["clip_fraction"]
-                        + _masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).to(w.dtype), w).mean()
+                        sums["clip_fraction"] + ((ratio - 1.0).abs() > cfg.clip_coef).to(ratio.dtype).mean()
                     )
                     sums["grad_norm_mean"] = sums["grad_norm_mean"] + norms.mean()
                 n_updates += 1
@@ -525,9 +634,8 @@ class PPOTrainer:
                 raise DivergenceError(f"non-finite network parameters after the update of iteration {self.iteration}")
         stats = {k: float(v) / n_updates for k, v in sums.items()}
         with torch.no_grad():
-            ok = weight > 0
-            residual = (returns - values.reshape(rows, n))[ok]
-            stats["explained_variance"] = float(1.0 - residual.var() / returns[ok].var().clamp_min(1e-12))
+            residual = returns - values.reshape(rows, n)
+            stats["explained_variance"] = float(1.0 - residual.var() / returns.var().clamp_min(1e-12))
             stats["policy_std"] = float(self.actor(x[:batch])[1].exp().mean())
         return stats
 
@@ -543,6 +651,18 @@ class PPOTrainer:
             raise DivergenceError(f"non-finite policy gradient at iteration {self.iteration}")
         return norms
 
+    def dual_step(self, roll: dict) -> None:
+        """PPO-Lagrangian: GradMAP's projected dual ascent (`gradmap_agent.losses.dual_update`) on the
+        rollout's violations ([T, B, N] device, [T, B, n] margin-tightened voltage, zero in failed rows, which
+        the converged-row counts leave out of the means)."""
+        dual_update(
+            self.multipliers,
+            roll["device_violation"],
+            roll["voltage_violation"],
+            roll["converged"].sum(dim=1),
+            self.config.lagrangian,
+        )
+
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""
         cfg = self.config
@@ -551,6 +671,7 @@ class PPOTrainer:
         roll = self.rollout()
         t1 = time.perf_counter()
         stats = self.update(roll, lr)
+        self.dual_step(roll)
         self.normalizer.update(roll["raw_obs"])
         if self.state_normalizer is not None:
             self.state_normalizer.update(roll["state"][..., None, :])
@@ -560,6 +681,7 @@ class PPOTrainer:
             "iteration": self.iteration + 1,
             "lr": lr,
             **roll["stats"],
+            **self.multipliers.summary(),
             **stats,
             "env_steps_per_s": env_steps_per_s,
             "agent_steps_per_s": env_steps_per_s * self.sim.n_agents,

@@ -1,5 +1,6 @@
 """IPPO / MAPPO (`baselines.ppo`): smoke runs, evaluation, exact resume, what each critic sees, parameter
-sharing, GAE against a hand computation, input checks, CLI.
+sharing, the Lagrangian rewards (network shares, failed power flows, dual ascent), GAE against a hand
+computation, input checks, CLI.
 
 Everything runs on IEEE-13 with 12 agents and 2-day rollouts.
 """
@@ -7,6 +8,7 @@ Everything runs on IEEE-13 with 12 agents and 2-day rollouts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -14,9 +16,21 @@ import math
 import pytest
 import torch
 
-from baselines.ppo import METRIC_FIELDS, PPOConfig, PPOTrainer, gae, ippo_config, make_policy, mappo_config
+from baselines.ppo import (
+    METRIC_FIELDS,
+    PPOConfig,
+    PPOTrainer,
+    gae,
+    ippo_config,
+    lagrangian_rewards,
+    make_policy,
+    mappo_config,
+    network_shares,
+)
 from gradmap_agent import GradMAPConfig
-from gridedge_env import make_sim
+from gradmap_agent.config import LagrangianConfig
+from gradmap_agent.losses import Multipliers, voltage_violation
+from gridedge_env import make_sim, powerflow
 from gridedge_env.adapters.batched import clip_obs, global_state
 from gridedge_run import EVAL_KEYS, evaluate_policy, obs_policy, train
 
@@ -134,6 +148,104 @@ def test_shared_parameters_are_one_network_per_device_type(sim13):
     assert moved[:, 1:].max() == 0 and moved[:, 0].max() > 0
 
 
+#: a band tightened to [0.99, 1.01] pu: most nodes violate it, so the network terms are not zero
+TIGHT = LagrangianConfig(voltage_margin_pu=0.04)
+
+
+def _multipliers(sim, seed: int) -> Multipliers:
+    gen = torch.Generator().manual_seed(seed)
+    m = Multipliers(sim.n_agents, sim.n_steps, sim.n_nodes)
+    m.device = torch.rand(sim.n_agents, generator=gen, dtype=torch.float64) * 20.0
+    m.voltage = torch.rand(sim.n_steps, sim.n_nodes, generator=gen, dtype=torch.float64) * 1e4
+    return m
+
+
+def test_network_shares_add_up_to_the_network_term(sim13):
+    shares = network_shares(sim13)
+    assert shares.shape == (sim13.n_nodes, N_AGENTS) and bool((shares >= 0).all())
+    torch.testing.assert_close(shares.sum(dim=1), torch.ones(sim13.n_nodes, dtype=shares.dtype))
+    # the shares are the agents' voltage sensitivities times their ratings, normalised per node: here the
+    # sensitivities come from the power flow's implicit gradient (the shares use finite differences of 1 kW)
+    c = sim13.compiled
+    scale = sim13.config.load_scale
+
+    def v_mag(injection_p_kw):
+        zeros = torch.zeros_like(injection_p_kw)
+        loads = dict(load_p_kw=c.load_p_kw * scale, load_q_kvar=c.load_q_kvar * scale)
+        return powerflow.solve(c, **loads, injection_p_kw=injection_p_kw, injection_q_kvar=zeros).v_mag_pu[0]
+
+    jacobian = torch.autograd.functional.jacobian(
+        v_mag, torch.zeros(1, len(c.injection_node_names), dtype=sim13.dtype)
+    )[:, 0]
+    rated = torch.cat([sim13.params[name].p_max_kw for name in sim13.agent_slices])
+    weight = jacobian.abs()[:, sim13.agent_node] * rated  # [n, N]
+    torch.testing.assert_close(shares, weight / weight.sum(dim=1, keepdim=True), rtol=1e-2, atol=5e-4)
+
+    multipliers = _multipliers(sim13, seed=3)
+    state = sim13.reset(3, seed=0, split="train")
+    for t in range(3):
+        actions = torch.linspace(-1.0, 1.0, N_AGENTS, dtype=torch.float64).expand(3, -1)
+        r = sim13.step(state, actions)
+        reward, dev, w = lagrangian_rewards(
+            r, t, multipliers, shares, TIGHT, sim13.config.v_min_pu, sim13.config.v_max_pu, 100.0
+        )
+        assert bool(r.converged.all())
+        expected_w = voltage_violation(r.v_mag_pu, sim13.config.v_min_pu, sim13.config.v_max_pu, 0.04)
+        assert float(expected_w.sum()) > 0  # the check below is not vacuous
+        torch.testing.assert_close(w, expected_w)
+        torch.testing.assert_close(dev, r.device_violation)
+        network_term = (multipliers.voltage[t] * w + 0.5 * TIGHT.voltage_quadratic * w * w).sum(dim=1)  # [B] $
+        agent_shares = -reward - r.cost - multipliers.device * r.device_violation  # [B, N] $
+        torch.testing.assert_close(agent_shares.sum(dim=1), network_term)
+        state = r.state
+
+
+def test_a_failed_power_flow_is_penalised_in_every_reward(sim13):
+    multipliers = _multipliers(sim13, seed=4)
+    state = sim13.reset(2, seed=0, split="train")
+    r = sim13.step(state, torch.zeros(2, N_AGENTS, dtype=torch.float64))
+    v = r.v_mag_pu.clone()
+    v[0] = float("nan")  # what a diverged solve may leave
+    failed = dataclasses.replace(r, converged=torch.tensor([False, True]), v_mag_pu=v)
+    shares = network_shares(sim13)
+    reward, dev, w = lagrangian_rewards(
+        failed, 0, multipliers, shares, TIGHT, sim13.config.v_min_pu, sim13.config.v_max_pu, 100.0
+    )
+    assert bool(torch.isfinite(reward).all())
+    torch.testing.assert_close(reward[0], -(r.cost[0] + multipliers.device * r.device_violation[0] + 100.0))
+    assert bool((reward[0] < -100.0 + 1e-9).all())  # never free: at least the penalty below the cost-free zero
+    assert float(w[0].abs().sum()) == 0.0 and float(dev[0].abs().sum()) == 0.0  # left out of the dual step
+    converged, _, _ = lagrangian_rewards(
+        r, 0, multipliers, shares, TIGHT, sim13.config.v_min_pu, sim13.config.v_max_pu, 100.0
+    )
+    torch.testing.assert_close(reward[1], converged[1])  # the converged row is unchanged
+
+
+def test_multipliers_rise_above_the_budget_and_fall_below_it(sim13):
+    lag = LagrangianConfig(device_violation_budget=0.5, voltage_violation_budget=1e-3)
+    trainer = PPOTrainer(sim13, tiny(lagrangian=dataclasses.asdict(lag)))
+    n_steps, batch = sim13.n_steps, 2
+    lam0, mu0 = trainer.multipliers.device.clone(), trainer.multipliers.voltage.clone()
+    # above budget: 0.1 per step on every agent (2.4 or 4.8 per day) and 0.01 pu on every node
+    over = {
+        "device_violation": torch.full((n_steps, batch, N_AGENTS), 0.1, dtype=torch.float64),
+        "voltage_violation": torch.full((n_steps, batch, sim13.n_nodes), 1e-2, dtype=torch.float64),
+        "converged": torch.ones(n_steps, batch, dtype=torch.bool),
+    }
+    trainer.dual_step(over)
+    assert bool((trainer.multipliers.device > lam0).all()) and bool((trainer.multipliers.voltage > mu0).all())
+    lam1, mu1 = trainer.multipliers.device.clone(), trainer.multipliers.voltage.clone()
+    below = {k: torch.zeros_like(v) if k != "converged" else v for k, v in over.items()}
+    trainer.dual_step(below)
+    assert bool((trainer.multipliers.device < lam1).all()) and bool((trainer.multipliers.voltage < mu1).all())
+
+    # end to end: rollouts that violate the tightened band raise the network multipliers they are paid with
+    trainer = PPOTrainer(sim13, tiny(iterations=1, lagrangian={"voltage_margin_pu": 0.04}))
+    row = trainer.iterate()
+    assert row["voltage_multiplier_max"] > trainer.config.lagrangian.voltage_multiplier_init
+    assert row["voltage_multiplier_mean"] > trainer.config.lagrangian.voltage_multiplier_init
+
+
 def test_gae_matches_a_hand_computation():
     rewards = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     values = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
@@ -158,8 +270,10 @@ def test_bad_inputs_give_clear_errors(sim13):
         ippo_config(iterations=None)
     with pytest.raises(ValueError, match="gamma must be in"):
         mappo_config(gamma=1.5)
-    with pytest.raises(ValueError, match="net_scope"):
-        ippo_config(net_scope="street")
+    with pytest.raises(ValueError, match="pf_failure_penalty must be finite and > 0"):
+        ippo_config(pf_failure_penalty=0.0)
+    with pytest.raises(ValueError, match=r"unknown PPOConfig field\(s\) \['w_net'\]"):
+        ippo_config(w_net=1000.0)  # the old own-node reward's weight: the rewards are the Lagrangian's now
     with pytest.raises(ValueError, match="contradicts the method"):
         ippo_config(centralized_critic=True)
     with pytest.raises(ValueError, match="needs a PPOConfig"):
