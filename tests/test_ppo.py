@@ -213,7 +213,6 @@ def test_a_failed_power_flow_is_penalised_in_every_reward(sim13):
     )
     assert bool(torch.isfinite(reward).all())
     torch.testing.assert_close(reward[0], -(r.cost[0] + multipliers.device * r.device_violation[0] + 100.0))
-    assert bool((reward[0] < -100.0 + 1e-9).all())  # never free: at least the penalty below the cost-free zero
     assert float(w[0].abs().sum()) == 0.0 and float(dev[0].abs().sum()) == 0.0  # left out of the dual step
     converged, _, _ = lagrangian_rewards(
         r, 0, multipliers, shares, TIGHT, sim13.config.v_min_pu, sim13.config.v_max_pu, 100.0
