@@ -12,6 +12,8 @@ from gridedge_env.cli import add_env_commands
 from gridedge_env.cli import main as env_main
 from gridedge_run.methods import TRAIN_METHODS
 
+QUIET_HELP = "no progress bars or messages on stderr (bars are drawn only when stderr is a terminal)"
+
 
 def _cmd_train(args) -> dict | None:
     from gridedge_run.commands import run_train
@@ -70,11 +72,26 @@ def _cmd_evaluate(args) -> dict:
 def _cmd_compare(args) -> dict:
     from pathlib import Path
 
-    from gridedge_run.compare import run_compare
+    from gridedge_run.compare import run_compare, snippet_parts, write_snippet
+    from gridedge_run.progress import show_progress
+    from gridedge_run.stats import seed_list
 
+    seeds = seed_list(args.seeds) if args.seeds is not None else None
+    for path in args.snippet or []:
+        snippet_parts(Path(path), args.preset)  # a missing marker is an error now, not after the run
     result = run_compare(
-        args.preset, Path(args.out), minutes=args.minutes, methods=args.methods, jobs=args.jobs, device=args.device
+        args.preset,
+        Path(args.out),
+        minutes=args.minutes,
+        methods=args.methods,
+        jobs=args.jobs,
+        seeds=seeds,
+        show=show_progress(args.quiet),
+        quiet=args.quiet,
+        device=args.device,
     )
+    for path in args.snippet or []:
+        write_snippet(result["snippet"], Path(path), args.preset)
     if not args.json:  # the table, then the scalar fields below it
         print((Path(args.out) / "results.md").read_text())
     return result
@@ -125,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun --nproc-per-node N -m gridedge_run.cli train ... does the same, also over several nodes)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="run trained policies or a rule decentralised on held-out days")
@@ -150,18 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the household draws of the evaluation days")
     p.add_argument("--device", default=None, help="torch device of the simulator and the policies (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_cmd_evaluate)
 
     p = sub.add_parser("compare", help="train every method under one budget and compare them on the same test days")
     p.add_argument(
         "--preset",
-        default="smoke",
-        choices=["smoke", "paper"],
-        help="smoke: IEEE-13, 20 agents, minutes in all; paper: IEEE-123, 1,000 agents, 15 min per method",
+        default="quick",
+        choices=["quick", "smoke", "paper"],
+        help="quick (default): the feasible IEEE-13 task, 1,000 agents, GradMAP, IPPO, rules and optimum, "
+        "3 seeds, about 10 min on 2 cores; smoke: a check that everything runs (numbers mean "
+        "nothing); paper: IEEE-123, 1,000 agents, every method, 15 min per method and seed",
     )
-    p.add_argument("--minutes", type=float, default=None, help="training budget per method (default: the preset's)")
     p.add_argument(
-        "--methods", nargs="+", default=None, metavar="METHOD", help="a subset of the methods (default: all)"
+        "--seeds",
+        default=None,
+        help="seeds, a range (0-4) or a list (0,1,2): every learner is trained once per seed (default: the preset's)",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=None, help="training budget per method and seed (default: the preset's)"
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=None, metavar="METHOD", help="a subset of the methods (default: the preset's)"
     )
     p.add_argument(
         "--jobs",
@@ -173,7 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device of every training and evaluation (cpu, cuda; default cpu)"
     )
     p.add_argument("--out", required=True, help="comparison directory; rerun with the same --out to continue it")
+    p.add_argument(
+        "--snippet",
+        action="append",
+        metavar="FILE",
+        help="write the results table between the <!-- results:PRESET:begin --> and <!-- results:PRESET:end --> "
+        "lines of FILE (README.md, docs/results.md); repeatable; on a finished --out it only rewrites the tables",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_cmd_compare)
     return parser
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
+from gridedge_run.progress import counter, show_progress
 
 __all__ = [
-    "ProgressLine",
     "check_data_parallel",
     "evaluate_reference",
     "evaluate_run",
@@ -29,7 +27,6 @@ __all__ = [
     "parse_assignments",
     "run_evaluate",
     "run_train",
-    "stderr_progress",
     "train_method",
 ]
 
@@ -59,53 +56,6 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-#: (metrics column, format) shown by `ProgressLine` when the method reports the column
-_PROGRESS_FIELDS = (
-    ("lagrangian", "L {:.4g}"),
-    ("cost", "cost {:.4g}"),
-    ("violation_share", "viol {:.2%}"),
-    ("worst_violation_pu", "worst {:.4f}"),
-    ("device_violation", "dev {:.3g}"),
-    ("voltage_multiplier_max", "mu max {:.3g}"),
-    ("approx_kl", "kl {:.3g}"),
-    ("env_steps_per_s", "{:.0f} steps/s"),
-    ("pf_failures", "pf fail {}"),
-)
-
-
-class ProgressLine:
-    """One-line progress on stderr: redrawn in place on a terminal, a plain line every ``every`` iterations
-    (or ``min_interval_s`` seconds) otherwise."""
-
-    def __init__(self, label: str, total: int | None, every: int = 10, min_interval_s: float = 30.0, stream=None):
-        self.label, self.total, self.every, self.min_interval_s = label, total, every, min_interval_s
-        self.stream = sys.stderr if stream is None else stream
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last_print = time.monotonic()
-
-    def __call__(self, row: dict) -> None:
-        it = row["iteration"]
-        total = f"/{self.total}" if self.total else ""
-        parts = [f"{self.label} it {it}{total}", fmt_time(row["wall_s"])]
-        parts += [fmt.format(row[key]) for key, fmt in _PROGRESS_FIELDS if row.get(key, "") != ""]
-        parts.append(f"left {fmt_time(row.get('time_left_s', 0.0))}")
-        text = " | ".join(parts)
-        if row.get("eval_cost", "") != "":
-            text += f" | test cost {row['eval_cost']:.4g} viol {row['eval_violation_share']:.2%}"
-        if self.tty:
-            width = max(shutil.get_terminal_size((120, 24)).columns - 1, 20)
-            print("\r" + text[:width].ljust(width), end="", file=self.stream, flush=True)
-        else:
-            now = time.monotonic()
-            if it % self.every == 0 or it == 1 or now - self._last_print >= self.min_interval_s:
-                print(text, file=self.stream, flush=True)
-                self._last_print = now
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=self.stream, flush=True)
-
-
 def _sim_options(
     sim_set: list[str] | None, feeder: str | None, agents: int | None, sim_seed: int | None, device: str | None = None
 ) -> dict:
@@ -131,6 +81,8 @@ def train_method(
     resume: bool = False,
     restart: bool = False,
     progress: Callable[[dict], None] | None = None,
+    show_bar: bool = False,
+    label: str | None = None,
 ) -> dict:
     """Train ``method`` (a name of `TRAIN_METHODS`) into the run directory ``out``.
 
@@ -145,7 +97,9 @@ def train_method(
         resume: Continue the run in ``out`` from its checkpoint.
         restart: Start a new run in ``out`` although it holds the files of a run that stopped before its first
             checkpoint (they are replaced); a directory with a checkpoint or with other files is refused.
-        progress: Called with every iteration's metrics row (default: a `ProgressLine` on stderr).
+        progress: Called with every iteration's metrics row (default: a `gridedge_run.progress.TrainBar`).
+        show_bar: Draw the default progress bar on stderr (`gridedge_run.progress.show_progress`).
+        label: The bar's label (default ``method``).
 
     Under ``torchrun`` (WORLD_SIZE > 1 in the environment) the process joins the launch's process group
     before it builds anything (`gradmap_agent.distributed.init_from_env`) and trains its share of every
@@ -207,7 +161,13 @@ def train_method(
             raise ValueError(problem)
     sim = make_sim(**sim_options)
 
-    line = ProgressLine(method, config.run.iterations) if progress is None and rank == 0 else None
+    from gridedge_run.progress import TrainBar
+
+    line = (
+        TrainBar(label or method, config.run.iterations, config.run.minutes, show_bar)
+        if progress is None and rank == 0
+        else None
+    )
     try:
         _, _, metrics = train(sim, config, progress_fn=progress or line, out_dir=out, resume=resume, method=method)
     finally:
@@ -330,7 +290,13 @@ def run_train(args) -> dict:
     out = Path(args.out)
     try:
         return train_method(
-            args.method, out, sim_options=sim_options, fields=fields, resume=args.resume, restart=args.restart
+            args.method,
+            out,
+            sim_options=sim_options,
+            fields=fields,
+            resume=args.resume,
+            restart=args.restart,
+            show_bar=show_progress(args.quiet),
         )
     except DivergenceError as exc:
         print(
@@ -359,16 +325,6 @@ def _interrupted_state(out: Path) -> str:
     if out.is_dir() and any(out.iterdir()):
         return f"stopped before the first checkpoint: nothing to resume in {out}; start it again with --restart"
     return f"stopped before anything was written to {out}"
-
-
-def stderr_progress(label: str, every: int) -> Callable[[int, int], None]:
-    """``callback(done, total)`` printing ``label: done/total`` on stderr every ``every`` and at the end."""
-
-    def show(done: int, total: int) -> None:
-        if done % every == 0 or done == total:
-            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
-
-    return show
 
 
 def evaluate_run(
@@ -446,12 +402,13 @@ def run_evaluate(args) -> dict:
         raise ValueError(
             f"give either a run directory (exported policies) or --method {'|'.join(REFERENCE_POLICIES)}, not both"
         )
+    show = show_progress(args.quiet)
     days = {
         "split": args.split,
         "days": args.days,
         "batch": args.batch,
         "seed": args.seed,
-        "progress": stderr_progress("evaluate days", 1),
+        "progress": counter("evaluate", show, unit="day"),
     }
     device = args.device or "cpu"
     if args.run_dir is not None:
@@ -461,6 +418,6 @@ def run_evaluate(args) -> dict:
         args.method,
         _sim_options(args.sim_set, args.feeder, args.agents, args.sim_seed, args.device),
         config=overrides,
-        plan_progress=stderr_progress(f"{args.method} plan step", 25),
+        plan_progress=counter(f"{args.method} plan", show, unit="step"),
         **days,
     )

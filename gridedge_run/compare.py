@@ -4,18 +4,29 @@ and write tables and figures.
 One run directory holds it all, each stage in its own file, so an interrupted comparison continues where it
 stopped (finished stages are skipped, an interrupted training resumes from its checkpoint):
 
-    DIR/compare.json            the preset and options (a rerun must use the same ones)
-    DIR/runs/<method>/          `gridedge train <method>` run directories (+ train_summary.json when done)
-    DIR/eval/<method>.json      `gridedge evaluate` on the test days (+ oracle_curve_days.json)
-    DIR/traces/<method>.npz     voltages and device power over the plot day
-    DIR/results.{md,csv,json}   the table
-    DIR/*.png                   learning curves, voltage envelopes, device power, feeder map
+    DIR/compare.json                  the preset and options (a rerun must use the same ones)
+    DIR/provenance.json               date, machine, torch version and git commit of the run
+    DIR/runs/<method>/seed<s>/        `gridedge train <method> --seed s` (+ train_summary.json when done)
+    DIR/eval/<method>/seed<s>.json    `gridedge evaluate --seed s` on the test days
+    DIR/eval/oracle/validation.json   the optimum on the validation days of the learning curves
+    DIR/traces/<method>.npz           voltages and device power over the plot day (the first seed's policies)
+    DIR/results.{md,csv,json}         the table: median and 95 % bootstrap interval over seeds
+    DIR/results_per_seed.csv          one row per method and seed
+    DIR/results_snippet.md            the table as README.md and docs/results.md hold it (``--snippet``)
+    DIR/*.png                         learning curves, cost against violations, voltage envelopes, device
+                                      power, feeder map
+
+Seeds: every trained method is trained once per seed (the trainer's seed) and evaluated with the same seed for
+the household draws of the test days; the rules and the optimum are deterministic given those draws, so their
+spread is over the evaluation seeds alone.
 
 Every method goes through the same functions as `gridedge train` and `gridedge evaluate`
 (`gridedge_run.commands.train_method`, `evaluate_run`, `evaluate_reference`).
-The target of "time to target" is the issue's: test-day violation share <= 0.5 % and cost within 5 % of the
-perfect-foresight optimum, read off the periodic evaluations (``eval_*`` columns of metrics.csv, on
-`eval_days` evenly spaced test days) against the optimum on those same days.
+Test days are scored once per final policy. Everything read off the learning curves uses validation days: the
+periodic evaluations (``eval_*`` columns of metrics.csv, on `eval_days` evenly spaced validation days) and the
+optimum on those same days. "Time to target" is the first training wall time at which a periodic evaluation
+has violation share <= 0.5 % and cost within 5 % of that optimum; a run that never gets there is "not reached",
+never a ratio of budgets.
 """
 
 from __future__ import annotations
@@ -39,21 +50,25 @@ from gridedge_run.commands import (
     evaluate_run,
     fmt_time,
     parse_assignments,
-    stderr_progress,
     train_method,
 )
 from gridedge_run.evaluate import obs_policy
 from gridedge_run.methods import REFERENCE_POLICIES, TRAIN_METHODS
+from gridedge_run.progress import counter
 from gridedge_run.rundir import atomic_write_text, load_policies
+from gridedge_run.stats import CONFIDENCE, median_ci, probability_of_improvement
 
 __all__ = [
     "PRESETS",
     "Preset",
     "REFERENCE_METHODS",
     "TRAINED_METHODS",
+    "provenance",
     "run_compare",
+    "snippet_parts",
     "speedup_to_level",
     "time_to_target",
+    "write_snippet",
 ]
 
 #: Methods trained under the budget, in table order.
@@ -67,32 +82,53 @@ TARGET_COST_GAP = 0.05
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """What a comparison runs: the task, the budget per trained method and the evaluation."""
+    """What a comparison runs: the task, the budget per trained method, the seeds and the evaluation."""
 
     feeder: str
     """Shipped feeder."""
     agents: int
     """Number of agents (default mix)."""
     minutes: float
-    """Training wall-time budget per trained method, minutes."""
+    """Training wall-time budget per trained method and seed, minutes."""
     test_days: int | None
-    """Test days of the final evaluation, evenly spaced (None: all 73)."""
+    """Test days of the final evaluation, evenly spaced (None: all of the test split)."""
     eval_every: dict[str, int]
     """Periodic evaluation (learning curves) every this many iterations, per trained method."""
     curve_days: int = 8
     """Test days of the periodic evaluations (the trainers' `eval_days`)."""
     sim_seed: int = 0
     """Seed of agent placement and device parameters."""
-    seed: int = 0
-    """Trainer seed, the same for every method."""
+    seeds: tuple[int, ...] = (0,)
+    """Default seeds: trainer seed and evaluation seed of each repetition (``--seeds`` replaces them)."""
+    methods: tuple[str, ...] = ()
+    """Default methods (empty: all of `TRAINED_METHODS` and `REFERENCE_METHODS`)."""
+    sim_set: tuple[str, ...] = ()
+    """``KEY=VALUE`` simulator (`gridedge_env.SimConfig`) settings of the task (``gridedge train --sim-set``)."""
     oracle_set: tuple[str, ...] = ()
     """``KEY=VALUE`` overrides of the optimum's `baselines.oracle.OracleConfig` (``gridedge evaluate --set``)."""
+    method_set: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """``KEY=VALUE`` config overrides per trained method (``gridedge train --set``)."""
     device: str = "cpu"
     """torch device of every simulator, policy and trainer (``gridedge compare --device``)."""
 
+    def sim_options(self) -> dict:
+        """The `make_sim` options of the task."""
+        return {
+            "feeder": self.feeder,
+            "n_agents": self.agents,
+            "seed": self.sim_seed,
+            **parse_assignments(list(self.sim_set), "sim_set"),
+            "device": self.device,
+        }
+
+
+#: The small feasible task (IEEE-13, 1,000 agents, light load, little PV, hourly steps) on which a coordinated
+#: schedule without violations exists while every rule violates (tests/test_gradmap.py's learning test).
+FEASIBLE_IEEE13 = ("load_scale=0.5", "pv_kwp_per_kw=1.0", "source_v_pu=1.0", "step_minutes=60")
 
 PRESETS = {
-    # a few minutes on 2 cores: small feeder, seconds of training per method; checks that everything runs
+    # a check that everything runs, in a few minutes on 2 cores: seconds of training per method, numbers that
+    # mean nothing (every method, the optimum included, is far from converged)
     "smoke": Preset(
         feeder="ieee13",
         agents=20,
@@ -100,11 +136,27 @@ PRESETS = {
         test_days=4,
         curve_days=4,
         eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2},
-        # 300 Adam steps of the optimum (planned twice: test days and the plot day) took 7 of the
-        # 9 minutes of this preset on 2 cores; 60 keep it a check that everything runs
         oracle_set=("iterations=60",),
     ),
-    # the issue's benchmark: IEEE-123, 1,000 agents, 15 minutes per method. Eight evenly spaced test days, the
+    # the benchmark's story in under 10 minutes on 2 cores (with --jobs 2): the feasible IEEE-13 task, 1,000
+    # agents, GradMAP against IPPO, the rules and the optimum, three seeds. GradMAP on 4 days per iteration (twice
+    # the iterations of its default 8 in the same minute); the optimum 100 Adam steps from price-seeking (about
+    # 30 s of one core per plan of 8 days; tests/test_baselines.py shows 60 steps remove price-seeking's
+    # violations on this task)
+    "quick": Preset(
+        feeder="ieee13",
+        agents=1000,
+        minutes=1.0,
+        test_days=8,
+        curve_days=8,
+        seeds=(0, 1, 2),
+        eval_every={"gradmap": 10, "ippo": 5},
+        sim_set=FEASIBLE_IEEE13,
+        oracle_set=("iterations=100", "init=price-seeking"),
+        method_set={"gradmap": ("batch_days=4",)},
+        methods=("gradmap", "ippo", "noop", "price-seeking", "droop", "oracle"),
+    ),
+    # the benchmark: IEEE-123, 1,000 agents, 15 minutes per method and seed. Eight evenly spaced test days, the
     # same as the learning curves', because the optimum costs about 1.5 s per Adam step and 8 days on 2 cores
     "paper": Preset(
         feeder="ieee123",
@@ -112,18 +164,23 @@ PRESETS = {
         minutes=15.0,
         test_days=8,
         curve_days=8,
+        seeds=(0, 1, 2, 3, 4),
         eval_every={"gradmap": 10, "gradma": 10, "ssl": 10, "ssl-penalty": 10, "ippo": 10, "mappo": 10},
     ),
 }
 
 
-def _say(text: str) -> None:
-    print(f"[compare] {text}", file=sys.stderr, flush=True)
+class _Say:
+    """Stage messages on stderr (silent with ``--quiet``)."""
+
+    quiet = False
+
+    def __call__(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[compare] {text}", file=sys.stderr, flush=True)
 
 
-def _reference_policy(method: str, preset: Preset):
-    """policy_fn(sim, state) of a method that `gridedge evaluate --method` runs, with the preset's settings."""
-    return REFERENCE_POLICIES[method](**_reference_config(method, preset))
+_say = _Say()
 
 
 def _reference_config(method: str, preset: Preset) -> dict:
@@ -139,69 +196,85 @@ def _available_methods() -> tuple[set[str], set[str]]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _train(method: str, preset: Preset, minutes: float, out: Path) -> dict:
-    run_dir = out / "runs" / method
+def _run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / "runs" / method / f"seed{seed}"
+
+
+def _train(method: str, seed: int, preset: Preset, out: Path, show: bool) -> dict:
+    run_dir = _run_dir(out, method, seed)
     done = run_dir / "train_summary.json"
     if done.is_file():
-        _say(f"{method}: trained already, skipped ({done})")
+        _say(f"{method} seed {seed}: trained already, skipped ({done})")
         return json.loads(done.read_text())
-    fields = {"minutes": minutes, "iterations": None}
+    fields = {"minutes": preset.minutes, "iterations": None}
     sim_options = {}
     resume = (run_dir / "checkpoint.pt").is_file()
     if resume:
-        _say(f"{method}: resuming the interrupted training in {run_dir}")
+        _say(f"{method} seed {seed}: resuming the interrupted training in {run_dir}")
     else:
-        fields.update(seed=preset.seed, eval_days=preset.curve_days, eval_every=preset.eval_every.get(method, 10))
-        sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
-    sim_options["device"] = preset.device
-    summary = train_method(method, run_dir, sim_options=sim_options, fields=fields, resume=resume)
+        fields.update(parse_assignments(list(preset.method_set.get(method, ())), f"method_set[{method}]"))
+        fields.update(seed=seed, eval_days=preset.curve_days, eval_every=preset.eval_every.get(method, 10))
+        sim_options = preset.sim_options()
+    sim_options["device"] = preset.device  # a resumed run may move to another device
+    summary = train_method(
+        method,
+        run_dir,
+        sim_options=sim_options,
+        fields=fields,
+        resume=resume,
+        show_bar=show,
+        label=f"{method} seed {seed}",
+    )
     atomic_write_text(json_text(summary, indent=2, default=str), done)
     return summary
 
 
-def _evaluate(method: str, preset: Preset, out: Path, days: int | None, name: str | None = None) -> dict:
-    path = out / "eval" / f"{name or method}.json"
+def _evaluate(
+    method: str, seed: int, preset: Preset, out: Path, days: int | None, show: bool, split: str = "test"
+) -> dict:
+    path = out / "eval" / method / (f"seed{seed}.json" if split == "test" else f"{split}.json")
     if path.is_file():
         return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    progress = counter(f"{method} seed {seed} evaluate", show, unit="day")
     if method in TRAINED_METHODS:
         result = evaluate_run(
-            out / "runs" / method,
-            split="test",
-            days=days,
-            device=preset.device,
-            progress=stderr_progress("evaluate days", 1),
+            _run_dir(out, method, seed), split=split, days=days, seed=seed, device=preset.device, progress=progress
         )
     else:
-        sim_options = {"feeder": preset.feeder, "n_agents": preset.agents, "seed": preset.sim_seed}
-        sim_options["device"] = preset.device
         result = evaluate_reference(
             method,
-            sim_options,
+            preset.sim_options(),
             config=_reference_config(method, preset),
-            split="test",
+            split=split,
             days=days,
-            progress=stderr_progress("evaluate days", 1),
-            plan_progress=stderr_progress(f"{method} plan step", 25),
+            seed=seed,
+            progress=progress,
+            plan_progress=counter(f"{method} seed {seed} plan", show, unit="step"),
         )
     atomic_write_text(json_text(result, indent=2, default=str), path)
     return result
 
 
-def _policy_fn(method: str, preset: Preset, out: Path):
+def _policy_fn(method: str, seed: int, preset: Preset, out: Path, show: bool):
     if method in TRAINED_METHODS:
-        policy, _ = load_policies(out / "runs" / method, device=preset.device)
+        policy, _ = load_policies(_run_dir(out, method, seed), device=preset.device)
         return obs_policy(policy)
-    return _reference_policy(method, preset)
+    return REFERENCE_POLICIES[method](
+        progress=counter(f"{method} plan", show, unit="step"), **_reference_config(method, preset)
+    )
 
 
-def _trace(method: str, preset: Preset, sim, day: int, out: Path) -> dict:
-    """Voltages [T, n] and device power [T, N] of `method` over test day `day` (the evaluation's episode)."""
+def _trace(method: str, seed: int, preset: Preset, sim, day: int, out: Path, show: bool) -> dict:
+    """Voltages [T, n] and device power [T, N] of `method` over test day `day` (the evaluation's episode of
+    ``seed``), and the day's price [T]."""
     path = out / "traces" / f"{method}.npz"
     if path.is_file():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
-    policy = _policy_fn(method, preset, out)
-    state = reset_days(sim, "test", [day], 0)
+    policy = _policy_fn(method, seed, preset, out, show)
+    state = reset_days(sim, "test", [day], seed)
+    price = state.price_per_kwh[0].cpu().numpy()
     v, p = [], []
     with torch.no_grad():
         for _ in range(sim.n_steps):
@@ -209,7 +282,7 @@ def _trace(method: str, preset: Preset, sim, day: int, out: Path) -> dict:
             state = r.state
             v.append(r.v_mag_pu[0].cpu().numpy())
             p.append(r.p_kw[0].cpu().numpy())
-    trace = {"v_mag_pu": np.stack(v), "p_kw": np.stack(p), "day": np.array(day)}
+    trace = {"v_mag_pu": np.stack(v), "p_kw": np.stack(p), "price_per_kwh": price, "day": np.array(day)}
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **trace)
     tmp.replace(path)
@@ -240,46 +313,40 @@ def _first_time(curve: dict[str, list[float]], cost: float | None, share: float)
 
 
 def time_to_target(curve: dict[str, list[float]], optimum_cost: float) -> float | None:
-    """First training wall time (s) at which the periodic test evaluation has violation share <= 0.5 % and
-    cost within 5 % of the optimum on the same days; None if never."""
+    """First training wall time (s) at which the periodic evaluation (validation days) has violation share
+    <= 0.5 % and cost within 5 % of the optimum on the same days; None if never (reported "not reached")."""
     return _first_time(curve, optimum_cost + TARGET_COST_GAP * abs(optimum_cost), TARGET_VIOLATION_SHARE)
 
 
 def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]]) -> dict | None:
-    """How much sooner ``fast`` reaches a level of (cost, violation share) than ``slow`` (the GradMAP issue's
-    speed-up: GradMA's wall time to a level over GradMAP's), at three levels read off the periodic evaluations:
+    """How much sooner ``fast`` reaches a level of (cost, violation share) than ``slow`` (GradMA's wall time to
+    a level over GradMAP's), at three levels read off the periodic evaluations on validation days:
 
-    - ``at_slow_final``: ``slow``'s last evaluation. Both curves reach it (``slow`` at its end, or sooner);
-      ``speedup = slow_s / fast_s``; ``fast_s`` is None if ``fast`` never reaches it.
-    - ``at_fast_final``: ``fast``'s last evaluation; when ``slow`` never reaches it, ``slow_s`` and ``speedup``
-      are None and ``speedup_at_least`` is ``slow``'s budget (last evaluation time) over ``fast_s``.
-    - ``at_slow_final_share``: ``slow``'s last violation share, whatever the cost (``level_cost`` is None): the
-      constraint alone, for runs that end at different points of the cost-violation trade-off, where
-      neither of the two levels above may give a ratio.
+    - ``at_slow_final``: ``slow``'s last evaluation;
+    - ``at_fast_final``: ``fast``'s last evaluation;
+    - ``at_slow_final_share``: ``slow``'s last violation share, whatever the cost (``level_cost`` is None).
 
-    Each entry: ``{"level_cost", "level_violation_share", "fast_s", "slow_s", "speedup"}``. None when either
-    curve has no evaluation.
+    Each entry: ``{"level_cost", "level_violation_share", "fast_s", "slow_s", "speedup"}``. A run that never
+    reaches the level has its time None ("not reached"), and ``speedup`` is None unless both runs reach it: a
+    budget is never turned into a ratio. None when either curve has no evaluation.
     """
     if not fast["wall_s"] or not slow["wall_s"]:
         return None
-    result = {}
     levels = (
         ("at_slow_final", slow["cost"][-1], slow["violation_share"][-1]),
         ("at_fast_final", fast["cost"][-1], fast["violation_share"][-1]),
         ("at_slow_final_share", None, slow["violation_share"][-1]),
     )
+    result = {}
     for key, cost, share in levels:
         fast_s, slow_s = _first_time(fast, cost, share), _first_time(slow, cost, share)
-        entry = {
+        result[key] = {
             "level_cost": cost,
             "level_violation_share": share,
             "fast_s": fast_s,
             "slow_s": slow_s,
             "speedup": slow_s / fast_s if fast_s and slow_s is not None else None,
         }
-        if slow_s is None and fast_s:
-            entry["speedup_at_least"] = slow["wall_s"][-1] / fast_s
-        result[key] = entry
     return result
 
 
@@ -287,15 +354,19 @@ def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]])
 # results
 # ----------------------------------------------------------------------------------------------------------
 
-COLUMNS = (
-    "method",
-    "kind",
-    "train_wall_s",
-    "iterations",
-    "env_steps_per_s",
-    "time_to_target_s",
+#: Per-seed metrics summarised over seeds (median and 95 % bootstrap interval), lower is better for each.
+METRICS = ("cost", "violation_share", "worst_violation_pu", "device_violation", "time_to_target_s")
+#: Headings of `METRICS` in results.md.
+HEADINGS = {
+    "cost": "cost, $/day",
+    "violation_share": "violation share",
+    "worst_violation_pu": "worst excursion, pu",
+    "device_violation": "device violation",
+    "time_to_target_s": "time to target",
+}
+#: The evaluation's metrics kept per seed.
+EVAL_COLUMNS = (
     "cost",
-    "gap_to_optimum",
     "violation_share",
     "worst_violation_pu",
     "violation_sum_pu",
@@ -304,105 +375,281 @@ COLUMNS = (
     "n_agents",
     "days",
 )
+PER_SEED_COLUMNS = ("method", "kind", "seed", "train_wall_s", "iterations", "env_steps_per_s", "time_to_target_s")
+PER_SEED_COLUMNS += EVAL_COLUMNS
 
 
-def _row(method: str, result: dict, optimum_cost: float | None, summary: dict | None, ttt: float | None) -> dict:
-    kind = "trained" if method in TRAINED_METHODS else ("optimum" if method == "oracle" else "rule")
-    gap = None
-    if optimum_cost is not None and optimum_cost != 0:
-        gap = (result["cost"] - optimum_cost) / abs(optimum_cost)
+def _kind(method: str) -> str:
+    return "trained" if method in TRAINED_METHODS else ("optimum" if method == "oracle" else "rule")
+
+
+def _per_seed_row(method: str, seed: int, result: dict, summary: dict | None, ttt: float | None) -> dict:
     return {
         "method": method,
-        "kind": kind,
+        "kind": _kind(method),
+        "seed": seed,
         "train_wall_s": summary.get("wall_s") if summary else None,
         "iterations": summary.get("iterations") if summary else None,
         "env_steps_per_s": summary.get("env_steps_per_s") if summary else None,
         "time_to_target_s": ttt,
-        "cost": result["cost"],
-        "gap_to_optimum": gap,
-        "violation_share": result["violation_share"],
-        "worst_violation_pu": result["worst_violation_pu"],
-        "violation_sum_pu": result["violation_sum_pu"],
-        "device_violation": result["device_violation"],
-        "pf_failures": result["pf_failures"],
-        "n_agents": result["n_agents"],
-        "days": result["days"],
+        **{k: result[k] for k in EVAL_COLUMNS},
     }
 
 
+def _summary_row(method: str, rows: list[dict]) -> dict:
+    """Median and 95 % bootstrap interval over seeds of every metric in `METRICS`. Time to target: a run that
+    never reaches the target counts as later than every run that does (median inf when most never do); the
+    interval only when every run reaches it."""
+    out = {"method": method, "kind": _kind(method), "seeds": [r["seed"] for r in rows]}
+    for key in METRICS:
+        if key == "time_to_target_s":
+            if method not in TRAINED_METHODS:
+                continue
+            values = [math.inf if r[key] is None else r[key] for r in rows]
+            out["reached_target"] = sum(v != math.inf for v in values)
+            if out["reached_target"] < len(values):
+                out[key] = float(np.median(values))
+                out[f"{key}_ci"] = None
+                continue
+        else:
+            values = [r[key] for r in rows]
+        mid, lo, hi = median_ci(values)
+        out[key], out[f"{key}_ci"] = mid, (None if lo is None else [lo, hi])
+    out["train_wall_s"] = float(np.median([r["train_wall_s"] for r in rows])) if rows[0]["train_wall_s"] else None
+    out["iterations"] = float(np.median([r["iterations"] for r in rows])) if rows[0]["iterations"] else None
+    out["pf_failures"] = int(sum(r["pf_failures"] for r in rows))
+    return out
+
+
+def _improvement(per_seed: dict[str, list[dict]], learner: str = "gradmap") -> dict[str, dict]:
+    """P(a run of ``learner`` scores lower than a run of each other method), on violation share and on cost."""
+    if learner not in per_seed:
+        return {}
+    mine = per_seed[learner]
+    result = {}
+    for other, rows in per_seed.items():
+        if other == learner:
+            continue
+        result[other] = {}
+        for key in ("violation_share", "cost"):
+            p, lo, hi = probability_of_improvement([r[key] for r in mine], [r[key] for r in rows])
+            result[other][key] = {"p": p, "ci": None if lo is None else [lo, hi]}
+    return result
+
+
 def _fmt(value, key: str) -> str:
-    if value is None:
-        return "not reached" if key == "time_to_target_s" else "-"
-    if key in ("violation_share", "gap_to_optimum"):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value == math.inf:
+        return "not reached"
+    if key == "violation_share":
         return f"{100 * value:.2f} %"
     if key in ("train_wall_s", "time_to_target_s"):
         return f"{value / 60:.1f} min"
+    if key == "probability":
+        return f"{value:.2f}"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return "0" if abs(value) < 1e-12 else f"{value:.4g}"  # float noise of an exact zero is no number
     return str(value)
 
 
-def _write_results(out: Path, rows: list[dict], header: dict) -> None:
-    atomic_write_text(json_text({**header, "results": rows}, indent=2), out / "results.json")
-    tmp = out / "results.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "results.csv")
+def _cell(row: dict, key: str) -> str:
+    if key not in row:
+        return "-"
+    text = _fmt(row[key], key)
+    ci = row.get(f"{key}_ci")
+    if ci is not None:
+        text += f" [{_fmt(ci[0], key)}, {_fmt(ci[1], key)}]"
+    if key == "time_to_target_s" and row.get("reached_target", 0) < len(row["seeds"]):
+        text += f" ({row['reached_target']}/{len(row['seeds'])} seeds)"
+    return text
+
+
+def provenance(jobs: int = 1) -> dict:
+    """What the numbers depend on: the date and time (UTC), the machine, the torch version and the git commit
+    of the code (``-dirty`` with uncommitted changes; "unknown" outside a git checkout)."""
+    import os
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_threads_per_method(jobs)} torch thread(s) "
+        "per trained method",
+        "torch": torch.__version__,
+        "commit": commit,
+    }
+
+
+def _run_provenance(out: Path, jobs: int) -> dict:
+    """`provenance` of the comparison in ``out``: as of its first start, with the commit of every later start
+    whose code differed appended (``a + b``: the run was continued, or its tables regenerated, with other code)."""
+    path = out / "provenance.json"
+    now = provenance(jobs)
+    if not path.is_file():
+        atomic_write_text(json_text(now, indent=2), path)
+        return now
+    saved = json.loads(path.read_text())
+    commits = saved["commit"].split(" + ")
+    if now["commit"] not in commits:
+        saved["commit"] = " + ".join([*commits, now["commit"]])
+        atomic_write_text(json_text(saved, indent=2), path)
+    return saved
+
+
+def _stamp(header: dict) -> str:
+    return (
+        f"{header['date']} | {header['machine']} | torch {header['torch']} | commit {header['commit']} | "
+        f"gridedge compare --preset {header['preset']} --seeds {','.join(map(str, header['seeds']))}"
+    )
+
+
+def _table(summary: list[dict], improvement: dict, header: dict) -> list[str]:
+    """The Markdown table and the probability of improvement (what README.md and docs/results.md hold)."""
+    n = len(header["seeds"])
+    task = f" ({', '.join(header['sim_set'])})" if header["sim_set"] else ""
     lines = [
-        f"# gridedge compare --preset {header['preset']}",
+        f"{header['feeder']}{task}, {header['agents']} agents, {header['minutes_per_method']:g} min of training per "
+        f"method and seed, {n} seed(s) ({', '.join(map(str, header['seeds']))}), {header['test_days']} test "
+        f"days per seed. Median over seeds [{100 * CONFIDENCE:.0f} % bootstrap interval].",
         "",
-        f"{header['feeder']}, {header['agents']} agents, {header['minutes_per_method']:g} min of training per "
-        f"method ({header['jobs']} at a time), {header['test_days']} test days; machine: {header['machine']}; "
-        f"{header['date']}.",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| method | training iterations | " + " | ".join(HEADINGS[k] for k in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
     ]
-    for row in rows:
-        cells = [_fmt(row[k], k) if (k != "time_to_target_s" or row["kind"] == "trained") else "-" for k in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    speed = header.get("gradmap_speedup_over_gradma")
-    if speed:
+    for row in summary:
+        iterations = f"{row['iterations']:.0f}" if row["iterations"] else "-"
+        lines.append(f"| {row['method']} | {iterations} | " + " | ".join(_cell(row, k) for k in METRICS) + " |")
+    if improvement:
         lines += [
             "",
-            "Speed-up of GradMAP over GradMA (GradMA's training time to a level of test cost and violation "
-            "share over GradMAP's, from the periodic evaluations):",
+            "Probability that a GradMAP run beats a run of each method [95 % bootstrap interval]:",
+            "",
+            "| against | lower violation share | lower cost |",
+            "|---|---|---|",
         ]
-        for key, whose in (
-            ("at_slow_final", "GradMA's final level"),
-            ("at_fast_final", "GradMAP's final level"),
-            ("at_slow_final_share", "GradMA's final violation share at any cost"),
-        ):
-            e = speed[key]
-            cost = f"{e['level_cost']:.4g} $/day, " if e["level_cost"] is not None else ""
-            level = (
-                f"- at {whose} ({cost}{100 * e['level_violation_share']:.2f} %): "
-                "GradMAP "
-                + (f"{e['fast_s'] / 60:.1f} min" if e["fast_s"] else "never")
-                + ", GradMA "
-                + (f"{e['slow_s'] / 60:.1f} min" if e["slow_s"] is not None else "never")
-            )
-            if e["speedup"] is not None:
-                level += f": {e['speedup']:.2f}x"
-            elif "speedup_at_least" in e:
-                level += f": at least {e['speedup_at_least']:.2f}x"
-            lines.append(level)
+        for other, p in improvement.items():
+            cells = [
+                _fmt(p[k]["p"], "probability") + (f" [{p[k]['ci'][0]:.2f}, {p[k]['ci'][1]:.2f}]" if p[k]["ci"] else "")
+                for k in ("violation_share", "cost")
+            ]
+            lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Generated by `{_stamp(header).split(' | ')[-1]}`: {header['date']}, {header['machine']}, "
+        f"torch {header['torch']}, commit {header['commit']}.",
+    ]
+    return lines
+
+
+def _write_results(
+    out: Path, summary: list[dict], per_seed: dict[str, list[dict]], improvement: dict, header: dict
+) -> str:
+    """results.json, results.csv (summary), results_per_seed.csv, results.md and results_snippet.md; returns
+    the snippet."""
+    atomic_write_text(
+        json_text(
+            {**header, "results": summary, "per_seed": per_seed, "probability_of_improvement": improvement}, indent=2
+        ),
+        out / "results.json",
+    )
+    columns = (
+        ["method", "kind", "seeds"]
+        + [c for k in METRICS for c in (k, f"{k}_lo", f"{k}_hi")]
+        + ["reached_target", "train_wall_s", "iterations", "pf_failures", "date", "machine", "torch", "commit"]
+    )
+    for name, rows, fields in (
+        ("results.csv", summary, columns),
+        (
+            "results_per_seed.csv",
+            [r for rs in per_seed.values() for r in rs],
+            list(PER_SEED_COLUMNS) + ["date", "machine", "torch", "commit"],
+        ),
+    ):
+        tmp = out / f"{name}.tmp"
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                flat = {**row, **{k: header[k] for k in ("date", "machine", "torch", "commit")}}
+                if "seeds" in flat:
+                    flat["seeds"] = " ".join(map(str, flat["seeds"]))
+                for k in METRICS:
+                    ci = row.get(f"{k}_ci")
+                    flat[f"{k}_lo"], flat[f"{k}_hi"] = ci if ci else (None, None)
+                writer.writerow(flat)
+        tmp.replace(out / name)
+    table = _table(summary, improvement, header)
+    snippet = "\n".join(table) + "\n"
+    atomic_write_text(snippet, out / "results_snippet.md")
+    lines = [f"# gridedge compare --preset {header['preset']}", "", *table]
+    speed = header.get("gradmap_speedup_over_gradma")
+    if speed:
+        e = speed["at_slow_final_share"]
+        lines += [
+            "",
+            "Speed-up of GradMAP over GradMA (first seed; time to GradMA's final violation share): "
+            + (f"{e['speedup']:.2f}x" if e["speedup"] is not None else _not_reached(e))
+            + ".",
+        ]
     if header.get("skipped"):
         lines += ["", "Not run (not available in this installation): " + ", ".join(header["skipped"])]
     lines += [
         "",
-        "`env_steps_per_s`: environment steps (one feeder-wide step of one day, all agents acting) simulated "
-        f"per second of training; times {header['agents']} for agent-steps per second.",
-    ]
-    lines += [
-        "",
-        "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time_to_target_s`, on the "
-        f"{header['curve_days']} periodic evaluation days). Figures: learning_curves.png, "
-        "voltage_envelopes.png, device_power.png, feeder_map.png.",
+        f"Trained methods: {header['jobs']} trained at a time. Per-seed numbers: results_per_seed.csv.",
+        "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time to target`, training wall "
+        f"time, on the {header['curve_days']} validation days of the periodic evaluations; 'not reached' when a "
+        "run never gets there). Worst excursion: the largest distance "
+        "of a node voltage outside 0.95-1.05 pu. Device violation: the devices' own constraint violations "
+        "(comfort, state of charge), per agent-step.",
+        "Figures: learning_curves.png, cost_vs_violation.png, voltage_envelopes.png, device_power.png, feeder_map.png.",
     ]
     atomic_write_text("\n".join(lines) + "\n", out / "results.md")
+    return snippet
+
+
+def _not_reached(entry: dict) -> str:
+    """Which run of a `speedup_to_level` entry never reached its level."""
+    runs = [name for name, key in (("GradMAP", "fast_s"), ("GradMA", "slow_s")) if entry[key] is None]
+    return "not reached by " + " and ".join(runs)
+
+
+def snippet_parts(path: Path, preset: str) -> tuple[str, str]:
+    """The text of ``path`` before the line ``<!-- results:PRESET:begin -->`` (included) and after the line
+    ``<!-- results:PRESET:end -->`` (included); an error names the file when the markers are missing or out of
+    order (checked before a comparison starts, so that a long run is not lost to a typo)."""
+    path = Path(path)
+    begin, end = f"<!-- results:{preset}:begin -->", f"<!-- results:{preset}:end -->"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"--snippet: cannot read {path}: {exc.strerror}") from None
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{path} needs one {begin} line followed by one {end} line around the results table")
+    before, rest = text.split(begin)
+    return before + begin + "\n", end + rest.split(end)[1]
+
+
+def write_snippet(snippet: str, path: Path, preset: str) -> None:
+    """Replace the table between the ``results:PRESET`` markers of ``path`` (README.md, docs/results.md) with
+    ``snippet``, a run's results_snippet.md."""
+    before, after = snippet_parts(path, preset)
+    atomic_write_text(before + snippet + after, path)
 
 
 def _threads_per_method(jobs: int) -> int:
@@ -412,20 +659,13 @@ def _threads_per_method(jobs: int) -> int:
     return torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _machine(jobs: int) -> str:
-    import os
-    import platform
-
-    return (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {_threads_per_method(jobs)} "
-        "torch thread(s) per trained method"
-    )
-
-
-def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_name: str) -> list[Path]:
+def _plots(
+    out: Path, sim, traces: dict, curves: dict, validation: dict[str, dict], per_seed: dict, header: dict
+) -> list[Path]:
     from gridedge_env.network import Feeder, load_feeder
     from gridedge_run import plots
 
+    stamp = _stamp(header)
     step_h = sim.dt_h
     title = f"{sim.config.feeder if isinstance(sim.config.feeder, str) else 'feeder'}, {sim.n_agents} agents"
     node_phase = [int(nm.rsplit(".", 1)[1]) for nm in sim.node_names]
@@ -436,27 +676,45 @@ def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_
     edges = [(line.terminal1.bus, line.terminal2.bus) for line in feeder.lines]
     edges += [(t.windings[0].terminal.bus, w.terminal.bus) for t in feeder.transformers for w in t.windings[1:]]
     kinds = [name for name, s in sim.agent_slices.items() for _ in range(s.stop - s.start)]
-    return [
+    day = int(next(iter(traces.values()))["day"]) if traces else None
+    envelope = {m: traces[m] for m in ("gradmap", "noop", "oracle") if m in traces} or traces
+    figures = [
         plots.learning_curves(
-            curves, references, out / "learning_curves.png", title=f"gridedge compare --preset {preset_name}: {title}"
+            curves,
+            validation,
+            out / "learning_curves.png",
+            title=f"gridedge compare --preset {header['preset']}: {title}",
+            stamp=stamp,
         ),
-        plots.voltage_envelopes(
-            traces,
-            node_phase,
-            (sim.config.v_min_pu, sim.config.v_max_pu),
-            step_h,
-            out / "voltage_envelopes.png",
-            title=f"Per-phase voltage envelopes, test day {int(next(iter(traces.values()))['day'])}"
-            f" ({title}; dashed: limits)",
+        plots.cost_vs_violation(
+            per_seed,
+            out / "cost_vs_violation.png",
+            title=f"Test cost against voltage violations, one marker per method and seed ({title})",
+            stamp=stamp,
         ),
-        plots.device_power(
-            traces,
-            slices,
-            rating,
-            step_h,
-            out / "device_power.png",
-            title=f"Device power by type, normalised by total rating ({title})",
-        ),
+    ]
+    if traces:
+        figures += [
+            plots.voltage_envelopes(
+                envelope,
+                node_phase,
+                (sim.config.v_min_pu, sim.config.v_max_pu),
+                step_h,
+                out / "voltage_envelopes.png",
+                title=f"Per-phase voltage envelopes, test day {day} ({title}; dashed: limits)",
+                stamp=stamp,
+            ),
+            plots.device_power(
+                traces,
+                slices,
+                rating,
+                step_h,
+                out / "device_power.png",
+                title=f"Device power by type, normalised by total rating, and the price, test day {day} ({title})",
+                stamp=stamp,
+            ),
+        ]
+    figures.append(
         plots.feeder_map(
             bus_xy,
             edges,
@@ -465,8 +723,10 @@ def _plots(out: Path, sim, traces: dict, curves: dict, references: dict, preset_
             kinds,
             out / "feeder_map.png",
             title=f"{title}: agents by type (colour) and phase (marker)",
-        ),
-    ]
+            stamp=stamp,
+        )
+    )
+    return figures
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -478,23 +738,26 @@ def _set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_all(trained: list[str], preset: Preset, out: Path, jobs: int, announce) -> dict[str, dict]:
-    """Train every method; with ``jobs > 1``, that many at a time in worker processes, each with an equal share
-    of the CPU cores as torch threads (every method still gets the same wall-clock budget and resources)."""
+def _train_all(
+    trained: list[str], seeds: list[int], preset: Preset, out: Path, jobs: int, show: bool, announce
+) -> dict[tuple[str, int], dict]:
+    """Train every method once per seed; with ``jobs > 1``, that many at a time in worker processes, each with an
+    equal share of the CPU cores as torch threads (every run still gets the same wall-clock budget and
+    resources) and no progress bar."""
+    runs = [(m, s) for s in seeds for m in trained]
     if jobs == 1:
         summaries = {}
-        for m in trained:
-            announce(f"{m}: training for {preset.minutes:g} min", preset.minutes * 60)
-            summaries[m] = _train(m, preset, preset.minutes, out)
+        for m, s in runs:
+            announce(f"{m} seed {s}: training for {preset.minutes:g} min")
+            summaries[(m, s)] = _train(m, s, preset, out, show)
         return summaries
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     threads = _threads_per_method(jobs)
     announce(
-        f"training {', '.join(trained)}: {jobs} at a time, {threads} torch thread(s) each, "
-        f"{preset.minutes:g} min per method",
-        preset.minutes * 60,
+        f"training {len(runs)} runs ({', '.join(trained)} x seeds {seeds}): {jobs} at a time, {threads} torch "
+        f"thread(s) each, {preset.minutes:g} min per run"
     )
     # spawn, not fork: a forked child would inherit this process's torch thread pools
     with ProcessPoolExecutor(
@@ -503,8 +766,8 @@ def _train_all(trained: list[str], preset: Preset, out: Path, jobs: int, announc
         initializer=_set_torch_threads,
         initargs=(threads,),
     ) as pool:
-        futures = {m: pool.submit(_train, m, preset, preset.minutes, out) for m in trained}
-        return {m: futures[m].result() for m in trained}
+        futures = {run: pool.submit(_train, *run, preset, out, False) for run in runs}
+        return {run: futures[run].result() for run in runs}
 
 
 def run_compare(
@@ -513,12 +776,24 @@ def run_compare(
     minutes: float | None = None,
     methods: list[str] | None = None,
     jobs: int = 1,
+    seeds: list[int] | None = None,
+    show: bool = False,
+    quiet: bool = False,
     device: str = "cpu",
 ) -> dict:
     """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``.
 
-    ``jobs``: trained methods run this many at a time (each with ``cpu_count // jobs`` torch threads).
-    ``device``: where every method trains and is evaluated (a ValueError names a device this machine lacks)."""
+    Args:
+        preset_name: A key of `PRESETS`.
+        out: The comparison directory (rerun with the same options to continue it).
+        minutes: Training budget per method and seed (default: the preset's).
+        methods: A subset of the methods (default: the preset's).
+        jobs: Trained runs at a time (each with ``cpu_count // jobs`` torch threads).
+        seeds: Seeds (default: the preset's); every trained method is trained once per seed.
+        show: Draw progress bars on stderr (`gridedge_run.progress.show_progress`).
+        quiet: No stage messages on stderr either.
+        device: Where every method trains and is evaluated (a ValueError names a device this machine lacks).
+    """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; presets: {sorted(PRESETS)}")
     from gridedge_env.core import check_device
@@ -531,7 +806,11 @@ def run_compare(
         preset = dataclasses.replace(preset, minutes=float(minutes))
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
-    wanted = list(methods) if methods else list(TRAINED_METHODS + REFERENCE_METHODS)
+    seeds = sorted(set(seeds)) if seeds else list(preset.seeds)
+    if any(not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"--seeds must be non-negative integers, got {seeds}")
+    _say.quiet = quiet
+    wanted = list(methods) if methods else list(preset.methods or TRAINED_METHODS + REFERENCE_METHODS)
     unknown = [m for m in wanted if m not in TRAINED_METHODS + REFERENCE_METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {list(TRAINED_METHODS + REFERENCE_METHODS)}")
@@ -543,7 +822,7 @@ def run_compare(
     references = [m for m in REFERENCE_METHODS if m in wanted and m not in skipped]
 
     out = Path(out)
-    options = {"preset": preset_name, **dataclasses.asdict(preset), "methods": wanted, "jobs": jobs}
+    options = {"preset": preset_name, **dataclasses.asdict(preset), "methods": wanted, "jobs": jobs, "seeds": seeds}
     for sub in ("runs", "eval", "traces"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     saved_path = out / "compare.json"
@@ -554,71 +833,91 @@ def run_compare(
     else:
         atomic_write_text(json.dumps(options, indent=2), saved_path)
 
+    run_provenance = _run_provenance(out, jobs)
     started = time.monotonic()
-    n_stages = (len(trained) if jobs == 1 else min(len(trained), 1)) + len(wanted) - len(skipped)
+    n_train = len(trained) * len(seeds)
+    n_stages = (n_train if jobs == 1 else min(n_train, 1)) + len(seeds) * (len(trained) + len(references))
+    n_stages += len(references) if trained else 0  # the references on the validation days
     stage = 0
 
-    def announce(text: str, budget_s: float) -> None:
+    def announce(text: str) -> None:
         nonlocal stage
         stage += 1
-        left = max(math.ceil(len(trained) / jobs) - (stage - 1), 0) * preset.minutes * 60
+        left = max(math.ceil(n_train / jobs) - (stage - 1), 0) * preset.minutes * 60
         _say(
             f"{stage}/{n_stages} {text} | elapsed {fmt_time(time.monotonic() - started)} | "
             f"training time left about {fmt_time(left)}"
         )
 
-    summaries = _train_all(trained, preset, out, jobs, announce)
+    summaries = _train_all(trained, seeds, preset, out, jobs, show, announce)
 
     results = {}
-    optimum_curve_cost = None
-    for m in trained + references:
-        announce(f"{m}: evaluating on {preset.test_days or 'all'} test days", 0.0)
-        results[m] = _evaluate(m, preset, out, preset.test_days)
-        r = results[m]
-        _say(
-            f"{m}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
-            f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}"
-        )
-    if "oracle" in references:
-        # the same days when the counts agree (both are evenly spaced over the test split): no second plan
-        optimum_curve_cost = (
-            results["oracle"]["cost"]
-            if preset.curve_days == preset.test_days
-            else _evaluate("oracle", preset, out, preset.curve_days, name="oracle_curve_days")["cost"]
-        )
+    for s in seeds:
+        for m in trained + references:
+            announce(f"{m} seed {s}: evaluating on {preset.test_days or 'all'} test days")
+            r = results[(m, s)] = _evaluate(m, s, preset, out, preset.test_days, show)
+            _say(
+                f"{m} seed {s}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
+                f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}"
+            )
+    # the references on the days of the learning curves: the periodic evaluations' validation days and
+    # household draws (evaluation seed 0)
+    validation = {}
+    if trained:
+        for m in references:
+            announce(f"{m}: evaluating on the {preset.curve_days} validation days of the learning curves")
+            validation[m] = _evaluate(m, 0, preset, out, preset.curve_days, show, split="validation")
+    optimum_curve_cost = validation["oracle"]["cost"] if "oracle" in validation else None
 
-    curves = {m: _learning_curve(out / "runs" / m) for m in trained}
-    optimum_cost = results["oracle"]["cost"] if "oracle" in results else None
-    rows = []
+    curves = {m: {s: _learning_curve(_run_dir(out, m, s)) for s in seeds} for m in trained}
+    per_seed = {}
     for m in trained + references:
-        ttt = (
-            time_to_target(curves[m], optimum_curve_cost) if (m in curves and optimum_curve_cost is not None) else None
-        )
-        rows.append(_row(m, results[m], optimum_cost, summaries.get(m), ttt))
+        per_seed[m] = [
+            _per_seed_row(
+                m,
+                s,
+                results[(m, s)],
+                summaries.get((m, s)),
+                time_to_target(curves[m][s], optimum_curve_cost)
+                if m in curves and optimum_curve_cost is not None
+                else None,
+            )
+            for s in seeds
+        ]
+    summary = [_summary_row(m, per_seed[m]) for m in trained + references]
+    improvement = _improvement(per_seed)
 
-    sim = make_sim(feeder=preset.feeder, n_agents=preset.agents, seed=preset.sim_seed, device=preset.device)
+    sim = make_sim(**preset.sim_options())
     plot_day = int(select_days("test", preset.test_days)[0])
-    _say(f"traces of test day {plot_day} and figures")
-    traces = {m: _trace(m, preset, sim, plot_day, out) for m in trained + references}
+    _say(f"traces of test day {plot_day} (seed {seeds[0]}) and figures")
+    traces = {m: _trace(m, seeds[0], preset, sim, plot_day, out, show) for m in trained + references}
     header = {
         "preset": preset_name,
         "feeder": preset.feeder,
         "agents": preset.agents,
+        "sim_set": list(preset.sim_set),
         "minutes_per_method": preset.minutes,
+        "seeds": seeds,
         "test_days": results[next(iter(results))]["days"] if results else 0,
         "curve_days": preset.curve_days,
-        "optimum_cost_curve_days": optimum_curve_cost,
-        "gradmap_speedup_over_gradma": speedup_to_level(curves["gradmap"], curves["gradma"])
+        "optimum_cost_validation_days": optimum_curve_cost,
+        "gradmap_speedup_over_gradma": speedup_to_level(curves["gradmap"][seeds[0]], curves["gradma"][seeds[0]])
         if {"gradmap", "gradma"} <= set(curves)
         else None,
-        "machine": _machine(jobs),
+        **run_provenance,
         "jobs": jobs,
-        "date": time.strftime("%Y-%m-%d"),
         "skipped": skipped,
         "wall_s": time.monotonic() - started,
     }
-    _write_results(out, rows, header)
-    refs = {m: {"cost": results[m]["cost"], "violation_share": results[m]["violation_share"]} for m in references}
-    figures = _plots(out, sim, traces, curves, refs, preset_name)
+    snippet = _write_results(out, summary, per_seed, improvement, header)
+    figures = _plots(out, sim, traces, curves, validation, per_seed, header)
     _say(f"done in {fmt_time(time.monotonic() - started)}: {out / 'results.md'}")
-    return {**header, "results": rows, "figures": [str(f) for f in figures], "out": str(out)}
+    return {
+        **header,
+        "results": summary,
+        "per_seed": per_seed,
+        "probability_of_improvement": improvement,
+        "snippet": snippet,
+        "figures": [str(f) for f in figures],
+        "out": str(out),
+    }

@@ -1,16 +1,19 @@
 """The comparison's figures (PNG, matplotlib's non-interactive Agg backend).
 
-- `learning_curves`: test cost and voltage-violation share against training wall time, every trained method
-  on one figure, with the references (rules, optimum) as horizontal lines;
-- `voltage_envelopes`: per method, the lowest and highest node voltage of each phase over one test day,
-  with the 0.95 / 1.05 pu limits;
+- `learning_curves`: cost and voltage-violation share on validation days against training wall time, every
+  trained method on one figure (median over seeds, interquartile band), with the references (rules, optimum)
+  on the same days as horizontal lines;
+- `cost_vs_violation`: test cost against violation share, one marker per method and seed;
+- `voltage_envelopes`: the lowest and highest node voltage of each phase over one test day, one panel per
+  phase, methods overlaid, with the 0.95 / 1.05 pu limits;
 - `device_power`: per method, the power of each device type over the same day, normalised by the type's
-  total rating;
+  total rating, with the price beside it;
 - `feeder_map`: the feeder's buses and lines at their coordinates, agents coloured by type and marked by
   phase.
 
 Each function takes plain numbers (what `gridedge_run.compare` stores on disk), writes one file and returns
-its path.
+its path. ``stamp`` (date, machine, torch version, commit) is printed under the figure and stored in the PNG's
+metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["device_power", "feeder_map", "learning_curves", "voltage_envelopes"]
+__all__ = ["cost_vs_violation", "device_power", "feeder_map", "learning_curves", "voltage_envelopes"]
 
 PHASE_COLOURS = {1: "tab:red", 2: "tab:green", 3: "tab:blue"}
 TYPE_COLOURS = {"battery": "tab:blue", "heatpump": "tab:orange", "generator": "tab:green"}
@@ -36,10 +39,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, stamp: str = "") -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    if stamp:
+        fig.text(0.5, -0.01, stamp, ha="center", va="top", fontsize=7, color="dimgrey")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Description": stamp} if stamp else None)
     tmp.replace(path)  # atomic: a half-written figure never replaces a good one
     _pyplot().close(fig)
     return path
@@ -50,35 +55,88 @@ def _grid(n: int):
     return math.ceil(n / cols), cols
 
 
+def _method_colours(methods) -> dict[str, str]:
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
 def learning_curves(
-    curves: dict[str, dict[str, list[float]]], references: dict[str, dict[str, float]], path: Path, title: str = ""
+    curves: dict[str, dict[int, dict[str, list[float]]]],
+    references: dict[str, dict],
+    path: Path,
+    title: str = "",
+    stamp: str = "",
 ) -> Path:
-    """curves: method -> {"wall_s", "cost", "violation_share"} lists (periodic test evaluations);
-    references: method -> {"cost", "violation_share"} (rules and optimum, evaluated on the same days)."""
+    """curves: method -> seed -> {"wall_s", "cost", "violation_share"} lists (periodic evaluations on
+    validation days); references: method -> {"cost", "violation_share"} on the same days (rules, optimum).
+
+    Each seed's curve is interpolated onto a common time grid (up to the shortest seed's last evaluation);
+    the line is the median over seeds and the band the interquartile range. The violation axis is linear,
+    from 0 %."""
     plt = _pyplot()
     fig, (ax_cost, ax_viol) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method, c in curves.items():
-        if not c["wall_s"]:
+    colours = _method_colours(list(curves) + list(references))
+    for method, by_seed in curves.items():
+        seeds = [c for c in by_seed.values() if c["wall_s"]]
+        if not seeds:
             continue
-        minutes = np.asarray(c["wall_s"]) / 60.0
-        ax_cost.plot(minutes, c["cost"], marker=".", label=method)
-        ax_viol.plot(minutes, 100.0 * np.asarray(c["violation_share"]), marker=".", label=method)
-    for i, (method, r) in enumerate(references.items()):
-        style = {"color": f"C{(len(curves) + i) % 10}", "linestyle": "--", "linewidth": 1.0}
-        ax_cost.axhline(r["cost"], label=f"{method} (reference)", **style)
-        ax_viol.axhline(100.0 * r["violation_share"], label=f"{method} (reference)", **style)
+        end = min(c["wall_s"][-1] for c in seeds)
+        start = max(c["wall_s"][0] for c in seeds)
+        grid = np.linspace(start, end, 50) if end > start else np.array([end])
+        for ax, key, scale in ((ax_cost, "cost", 1.0), (ax_viol, "violation_share", 100.0)):
+            ys = np.stack([np.interp(grid, c["wall_s"], c[key]) for c in seeds]) * scale
+            lo, mid, hi = np.percentile(ys, [25, 50, 75], axis=0)
+            ax.plot(
+                grid / 60.0,
+                mid,
+                color=colours[method],
+                marker="o" if grid.size == 1 else None,  # a single evaluation is a point, not a line
+                label=f"{method} (median of {len(seeds)} seeds)",
+            )
+            if len(seeds) > 1:
+                ax.fill_between(grid / 60.0, lo, hi, color=colours[method], alpha=0.25, linewidth=0)
+    for method, result in references.items():
+        style = {"color": colours[method], "linestyle": "--", "linewidth": 1.0}
+        for ax, key, scale in ((ax_cost, "cost", 1.0), (ax_viol, "violation_share", 100.0)):
+            ax.axhline(scale * result[key], label=f"{method} (reference)", **style)
     ax_viol.axhline(0.5, color="black", linestyle=":", linewidth=1.0, label="target 0.5 %")
-    ax_cost.set(xlabel="training wall time, min", ylabel="test cost, $ per day (all agents)", title="Cost on test days")
+    ax_cost.set(
+        xlabel="training wall time, min", ylabel="cost, $ per day (all agents)", title="Cost on validation days"
+    )
     ax_viol.set(
         xlabel="training wall time, min",
         ylabel="node-steps outside 0.95-1.05 pu, %",
-        title="Voltage violations on test days",
+        title="Voltage violations on validation days",
     )
-    ax_viol.set_yscale("symlog", linthresh=0.1)
+    ax_viol.set_ylim(bottom=0.0)
     ax_viol.legend(fontsize=7, loc="upper right")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, stamp)
+
+
+def cost_vs_violation(per_seed: dict[str, list[dict]], path: Path, title: str = "", stamp: str = "") -> Path:
+    """per_seed: method -> one {"cost", "violation_share"} per seed; one marker per method and seed (the
+    Pareto view: down and to the left is better)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colours = _method_colours(per_seed)
+    markers = "osD^vP*X<>"
+    for i, (method, rows) in enumerate(per_seed.items()):
+        ax.scatter(
+            [100.0 * r["violation_share"] for r in rows],
+            [r["cost"] for r in rows],
+            color=colours[method],
+            marker=markers[i % len(markers)],
+            s=36,
+            alpha=0.8,
+            label=method,
+        )
+    ax.set(xlabel="node-steps outside 0.95-1.05 pu, %", ylabel="test cost, $ per day (all agents)")
+    ax.set_xlim(left=0.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Test cost against voltage violations (one marker per method and seed)", fontsize=10)
+    return _save(fig, path, stamp)
 
 
 def voltage_envelopes(
@@ -88,32 +146,28 @@ def voltage_envelopes(
     step_hours: float,
     path: Path,
     title: str = "",
+    stamp: str = "",
 ) -> Path:
-    """traces: method -> {"v_mag_pu": [T, n] array}; node_phase: phase (1-3) of each node."""
+    """traces: method -> {"v_mag_pu": [T, n] array}; node_phase: phase (1-3) of each node. One panel per
+    phase, each method's band from the lowest to the highest node voltage of that phase at every step."""
     plt = _pyplot()
-    rows, cols = _grid(len(traces))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
     phase = np.asarray(node_phase)
-    for ax, (method, tr) in zip(axes.flat, traces.items(), strict=False):
-        v = np.asarray(tr["v_mag_pu"])
-        hours = np.arange(v.shape[0]) * step_hours
-        for ph in (1, 2, 3):
-            cols_ph = phase == ph
-            if not cols_ph.any():
-                continue
-            lo, hi = v[:, cols_ph].min(axis=1), v[:, cols_ph].max(axis=1)
-            ax.fill_between(hours, lo, hi, color=PHASE_COLOURS[ph], alpha=0.3, label=f"phase {'abc'[ph - 1]}")
+    phases = [ph for ph in (1, 2, 3) if (phase == ph).any()]
+    fig, axes = plt.subplots(1, len(phases), figsize=(4.6 * len(phases), 3.6), sharey=True, squeeze=False)
+    colours = _method_colours(traces)
+    for ax, ph in zip(axes[0], phases, strict=True):
+        for method, tr in traces.items():
+            v = np.asarray(tr["v_mag_pu"])[:, phase == ph]
+            hours = np.arange(v.shape[0]) * step_hours
+            ax.fill_between(hours, v.min(axis=1), v.max(axis=1), color=colours[method], alpha=0.3, label=method)
         for limit in v_limits:
             ax.axhline(limit, color="black", linestyle="--", linewidth=0.8)
-        ax.set_title(method, fontsize=9)
+        ax.set_title(f"phase {'abc'[ph - 1]}", fontsize=9)
         ax.set_xlabel("hour of day")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("voltage, pu (min-max over nodes)")
-    for ax in list(axes.flat)[len(traces) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower left")
+    axes[0, 0].set_ylabel("voltage, pu (min-max over the phase's nodes)")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title or "Per-phase voltage envelopes over a test day (dashed: limits)")
-    return _save(fig, path)
+    return _save(fig, path, stamp)
 
 
 def device_power(
@@ -123,9 +177,11 @@ def device_power(
     step_hours: float,
     path: Path,
     title: str = "",
+    stamp: str = "",
 ) -> Path:
-    """traces: method -> {"p_kw": [T, N] array}; type_slices: type -> (start, stop) on the agent axis;
-    type_rating_kw: type -> the sum of its agents' rated power (p_max_kw)."""
+    """traces: method -> {"p_kw": [T, N] array, optionally "price_per_kwh": [T]}; type_slices: type ->
+    (start, stop) on the agent axis; type_rating_kw: type -> the sum of its agents' rated power (p_max_kw).
+    The price is drawn on a second axis of every panel."""
     plt = _pyplot()
     rows, cols = _grid(len(traces))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
@@ -138,15 +194,30 @@ def device_power(
                     hours, p[:, start:stop].sum(axis=1) / type_rating_kw[name], color=TYPE_COLOURS.get(name), label=name
                 )
         ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_ylim(-1.05, 1.05)
+        if "price_per_kwh" in tr:
+            price_ax = ax.twinx()
+            price_ax.step(
+                hours,
+                np.asarray(tr["price_per_kwh"]),
+                where="post",
+                color="black",
+                linewidth=0.8,
+                linestyle=":",
+                label="price",
+            )
+            price_ax.set_ylim(bottom=0.0)
+            price_ax.set_ylabel("price, $/kWh", fontsize=7)
+            price_ax.tick_params(labelsize=7)
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("hour of day")
     for ax in axes[:, 0]:
         ax.set_ylabel("power / rated power (+ consumes)")
     for ax in list(axes.flat)[len(traces) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title or "Device power by type over a test day, normalised by the type's total rating")
-    return _save(fig, path)
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title or "Device power by type over a test day, normalised by the type's total rating (dotted: price)")
+    return _save(fig, path, stamp)
 
 
 def feeder_map(
@@ -157,6 +228,7 @@ def feeder_map(
     agent_type: list[str],
     path: Path,
     title: str = "",
+    stamp: str = "",
 ) -> Path:
     """Buses at their coordinates, lines between them, agents coloured by type and marked by phase; agents at
     the same bus are spread on a small circle around it so that they stay visible."""
@@ -200,4 +272,4 @@ def feeder_map(
     ax.set_yticks([])
     ax.legend(fontsize=7, loc="best", markerscale=1.5)
     ax.set_title(title or "Feeder and agents (colour: device type, marker: phase)")
-    return _save(fig, path)
+    return _save(fig, path, stamp)

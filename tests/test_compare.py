@@ -1,23 +1,36 @@
 """`gridedge compare`: the smoke preset writes every file with every method in the table and resumes (integration
-tier); argument errors and the time-to-target arithmetic (default suite)."""
+tier); argument errors, the statistics over seeds, the snippet, and the time-to-target and speed-up arithmetic
+(default suite)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 import time
 
+import numpy as np
 import pytest
 
 from gridedge_run.cli import main
-from gridedge_run.compare import PRESETS, REFERENCE_METHODS, TRAINED_METHODS, speedup_to_level, time_to_target
+from gridedge_run.compare import (
+    PRESETS,
+    REFERENCE_METHODS,
+    TRAINED_METHODS,
+    speedup_to_level,
+    time_to_target,
+    write_snippet,
+)
+from gridedge_run.progress import show_progress
+from gridedge_run.stats import median_ci, probability_of_improvement, seed_list
 
 
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "smoke"
     start = time.monotonic()
-    assert main(["compare", "--preset", "smoke", "--out", str(out), "--json"]) == 0
+    assert main(["compare", "--preset", "smoke", "--seeds", "0,1", "--out", str(out), "--json"]) == 0
     return out, time.monotonic() - start
 
 
@@ -29,7 +42,10 @@ def test_smoke_writes_every_file(smoke_dir):
         "results.md",
         "results.csv",
         "results.json",
+        "results_per_seed.csv",
+        "results_snippet.md",
         "learning_curves.png",
+        "cost_vs_violation.png",
         "voltage_envelopes.png",
         "device_power.png",
         "feeder_map.png",
@@ -49,34 +65,46 @@ def test_smoke_table_has_every_method_and_metric(smoke_dir):
     expected = [m for m in TRAINED_METHODS + REFERENCE_METHODS if m not in results["skipped"]]
     assert methods == expected
     for row in results["results"]:
-        assert row["n_agents"] == PRESETS["smoke"].agents
-        assert row["days"] == PRESETS["smoke"].test_days
+        assert row["seeds"] == [0, 1]
         if row["kind"] == "trained":
             assert row["train_wall_s"] > 0 and row["iterations"] >= 1
+    for method, rows in results["per_seed"].items():
+        assert [r["seed"] for r in rows] == [0, 1], method
+        for r in rows:
+            assert r["n_agents"] == PRESETS["smoke"].agents and r["days"] == PRESETS["smoke"].test_days
+    # every table entry is the median of its seeds
+    for row in results["results"]:
+        seeds_cost = [r["cost"] for r in results["per_seed"][row["method"]]]
+        assert row["cost"] == pytest.approx(float(np.median(seeds_cost)))
+    assert set(results["probability_of_improvement"]) == set(methods) - {"gradmap"}
     with (out / "results.csv").open() as f:
         assert [r["method"] for r in csv.DictReader(f)] == methods
     table = (out / "results.md").read_text()
     for m in methods:
         assert f"| {m} |" in table
+    assert (out / "results_snippet.md").read_text() in table
+    # time to target is read off validation days: the optimum was planned on them
+    assert (out / "eval" / "oracle" / "validation.json").is_file()
+    assert json.loads((out / "eval" / "oracle" / "validation.json").read_text())["split"] == "validation"
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(1800)
 def test_smoke_is_resumable(smoke_dir):
     out, first_s = smoke_dir
-    before = (out / "runs" / "gradmap" / "metrics.csv").read_text()
+    before = (out / "runs" / "gradmap" / "seed1" / "metrics.csv").read_text()
     start = time.monotonic()
-    assert main(["compare", "--preset", "smoke", "--out", str(out), "--json"]) == 0
+    assert main(["compare", "--preset", "smoke", "--seeds", "0-1", "--out", str(out), "--json"]) == 0
     # finished stages are skipped: no training, no evaluation, only the table and figures again
     assert time.monotonic() - start < 0.5 * first_s
-    assert (out / "runs" / "gradmap" / "metrics.csv").read_text() == before
+    assert (out / "runs" / "gradmap" / "seed1" / "metrics.csv").read_text() == before
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(1800)
 def test_other_options_in_the_same_dir_are_refused(smoke_dir, capsys):
     out, _ = smoke_dir
-    assert main(["compare", "--preset", "smoke", "--minutes", "0.2", "--out", str(out)]) == 2
+    assert main(["compare", "--preset", "smoke", "--seeds", "0,1", "--minutes", "0.2", "--out", str(out)]) == 2
     assert "other options" in capsys.readouterr().err
 
 
@@ -87,6 +115,15 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--minutes" in capsys.readouterr().err
     assert main(["compare", "--jobs", "0", "--out", str(tmp_path / "z")]) == 2
     assert "--jobs" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "4-1", "--out", str(tmp_path / "s")]) == 2
+    assert "--seeds expects" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "a,b", "--out", str(tmp_path / "s")]) == 2
+    assert "--seeds expects" in capsys.readouterr().err
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    assert main(["compare", "--snippet", str(readme), "--out", str(tmp_path / "n")]) == 2
+    assert "needs one <!-- results:quick:begin -->" in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()  # refused before anything ran
 
 
 @pytest.mark.integration
@@ -117,10 +154,11 @@ def test_parallel_training_jobs(tmp_path):
     )
     results = json.loads((out / "results.json").read_text())
     assert results["jobs"] == 2 and [r["method"] for r in results["results"]] == ["gradmap", "gradma", "noop"]
-    for row in results["results"][:2]:
+    for method in ("gradmap", "gradma"):
+        (row,) = results["per_seed"][method]
         assert row["iterations"] >= 1 and row["env_steps_per_s"] > 0
-        assert (out / "runs" / row["method"] / "policies.pt").is_file()
-    assert "(2 at a time)" in (out / "results.md").read_text()
+        assert (out / "runs" / method / "seed0" / "policies.pt").is_file()
+    assert "2 trained at a time" in (out / "results.md").read_text()
 
 
 def test_time_to_target():
@@ -137,10 +175,80 @@ def test_speedup_to_level():
     # the cost is 110 $)
     assert result["at_slow_final"]["fast_s"] == 30.0 and result["at_slow_final"]["slow_s"] == 90.0
     assert result["at_slow_final"]["speedup"] == 3.0
-    # fast's final level (100 $, 0.4 %): slow never gets there, so only a bound: 90 s / 30 s
+    # fast's final level (100 $, 0.4 %): slow never gets there: "not reached", no ratio of budgets
     never = result["at_fast_final"]
-    assert never["slow_s"] is None and never["speedup"] is None and never["speedup_at_least"] == 3.0
+    assert never == {
+        "level_cost": 100.0,
+        "level_violation_share": 0.004,
+        "fast_s": 30.0,
+        "slow_s": None,
+        "speedup": None,
+    }
     # slow's final share (0.5 %) at any cost: fast already at 20 s (0.5 %), slow at 90 s
     share_only = result["at_slow_final_share"]
     assert share_only["fast_s"] == 20.0 and share_only["slow_s"] == 90.0 and share_only["speedup"] == 4.5
     assert speedup_to_level({"wall_s": [], "cost": [], "violation_share": []}, slow) is None
+
+
+def test_seed_list():
+    assert seed_list("0-4") == [0, 1, 2, 3, 4]
+    assert seed_list("3,1,3") == [1, 3]
+    assert seed_list("0-1,5") == [0, 1, 5]
+    for bad in ("", "x", "2-1", "-1", "1.5"):
+        with pytest.raises(ValueError, match="--seeds expects"):
+            seed_list(bad)
+
+
+def test_median_ci():
+    mid, lo, hi = median_ci([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert mid == 3.0 and 1.0 <= lo < mid < hi <= 5.0
+    assert median_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # no spread: a degenerate interval
+    assert median_ci([7.0]) == (7.0, None, None)  # one seed: no interval
+
+
+def test_probability_of_improvement_counts_pairs():
+    # x below y in 3 + 3 + 2 of 9 pairs, and one tie (3 vs 3) counting one half: (8 + 0.5) / 9
+    p, lo, hi = probability_of_improvement([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert p == pytest.approx(8.5 / 9)
+    assert lo <= p <= hi <= 1.0
+    assert probability_of_improvement([1.0, 1.0], [1.0, 1.0])[0] == 0.5
+    assert probability_of_improvement([5.0, 6.0], [1.0, 2.0])[0] == 0.0
+
+
+def test_write_snippet(tmp_path):
+    path = tmp_path / "README.md"
+    other = "<!-- results:paper:begin -->\npaper table\n<!-- results:paper:end -->\n"
+    path.write_text(f"intro\n<!-- results:quick:begin -->\nold table\n<!-- results:quick:end -->\n{other}after\n")
+    write_snippet("| new | table |\n", path, "quick")
+    expected = f"intro\n<!-- results:quick:begin -->\n| new | table |\n<!-- results:quick:end -->\n{other}after\n"
+    assert path.read_text() == expected  # the other preset's table is left alone
+    with pytest.raises(ValueError, match="README.md needs one <!-- results:smoke:begin -->"):
+        write_snippet("x\n", path, "smoke")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_off_without_a_terminal_or_with_quiet(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert show_progress(quiet=False) is False
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert show_progress(quiet=True) is False
+    assert show_progress(quiet=False) is True
+
+
+def test_bars_go_to_stderr_and_json_stays_one_object(monkeypatch, capsys):
+    """On a terminal the evaluation draws a bar on stderr; stdout holds the one JSON object of --json."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    args = ["evaluate", "--method", "noop", "--feeder", "ieee13", "--agents", "5", "--days", "2", "--batch", "1"]
+    assert main(args + ["--json"]) == 0
+    json.loads(capsys.readouterr().out)
+    assert "evaluate" in terminal.getvalue() and "2/2" in terminal.getvalue()
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main(args + ["--json", "--quiet"]) == 0
+    json.loads(capsys.readouterr().out)
+    assert quiet.getvalue() == ""

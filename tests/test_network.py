@@ -661,7 +661,7 @@ def test_readme_set_up_commands_and_ci_agree() -> None:
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^pip install .*$", quick, flags=re.M)
     assert commands == [
-        "pip install torch==2.13.0 && pip install -e . && gridedge compare --preset smoke --out runs/smoke",
+        "pip install torch==2.13.0 && pip install -e . && gridedge compare --preset quick --jobs 2 --out runs/quick",
         'pip install torch==2.13.0 && pip install -e ".[test,render,sb3,torchrl,rllib]" && python -m pytest -q',
     ]
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
