@@ -45,10 +45,21 @@ def _emit(result: dict, as_json: bool) -> None:
         print(json_text(result))
         return
     for key, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            print(_markdown_table(value))  # rows of a table (bench scaling)
+            continue
         if isinstance(value, float):
             value = f"{value:.6g}"
         if not isinstance(value, (list, dict)):
             print(f"{key:>32}: {value}")
+
+
+def _markdown_table(rows: list[dict]) -> str:
+    """Rows with the same keys as a Markdown table (floats to 3 significant digits)."""
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(cell(row[k]) for k in rows[0]) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _cmd_validate(args) -> dict:
@@ -81,6 +92,11 @@ def _cmd_bench(args) -> dict:
         return bench_sim(
             args.feeder, n_agents=args.agents, batch=batch, seed=args.seed, device=args.device, dtype=dtype
         )
+    if args.what == "scaling":
+        from gridedge_env.validation import bench_scaling
+
+        feeders = [name.strip() for name in args.feeders.split(",") if name.strip()]
+        return bench_scaling(feeders, batch=32 if args.batch is None else args.batch, seed=args.seed)
     from gridedge_env.validation import bench_gradient, bench_powerflow, resolve_feeder
 
     feeder, _ = resolve_feeder(args.feeder)
@@ -105,16 +121,22 @@ def add_env_commands(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that report ratios against a reference measured in the same run")
     p.add_argument(
         "what",
-        choices=["powerflow", "gradient", "sim", "env"],
+        choices=["powerflow", "gradient", "sim", "env", "scaling"],
         help="sim: agent-steps per second of 48-step rollouts, forward and forward + backward; "
-        "env: steps per second of the PettingZoo parallel env",
+        "env: steps per second of the PettingZoo parallel env; "
+        "scaling: power-flow memory and time per feeder (a table over --feeders)",
     )
     p.add_argument("--feeder", default="ieee123")
+    p.add_argument(
+        "--feeders",
+        default="ieee13,ieee34,ieee123,ieee8500",
+        help="(scaling only) comma-separated shipped feeder names or model paths",
+    )
     p.add_argument(
         "--batch",
         type=int,
         default=None,
-        help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim)",
+        help="batch size (default 1024, 32 on feeders of over 3,000 nodes; 32 for sim and scaling)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -712,13 +712,9 @@ class Sim:
         device_cost = torch.cat(cost_parts, dim=1)
         device_violation = torch.cat(viol_parts, dim=1)
 
-        inj_p = (-state.pv_kw[:, t]).index_add(1, self.agent_node, p_kw)  # [B, J], positive = consumption
         r = powerflow.solve(
             c,
-            load_p_kw=state.load_p_kw[:, t],
-            load_q_kvar=state.load_q_kvar[:, t],
-            injection_p_kw=inj_p,
-            injection_q_kvar=torch.zeros_like(inj_p.detach()),
+            **self.powerflow_inputs(state, p_kw),
             v_init=state.v_active_pu,
             tol=self._pf_tol,
             max_iter=self.config.pf_max_iter,
@@ -765,6 +761,19 @@ class Sim:
             iterations=r.iterations,
             truncated=next_state.t == self.n_steps,
         )
+
+    def powerflow_inputs(self, state: State, p_kw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The power flow's inputs at step ``state.t`` (keyword arguments of `powerflow.solve`): the feeder
+        loads [B, n_loads] (kW, kvar) and, at every load node, the agents' power ``p_kw`` [B, N] less the
+        rooftop PV [B, J] (kW, positive = consumption; no reactive power)."""
+        t = state.t
+        inj_p = (-state.pv_kw[:, t]).index_add(1, self.agent_node, p_kw)
+        return {
+            "load_p_kw": state.load_p_kw[:, t],
+            "load_q_kvar": state.load_q_kvar[:, t],
+            "injection_p_kw": inj_p,
+            "injection_q_kvar": torch.zeros_like(inj_p.detach()),
+        }
 
     def _terminal(self, state: State, next_dev: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Terminal shortfall and its cost [B, N] of the step from ``state`` (zeros unless it is the last).

@@ -12,7 +12,8 @@ Rules (``docs/simulator.md`` states them with examples):
   puts half on each of its two nodes). Neutral and ground conductors get nothing. The result is the
   *spot kW of each load node*; the power flow's injection nodes are exactly these nodes.
 - **Hosting rule.** A feeder hosts at most ``floor(total spot kW / min_spot_kw_per_agent)`` agents (default
-  one agent per kW of spot load: IEEE-13 3,466, IEEE-34 1,769, IEEE-123 3,490). More is a ``ValueError``.
+  one agent per kW of spot load: IEEE-13 3,466, IEEE-34 1,769, IEEE-123 3,490, IEEE-8500 10,773). More is a
+  ``ValueError``.
 - **Counts per node** are proportional to the node's spot kW by *systematic sampling*: with weights ``w_j``
   (summing to 1) and one uniform offset ``u``, node ``j`` gets the number of points ``(u + k) / N``,
   ``k = 0..N-1``, that fall in its slice of the cumulative weights. Each node gets ``floor(N w_j)`` or

@@ -6,7 +6,10 @@ same run as its reference (OpenDSS solving the same operating points through Ope
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -222,14 +225,14 @@ def validate(
     }
 
 
-def _time(fn, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
-    """Seconds per call of fn, averaged over at least min_repeats calls and min_seconds."""
+def _time(fn, min_seconds: float = 1.0, min_repeats: int = 3, clock=time.perf_counter) -> float:
+    """Seconds (of `clock`) per call of fn, averaged over at least min_repeats calls and min_seconds."""
     fn()  # warm-up
-    n, start = 0, time.perf_counter()
-    while n < min_repeats or time.perf_counter() - start < min_seconds:
+    n, start = 0, clock()
+    while n < min_repeats or clock() - start < min_seconds:
         fn()
         n += 1
-    return (time.perf_counter() - start) / n
+    return (clock() - start) / n
 
 
 def bench_powerflow(
@@ -400,4 +403,73 @@ def bench_gradient(
         "fd_step_kw": fd_step_kw,
         "fd_checks": checks,
         "cpu_count": os.cpu_count(),
+    }
+
+
+def bench_scaling(feeders: list[str], batch: int = 32, seed: int = 0, threads: int = 1) -> dict:
+    """Memory and time of the power flow against the feeder's size: one row per feeder, each measured in a
+    fresh process (so that its peak memory is its own).
+
+    Per feeder: nodes n, active (loaded) nodes m, nonzeros of Y's sparse LU factors, the compiled tensors'
+    size (dominated by the dense m x m Z_TT), the size a dense complex n x n Z would have, compile CPU
+    seconds, and, on `batch` operating points from `draw_operating_points`, CPU seconds per operating point of
+    the forward solve and of the backward (gradient of the summed voltage magnitudes w.r.t. every input),
+    the mean fixed-point iterations, and the process's peak resident memory above what it held after its
+    imports (Linux `ru_maxrss`). CPU seconds with `threads` intra-op threads: the steadier measure on a shared
+    machine.
+    """
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for name in feeders:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            rows.append(pool.submit(_scaling_row, name, batch, seed, threads).result())
+    return {"batch": batch, "threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__, "rows": rows}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def _scaling_row(name: str, batch: int, seed: int, threads: int) -> dict:
+    """One row of `bench_scaling`, in the process that calls it."""
+    torch.set_num_threads(threads)
+    feeder, _ = resolve_feeder(name)
+    rss_start = _peak_rss_mb()
+    start = time.process_time()
+    compiled = powerflow.compile(feeder)
+    compile_s = time.process_time() - start
+    rss_compiled = _peak_rss_mb()
+    inputs = draw_operating_points(compiled, batch, seed).torch(compiled)
+
+    def forward():
+        return powerflow.solve(compiled, **inputs)
+
+    def forward_backward():
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        powerflow.solve(compiled, **leaves).v_mag_pu.sum().backward()
+
+    result = forward()
+    t_forward = _time(forward, min_seconds=2.0, min_repeats=1, clock=time.process_time)
+    t_both = _time(forward_backward, min_seconds=2.0, min_repeats=1, clock=time.process_time)
+    n, m = len(compiled.node_names), compiled.w_active.shape[0]
+    tensor_bytes = sum(
+        getattr(compiled, f).nbytes
+        for f in compiled.__dataclass_fields__
+        if isinstance(getattr(compiled, f), torch.Tensor)
+    )
+    return {
+        "feeder": feeder.name,
+        "nodes": n,
+        "loads": compiled.n_loads,
+        "active_nodes": m,
+        "factor_nnz": compiled.factor_nnz,
+        "compiled_tensors_mb": tensor_bytes / 2**20,
+        "dense_z_mb": n * n * 16 / 2**20,
+        "compile_cpu_s": compile_s,
+        "forward_cpu_ms_per_point": 1e3 * t_forward / batch,
+        "backward_cpu_ms_per_point": 1e3 * (t_both - t_forward) / batch,
+        "mean_iterations": float(result.iterations.double().mean()),
+        "all_converged": bool(result.converged.all()),
+        "compile_peak_mb": rss_compiled - rss_start,
+        "peak_mb": _peak_rss_mb() - rss_start,
     }

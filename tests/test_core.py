@@ -161,6 +161,27 @@ def test_hosting_rule(small):
     assert make_sim(feeder="ieee13", n_agents=10, min_spot_kw_per_agent=300.0).hosting_capacity == cap // 300
 
 
+@pytest.mark.slow
+def test_ieee8500_hosts_10000_agents_on_the_service_secondaries():
+    """10,000 agents on IEEE-8500 sit on the 120 V legs of the homes' service transformers (the load nodes),
+    in proportion to spot load, and one step with its gradient solves every row."""
+    s = make_sim(feeder="ieee8500", n_agents=10_000)
+    assert s.hosting_capacity == 10_773 and s.n_load_nodes == 2_354
+    feeder = s.compiled.feeder
+    home_buses = {ld.terminal.bus for ld in feeder.loads}
+    assert set(s.agent_bus) <= home_buses and set(s.agent_phase.tolist()) == {1, 2}
+    assert all(feeder.bus(bus).kv_base_ln < 0.2 for bus in home_buses)  # 120 V secondaries
+    counts = torch.bincount(s.agent_node, minlength=s.n_load_nodes).to(torch.float64)
+    expected = 10_000 * s.node_spot_kw / s.node_spot_kw.sum()
+    assert torch.all(counts >= torch.floor(expected)) and torch.all(counts <= torch.ceil(expected))
+    state = s.reset(2, seed=0)
+    actions = torch.zeros(2, 10_000, dtype=torch.float64, requires_grad=True)
+    r = s.step(state, actions)
+    assert bool(r.converged.all())
+    (r.cost.sum() + 1e3 * r.voltage_violation.sum()).backward()
+    assert bool(torch.isfinite(actions.grad).all())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Reset and step
 # ----------------------------------------------------------------------------------------------------------
@@ -670,9 +691,14 @@ def test_centralised_optimisation_removes_violations(sim):
 
 
 def test_bench_sim_small():
-    out = bench_sim("ieee13", n_agents=20, batch=2, repeats=1)
+    out = bench_sim("ieee13", n_agents=20, batch=2, repeats=1, opendss_points=6)
     assert out["n_agents"] == 20 and out["batch"] == 2 and out["steps"] == 48
     assert out["forward_agent_steps_per_s"] > 0 and out["forward_backward_agent_steps_per_s"] > 0
+    # OpenDSS solved six of the rollout's power flows, with the simulator's loads (nominal law), and agrees
+    assert out["opendss_points"] == 6 and out["opendss_converged"] == 6
+    assert out["max_abs_err_pu_vs_opendss"] < 1e-6
+    rollout = out["opendss_s_per_solve"] * 2 * 48
+    assert out["speedup_forward"] == pytest.approx(rollout / out["forward_s_per_rollout"])
 
 
 def test_cli_bench_sim_json(capsys):

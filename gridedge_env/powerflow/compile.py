@@ -12,6 +12,7 @@ All quantities are per unit of each node's line-to-neutral base voltage; current
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -74,7 +75,9 @@ class CompiledFeeder:
     v_base_v: torch.Tensor  # [n] line-to-neutral base voltage, volts
     active_nodes: torch.Tensor  # [m] node indices iterated on
     w_active: torch.Tensor  # [m] no-load voltages at active nodes, pu (complex)
-    z_active: torch.Tensor  # [m, m] Z_TT, pu (complex)
+    # [m, m] Z_TT, pu (complex): a transposed view of a contiguous Z_TT^T, so that the forward's `i @ Z^T` and
+    # the adjoint's `mu @ conj(Z)` (a conjugate-transpose of that storage) both run in BLAS without a copy
+    z_active: torch.Tensor
     w_all: torch.Tensor  # [n] no-load voltages, pu (complex)
     z_all_active: torch.Tensor | None  # [n, m] Z_:T, pu (complex); None on large feeders (see `recovery`)
     p_columns: torch.Tensor  # [e] load kW -> slot coefficients (rows N_ROWS x s, flattened): column ...
@@ -100,6 +103,7 @@ class CompiledFeeder:
     current_nodes: torch.Tensor  # [e] ... the voltage (V) at this node ...
     current_admittances: torch.Tensor  # [e] ... times this admittance (S), into this row
     recovery: SparseRecovery | None = None  # Z_:T products by sparse solves where z_all_active is None
+    factor_nnz: int = 0  # nonzeros of Y's sparse LU factors (L + U)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -124,6 +128,11 @@ class CompiledFeeder:
     def recover_adjoint(self, g: torch.Tensor) -> torch.Tensor:
         """Z_:T^H g for g [B, n], [B, m]."""
         return g @ self.z_all_active.conj() if self.recovery is None else self.recovery.adjoint(g)
+
+    @functools.cached_property
+    def z_active_single(self) -> torch.Tensor:
+        """`z_active` in single precision (same layout), for the adjoint's first steps; made once."""
+        return self.z_active.T.to(torch.complex64).T
 
     @property
     def n_rows(self) -> int:
@@ -343,10 +352,11 @@ def compile(
         v_base_v=as_r(v_base),
         active_nodes=as_i(active_np),
         w_active=as_c(w[active_np] / v_base[active_np]),
-        z_active=as_c(z_active),
+        z_active=as_c(np.ascontiguousarray(z_active.T)).T,
         w_all=as_c(w / v_base),
         z_all_active=as_c(z_all_active) if dense else None,
         recovery=None if dense else SparseRecovery(lu, v_base, active_np),
+        factor_nnz=int(lu.L.nnz + lu.U.nnz),
         p_columns=as_i([e[0] for e in p_entries]),
         p_loads=as_i([e[1] for e in p_entries]),
         p_weights=as_r([e[2] for e in p_entries]),

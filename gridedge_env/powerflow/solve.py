@@ -171,7 +171,7 @@ def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
     iterations [B])."""
     batch, m = v.shape
     w = c.w_active.expand(batch, m)
-    z_t = c.z_active.T.contiguous()
+    z_t = c.z_active.T  # contiguous (see CompiledFeeder.z_active)
     converged = torch.zeros(batch, dtype=torch.bool, device=v.device)
     failed = torch.zeros_like(converged)
     iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
@@ -455,7 +455,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         adjoint_tol, adjoint_max_iter = ctx.adjoint
         m = v.shape[1]
         has_delta = c.delta_from.numel() > 0
-        z_conj = c.z_active.conj().resolve_conj()
+        z_conj = c.z_active.conj()  # a lazy conjugate-transpose of contiguous storage: BLAS reads it as is
         mask = converged.unsqueeze(1)
         zero = torch.zeros((), dtype=v.dtype, device=v.device)
         if grad_mag is not None:  # d|v|: the real gradient g becomes the complex g v / |v|
@@ -502,7 +502,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
                 low(h_all),
                 low(h_all),
                 low(g_active),
-                low(z_conj),
+                c.z_active_single.conj(),
                 tuple(map(low, factors)),
                 _ADJOINT_SINGLE_TOL,
                 adjoint_max_iter,
