@@ -147,7 +147,7 @@ def slot_coefficients(c: CompiledFeeder, load_p_kw, load_q_kvar, injection_p_kw,
 
 def _fixed_point_map(c: CompiledFeeder, v: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """T(v) with ordinary autograd: the reference the implicit gradient is tested against (unrolled)."""
-    return c.w_active + _injected_current(c, v, coef) @ c.z_active.T
+    return c.w_active + _injected_current(c, v, coef) @ c.z_active_dense.T
 
 
 def _inverse_magnitude(v: torch.Tensor) -> torch.Tensor:
@@ -171,12 +171,11 @@ def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
     iterations [B])."""
     batch, m = v.shape
     w = c.w_active.expand(batch, m)
-    z_t = c.z_active.T  # contiguous (see CompiledFeeder.z_active)
     converged = torch.zeros(batch, dtype=torch.bool, device=v.device)
     failed = torch.zeros_like(converged)
     iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
     for _ in range(max_iter):
-        v_new = torch.addmm(w, _node_current(c, v, coef_t), z_t)
+        v_new = c.z_product(_node_current(c, v, coef_t), w)
         # largest change of a real or imaginary part (cheaper than the modulus, and within sqrt(2) of it)
         step = torch.view_as_real(v_new - v).abs().amax(dim=(1, 2))
         running = ~(converged | failed)
@@ -237,7 +236,7 @@ def _newton(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor, tol: float
     until the residual falls). Returns (v, converged, iterations); converged as the fixed point's test:
     every real and imaginary part of T(v) - v below tol."""
     batch, m = v.shape
-    z = c.z_active
+    z = c.z_active_dense
 
     def residual(x):
         f = torch.addmm(c.w_active.expand(x.shape[0], m), _node_current(c, x, coef_t), z.T) - x
@@ -366,9 +365,9 @@ _SINGLE_PRECISION = {torch.complex128: torch.complex64}
 
 
 def _adjoint_iteration(
-    c: CompiledFeeder, mu, h, g, z_conj, factors, tol: float, max_iter: int, scale=None, stop_at_rounding: bool = False
+    c: CompiledFeeder, mu, h, g, product, factors, tol: float, max_iter: int, scale=None, stop_at_rounding: bool = False
 ):
-    """Iterate `mu <- h + (J_i^T mu + g) Z^H` from mu; returns (mu, scale).
+    """Iterate `mu <- h + Z^H (J_i^T mu + g)` from mu (`product(x, h)` = `h + Z^H x`); returns (mu, scale).
 
     `factors` = (a, b) of the nodes and of the delta branches (or None): J_i^T mu = a mu + b conj(mu).
     The iteration contracts linearly, so with `d_k` the largest change of step k and `rho = d_k / d_(k-1)` the
@@ -384,7 +383,7 @@ def _adjoint_iteration(
             mb = _across(c, mu)
             gu = torch.addcmul(a_delta * mb, b_delta, mb.conj())
             _scatter_across(c, lam, gu)
-        mu_new = torch.addmm(h, lam.add_(g), z_conj)
+        mu_new = product(lam.add_(g), h)
         change = float(torch.view_as_real(mu_new - mu).abs().amax())
         mu = mu_new
         if change == 0.0:
@@ -455,7 +454,6 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         adjoint_tol, adjoint_max_iter = ctx.adjoint
         m = v.shape[1]
         has_delta = c.delta_from.numel() > 0
-        z_conj = c.z_active.conj()  # a lazy conjugate-transpose of contiguous storage: BLAS reads it as is
         mask = converged.unsqueeze(1)
         zero = torch.zeros((), dtype=v.dtype, device=v.device)
         if grad_mag is not None:  # d|v|: the real gradient g becomes the complex g v / |v|
@@ -469,9 +467,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             # their adjoint is solved directly, mu - Z^H (A' mu + B' conj(mu)) = h + Z^H g (see _newton)
             direct = newton.nonzero().flatten()
             big_a, big_b = _linearisation(c, v[direct], coef_t[:, direct])
-            z_h = z_conj.T
+            z_h = c.z_active_dense.mH
             mu_direct = _solve_conjugate_linear(
-                z_h @ big_a.conj(), z_h @ big_b, h_all[direct] + g_active[direct] @ z_conj
+                z_h @ big_a.conj(), z_h @ big_b, c.z_adjoint_product(g_active[direct], h_all[direct])
             )
             mask = (converged & ~newton).unsqueeze(1)
         if not bool(mask.all()):
@@ -491,7 +489,8 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         factors = (a_node, b_node, a_delta, b_delta)
         # mu = Z_:T^H g_all + Z_TT^H lam is what the coefficient gradient needs; start from lam = 0
         mu, scale = h_all, None
-        single = _SINGLE_PRECISION.get(v.dtype)
+        # the single-precision phase needs the dense Z (large feeders' sparse products are double precision)
+        single = _SINGLE_PRECISION.get(v.dtype) if c.recovery is None else None
         if single is not None:
 
             def low(x):
@@ -502,14 +501,16 @@ class _ImplicitFixedPoint(torch.autograd.Function):
                 low(h_all),
                 low(h_all),
                 low(g_active),
-                c.z_active_single.conj(),
+                lambda x, offset: torch.addmm(offset, x, c.z_active_single.conj()),
                 tuple(map(low, factors)),
                 _ADJOINT_SINGLE_TOL,
                 adjoint_max_iter,
                 stop_at_rounding=True,
             )
             mu = mu.to(v.dtype)
-        mu, _ = _adjoint_iteration(c, mu, h_all, g_active, z_conj, factors, adjoint_tol, adjoint_max_iter, scale)
+        mu, _ = _adjoint_iteration(
+            c, mu, h_all, g_active, c.z_adjoint_product, factors, adjoint_tol, adjoint_max_iter, scale
+        )
         if direct is not None:
             mu = mu.index_copy(0, direct, mu_direct)
             mask = converged.unsqueeze(1)
