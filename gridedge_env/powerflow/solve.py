@@ -174,8 +174,17 @@ def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
     converged = torch.zeros(batch, dtype=torch.bool, device=v.device)
     failed = torch.zeros_like(converged)
     iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
+    i_previous = None
     for _ in range(max_iter):
-        v_new = c.z_product(_node_current(c, v, coef_t), w)
+        i = _node_current(c, v, coef_t)
+        if i_previous is None or c.recovery is None:
+            v_new = c.z_product(i, w)
+        else:
+            # sparse solves round relative to their right-hand side (about eps * cond(Y) * |i|, 1e-13 to 1e-11
+            # pu), which would floor the step at that level: T(v_k) = T(v_(k-1)) + Z (i_k - i_(k-1)) with
+            # T(v_(k-1)) = v_k (frozen rows aside, which keep their iterate) solves for the change only
+            v_new = c.z_product(i - i_previous, v)
+        i_previous = i
         # largest change of a real or imaginary part (cheaper than the modulus, and within sqrt(2) of it)
         step = torch.view_as_real(v_new - v).abs().amax(dim=(1, 2))
         running = ~(converged | failed)
@@ -376,14 +385,18 @@ def _adjoint_iteration(
     changes no longer shrink (the precision's rounding level): the single-precision phase.
     """
     a_node, b_node, a_delta, b_delta = factors
-    previous = None
+    previous = lam_previous = None
     for _ in range(max_iter):
         lam = torch.addcmul(a_node * mu, b_node, mu.conj())
         if a_delta is not None:
             mb = _across(c, mu)
             gu = torch.addcmul(a_delta * mb, b_delta, mb.conj())
             _scatter_across(c, lam, gu)
-        mu_new = product(lam.add_(g), h)
+        lam.add_(g)
+        # on sparse feeders, the change only (as in `_iterate`): mu_k = h + Z^H lam_(k-1) after the first step
+        incremental = lam_previous is not None and c.recovery is not None
+        mu_new = product(lam - lam_previous, mu) if incremental else product(lam, h)
+        lam_previous = lam
         change = float(torch.view_as_real(mu_new - mu).abs().amax())
         mu = mu_new
         if change == 0.0:
