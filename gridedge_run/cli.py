@@ -20,10 +20,14 @@ def _cmd_train(args) -> dict | None:
 
     if args.nproc is not None:
         return _launch_ranks(args)
-    result = run_train(args)
-    from gradmap_agent.distributed import world
-
-    return result if world()[0] == 0 else None  # one summary: rank 0's
+    rank = int(os.environ.get("RANK", "0"))  # torchrun's global rank of this process
+    try:
+        result = run_train(args)
+    except ValueError:
+        if rank != 0:  # every rank meets the same user error; rank 0 reports it
+            raise SystemExit(2) from None
+        raise
+    return result if rank == 0 else None  # one summary: rank 0's
 
 
 def _launch_ranks(args) -> None:
@@ -37,9 +41,13 @@ def _launch_ranks(args) -> None:
     from gridedge_run.commands import check_data_parallel
 
     check_data_parallel(args.method, args.nproc)  # before any process starts
+    import logging
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    # the ranks print their own errors; the launcher's log lines would repeat them
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
     try:
         torchrun(
             ["--standalone", "--nproc-per-node", str(args.nproc), "-m", "gridedge_run.cli", *_without_nproc(args.argv)]

@@ -116,3 +116,17 @@ def test_nproc_refuses_what_it_cannot_split(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
     with pytest.raises(ValueError, match="batch_days=3 must be a multiple of the number of processes"):
         check_data_parallel("ssl", 2, batch_days=3)
+
+
+def test_a_user_error_is_reported_by_rank_zero_alone(tmp_path, capsys, monkeypatch):
+    from gridedge_run.cli import main
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("")
+    argv = ["train", "gradmap", "--feeder", "ieee13", "--agents", "6", "--out", str(tmp_path / "taken")]
+    assert main(argv) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # as torchrun starts rank 1: the same error, silent
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and capsys.readouterr().err == ""
