@@ -49,14 +49,20 @@ from gradmap_agent.config import (
     build_config,
     section,
 )
-from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, dual_update, voltage_violation
+from gradmap_agent.losses import (
+    MULTIPLIER_FIELDS,
+    Multipliers,
+    clip_grad_norm_per_agent_,
+    dual_update,
+    voltage_violation,
+)
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
 from gradmap_agent.train import DivergenceError
 from gridedge_env import powerflow
 from gridedge_env.adapters.batched import BatchedEnv, global_state_bounds
 from gridedge_env.core import OBS_DIM
-from gridedge_env.metrics import RolloutMetrics
+from gridedge_env.metrics import METRIC_NAMES, RolloutMetrics, scored_voltages
 
 __all__ = [
     "METRIC_FIELDS",
@@ -77,16 +83,8 @@ METRIC_FIELDS = (
     "iteration",
     "wall_s",
     "lr",
-    "cost",
-    "violation_share",
-    "violation_sum_pu",
-    "worst_violation_pu",
-    "device_violation",
-    "pf_failures",
-    "device_multiplier_mean",
-    "device_multiplier_max",
-    "voltage_multiplier_mean",
-    "voltage_multiplier_max",
+    *METRIC_NAMES,
+    *MULTIPLIER_FIELDS,
     "reward",
     "policy_loss",
     "value_loss",
@@ -300,16 +298,17 @@ def lagrangian_rewards(
         pf_failure_penalty: $ per agent of a failed row.
 
     Returns:
-        ``(reward [B, N], device violation [B, N], voltage violation w [B, n])``, the violations zero in failed
-        rows (what the dual step takes, as GradMAP's `step_lagrangian` returns them).
+        ``(reward [B, N], device violation [B, N], voltage violation w [B, n])``: what the dual step takes, as
+        GradMAP's `step_lagrangian` returns them (a failed row's nodes scored at 0 pu: voltage collapse).
     """
     ok = result.converged[:, None]
-    w = torch.where(ok, voltage_violation(result.v_mag_pu, v_min_pu, v_max_pu, config.voltage_margin_pu), 0.0)
+    v = scored_voltages(result.v_mag_pu, result.converged)
+    w = voltage_violation(v, v_min_pu, v_max_pu, config.voltage_margin_pu)
     node_term = multipliers.voltage[t].to(w.dtype) * w + 0.5 * config.voltage_quadratic * w * w  # [B, n] $
     network = torch.where(ok, node_term @ shares, pf_failure_penalty)  # [B, N] $
     device = multipliers.device.to(w.dtype) * result.device_violation
     reward = -(result.cost + device + network)
-    return reward, torch.where(ok, result.device_violation, 0.0), w
+    return reward, result.device_violation, w
 
 
 def _gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -422,13 +421,8 @@ class PPOTrainer:
         self.env = BatchedEnv(config.num_envs, split="train", **sim_fields)
         n = sim.n_agents
         lag = config.lagrangian
-        self.multipliers = Multipliers(
-            n,
-            sim.n_steps,
-            sim.n_nodes,
-            device_init=lag.device_multiplier_init,
-            voltage_init=lag.voltage_multiplier_init,
-            device=sim.device,
+        self.multipliers = Multipliers.for_sim(
+            sim, device_init=lag.device_multiplier_init, voltage_init=lag.voltage_multiplier_init
         )
         self.shares = network_shares(sim)
         self.pdtype = config.policy.dtype
@@ -513,7 +507,7 @@ class PPOTrainer:
         noise = torch.randn((n_steps, batch, n), generator=self.gen, dtype=torch.float64)
         noise = noise.to(dtype=self.pdtype, device=sim.device)
         obs = env.reset(seed=reset_seed)
-        raw_obs, xs, us, logps, states, rewards, oks, devs, ws = [], [], [], [], [], [], [], [], []
+        raw_obs, xs, us, logps, states, rewards, devs, ws = [], [], [], [], [], [], [], []
         metrics = RolloutMetrics(sim)
         with torch.no_grad():
             for t in range(n_steps):
@@ -540,7 +534,6 @@ class PPOTrainer:
                 rewards.append(reward)
                 devs.append(dev)
                 ws.append(w)
-                oks.append(info["pf_converged"])
                 metrics.add(info["result"])
         if metrics.failures > cfg.run.max_pf_failure_share * batch * n_steps:
             raise DivergenceError(
@@ -555,7 +548,6 @@ class PPOTrainer:
             "logp": torch.stack(logps),
             "state": torch.stack(states) if states else None,
             "reward": reward,
-            "converged": torch.stack(oks),  # [T, B]
             "device_violation": torch.stack(devs),  # [T, B, N]
             "voltage_violation": torch.stack(ws),  # [T, B, n]
             "stats": {**metrics.standard(batch), "reward": float(reward.mean())},
@@ -654,15 +646,9 @@ class PPOTrainer:
 
     def dual_step(self, roll: dict) -> None:
         """PPO-Lagrangian: GradMAP's projected dual ascent (`gradmap_agent.losses.dual_update`) on the
-        rollout's violations ([T, B, N] device, [T, B, n] margin-tightened voltage, zero in failed rows, which
-        the converged-row counts leave out of the means)."""
-        dual_update(
-            self.multipliers,
-            roll["device_violation"],
-            roll["voltage_violation"],
-            roll["converged"].sum(dim=1),
-            self.config.lagrangian,
-        )
+        rollout's violations ([T, B, N] device, [T, B, n] margin-tightened voltage, a failed row counted as
+        voltage collapse)."""
+        dual_update(self.multipliers, roll["device_violation"], roll["voltage_violation"], self.config.lagrangian)
 
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""

@@ -45,11 +45,17 @@ from gradmap_agent.distributed import (
     sum_dual_statistics,
     sum_metrics,
 )
-from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, dual_update, step_lagrangian
+from gradmap_agent.losses import (
+    MULTIPLIER_FIELDS,
+    Multipliers,
+    clip_grad_norm_per_agent_,
+    dual_update,
+    step_lagrangian,
+)
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
 from gradmap_agent.train import DivergenceError, update_stats
 from gridedge_env.core import OBS_DIM
-from gridedge_env.metrics import RolloutMetrics
+from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
 
 __all__ = ["METRIC_FIELDS", "SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config"]
 
@@ -61,25 +67,14 @@ METRIC_FIELDS = (
     "wall_s",
     "lr",
     "lagrangian",
-    "cost",
-    "violation_share",
-    "violation_sum_pu",
-    "worst_violation_pu",
-    "device_violation",
-    "pf_failures",
-    "device_multiplier_mean",
-    "device_multiplier_max",
-    "voltage_multiplier_mean",
-    "voltage_multiplier_max",
+    *METRIC_NAMES,
+    *MULTIPLIER_FIELDS,
     "grad_norm_mean",
     "grad_clipped_share",
     "policy_std",
     "rollout_s",
     "update_s",
-    "eval_cost",
-    "eval_violation_share",
-    "eval_worst_violation_pu",
-    "eval_device_violation",
+    *(f"eval_{name}" for name in EVAL_METRICS),
 )
 
 
@@ -164,13 +159,10 @@ class SSLTrainer:
         self.normalizer = ObsNormalizer.from_config(sim.n_agents, OBS_DIM, config.normalizer, device=sim.device)
         self.optimizer = config.optim.adam(self.policy.parameters())
         fixed = config.fixed_penalties
-        self.multipliers = Multipliers(
-            sim.n_agents,
-            sim.n_steps,
-            sim.n_nodes,
+        self.multipliers = Multipliers.for_sim(
+            sim,
             device_init=config.device_penalty if fixed else config.lagrangian.device_multiplier_init,
             voltage_init=config.voltage_penalty if fixed else config.lagrangian.voltage_multiplier_init,
-            device=sim.device,
         )
         self.iteration = 0
         self.elapsed_s = 0.0
@@ -195,7 +187,7 @@ class SSLTrainer:
         if not cfg.fixed_penalties:
             dual_update(
                 self.multipliers,
-                *sum_dual_statistics(roll["device_violation"], roll["voltage_violation"], roll["converged"]),
+                *sum_dual_statistics(roll["device_violation"], roll["voltage_violation"]),
                 cfg.lagrangian,
             )
         fold_observations(self.normalizer, roll["raw_obs"])
@@ -222,7 +214,7 @@ class SSLTrainer:
         noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
         state = sim.reset(batch, seed=reset_seed, split="train").select(rows)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
-        raw_obs, dev_viol, volt_viol, converged = [], [], [], []
+        raw_obs, dev_viol, volt_viol = [], [], []
         x0 = None
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
         metrics = RolloutMetrics(sim)
@@ -242,7 +234,6 @@ class SSLTrainer:
             state = r.state
             dev_viol.append(dev)
             volt_viol.append(w)
-            converged.append(r.converged)
             metrics.add(r)
         (total / batch).backward()  # this rank's rows' share of the batch's Lagrangian
         total = all_sum(total.detach().to(torch.float64))  # every rank checks the same sum
@@ -260,7 +251,6 @@ class SSLTrainer:
             "raw_obs": torch.stack(raw_obs),
             "device_violation": torch.stack(dev_viol),
             "voltage_violation": torch.stack(volt_viol),
-            "converged": torch.stack(converged),
             "stats": {"lagrangian": lagrangian, **metrics.standard(batch)},
         }
 

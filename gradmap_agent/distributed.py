@@ -8,7 +8,7 @@ is summed over the ranks, one all-reduce each:
 
 - the per-agent policy gradients (`all_sum_grads`, after the local backward and before the per-agent
   clipping and the Adam step), so that every rank takes the same step;
-- the dual statistics (`sum_dual_statistics`: violations summed over rows, converged rows per step);
+- the dual statistics (`sum_dual_statistics`: violations averaged over every rank's rows);
 - the observation moments that the normaliser folds in (`fold_observations`);
 - the rollout metrics (`sum_metrics`) and the scalars checked for divergence (`all_sum`), so that every
   rank reports the whole batch and raises together.
@@ -116,30 +116,30 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def sum_dual_statistics(
-    device_violation: torch.Tensor, voltage_violation: torch.Tensor, converged: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The arguments of `gradmap_agent.losses.dual_update` for the whole batch, in one all-reduce.
+    device_violation: torch.Tensor, voltage_violation: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The violation arguments of `gradmap_agent.losses.dual_update` for the whole batch, in one all-reduce.
 
     Args:
         device_violation: [T, b, N] this rank's rows' device violations.
-        voltage_violation: [T, b, n] this rank's rows' voltage violations.
-        converged: [T, b] bool.
+        voltage_violation: [T, b, n] this rank's rows' voltage violations (failed rows scored as the
+            Lagrangian scores them).
 
     Returns:
-        ``(device [T, 1, N], voltage [T, 1, n], converged rows [T])``: the violations summed over the rows of
-        every rank (as one row: `dual_update` sums over rows) and the number of converged rows per step.
+        ``(device [T, 1, N], voltage [T, 1, n])``: the violations averaged over the rows of every rank, as one
+        row (`dual_update` averages over rows).
     """
     if world()[1] == 1:
-        return device_violation, voltage_violation, converged.sum(dim=1)
+        return device_violation, voltage_violation
     dev = device_violation.to(torch.float64).sum(dim=1)
     volt = voltage_violation.to(torch.float64).sum(dim=1)
-    rows = converged.to(torch.float64).sum(dim=1)
+    rows = torch.tensor([float(device_violation.shape[1])], dtype=torch.float64, device=dev.device)
     flat = all_sum(torch.cat([dev.reshape(-1), volt.reshape(-1), rows]))
     n_dev, n_volt = dev.numel(), volt.numel()
+    total_rows = flat[-1]
     return (
-        flat[:n_dev].view_as(dev)[:, None],
-        flat[n_dev : n_dev + n_volt].view_as(volt)[:, None],
-        flat[n_dev + n_volt :],
+        (flat[:n_dev].view_as(dev) / total_rows)[:, None],
+        (flat[n_dev : n_dev + n_volt].view_as(volt) / total_rows)[:, None],
     )
 
 
@@ -161,20 +161,20 @@ def fold_observations(normalizer, obs: torch.Tensor) -> None:
 #: (attributes left out are settings, the same on every rank).
 _METRIC_REDUCTIONS = {
     "cost_sum": "sum",
+    "terminal_cost_sum": "sum",
     "cost_by_agent": "sum",
     "device_by_agent": "sum",
-    "row_steps": "sum",
+    "terminal_by_agent": "sum",
     "outside": "sum",
     "over": "sum",
     "node_steps": "sum",
     "violation_sum": "sum",
     "failures": "sum",
-    "failed_node_steps": "sum",
     "worst": "max",
     "v_max": "max",
     "v_min": "min",
 }
-_METRIC_SETTINGS = {"v_min_pu", "v_max_pu", "n_agents", "agent_slices"}
+_METRIC_SETTINGS = {"v_min_pu", "v_max_pu", "n_agents", "agent_slices", "units"}
 
 
 def sum_metrics(metrics) -> None:

@@ -2,12 +2,17 @@
 per-agent gradient clipping.
 
 Notation (``docs/gradmap.md``): B days, T steps, N agents, n feeder nodes; ``c[b,t,i]`` cost ($),
-``d[b,t,i]`` device violation (kW or K), ``v[b,t,n]`` node voltage (pu), ``ok[b,t]`` the power flow of row
-``b`` converged at step ``t``. With device multipliers ``lam`` ([N]) and network multipliers ``mu``
+``d[b,t,i]`` device violation (kW for batteries and generators, K for heat pumps), ``v[b,t,n]`` node voltage
+(pu), where every node of a row-step whose power flow failed is scored at 0 pu (voltage collapse:
+`gridedge_env.metrics.scored_voltages`). With device multipliers ``lam`` ([N]) and network multipliers ``mu``
 ([T, n], per node and time of day)
 
-    L = (1/B) sum_{b,t} ok[b,t] * ( sum_i (c[b,t,i] + lam[i] d[b,t,i]) + sum_n (mu[t,n] w + rho/2 w^2)[b,t,n] ),
+    L = (1/B) sum_{b,t} ( sum_i (c[b,t,i] + lam[i] d[b,t,i]) + sum_n (mu[t,n] w + rho/2 w^2)[b,t,n] ),
     w[b,t,n] = relu(v - (v_max - margin)) + relu((v_min + margin) - v).
+
+A failed power flow is therefore never free: its row-step pays ``mu[t,n] (v_min + margin) + rho/2 (v_min +
+margin)^2`` at every node, a constant without gradient (the non-converged solve's voltages are not
+differentiated), and the dual step counts it as that violation; its cost and device terms keep their gradient.
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ from collections.abc import Iterable
 
 import torch
 
+from gridedge_env.metrics import VIOLATION_METRICS, daily_violation_units, scored_voltages
+
 __all__ = [
+    "MULTIPLIER_FIELDS",
     "Multipliers",
+    "device_budgets",
     "clip_grad_norm_per_agent_",
     "dual_update",
     "proximal_surrogate",
@@ -27,25 +36,46 @@ __all__ = [
 
 
 class Multipliers:
-    """Lagrange multipliers: ``device`` [N] $ per unit of device violation and step (one per agent),
-    ``voltage`` [T, n] $ per pu of voltage violation and step, per node and time of day. All float64 and >= 0.
+    """Lagrange multipliers: ``device`` [N] $ per unit of device violation and step (one per agent: $ per kW
+    for batteries and generators, $ per K for heat pumps), ``voltage`` [T, n] $ per pu of voltage violation and
+    step, per node and time of day. All float64 and >= 0. Build one with `for_sim`.
 
     Args:
-        n_agents, n_steps, n_nodes: Shapes.
+        agent_slices: Device type -> its agents' slice of the agent axis (``sim.agent_slices``).
+        violation_units: [N] factor from a step's device violation to its budget's unit
+            (`gridedge_env.metrics.daily_violation_units`: kW -> kWh, K -> K-steps).
+        n_steps, n_nodes: Shapes.
         device_init, voltage_init: Initial values.
     """
 
     def __init__(
         self,
-        n_agents: int,
+        agent_slices: dict[str, slice],
+        violation_units: torch.Tensor,
         n_steps: int,
         n_nodes: int,
         device_init: float = 0.0,
         voltage_init: float = 0.0,
         device: str | torch.device = "cpu",
     ):
+        self.agent_slices = dict(agent_slices)
+        self.violation_units = violation_units.to(dtype=torch.float64, device=device)
+        n_agents = len(self.violation_units)
         self.device = torch.full((n_agents,), float(device_init), dtype=torch.float64, device=device)
         self.voltage = torch.full((n_steps, n_nodes), float(voltage_init), dtype=torch.float64, device=device)
+
+    @classmethod
+    def for_sim(cls, sim, device_init: float = 0.0, voltage_init: float = 0.0) -> Multipliers:
+        """The multipliers of ``sim``'s agents, steps and nodes, on its device."""
+        return cls(
+            sim.agent_slices,
+            daily_violation_units(sim),
+            sim.n_steps,
+            sim.n_nodes,
+            device_init=device_init,
+            voltage_init=voltage_init,
+            device=sim.device,
+        )
 
     def state_dict(self) -> dict:
         return {"device": self.device.clone(), "voltage": self.voltage.clone()}
@@ -55,13 +85,22 @@ class Multipliers:
         self.voltage = state["voltage"].clone().to(self.voltage.device)
 
     def summary(self) -> dict[str, float]:
-        """Mean and max of both kinds (for metrics)."""
-        return {
-            "device_multiplier_mean": float(self.device.mean()),
-            "device_multiplier_max": float(self.device.max()),
-            "voltage_multiplier_mean": float(self.voltage.mean()),
-            "voltage_multiplier_max": float(self.voltage.max()),
-        }
+        """Mean and max per device type (``battery_multiplier_mean``, ..., each in its own unit) and of the
+        network multipliers (``voltage_multiplier_mean``, ``voltage_multiplier_max``): metrics.csv columns."""
+        out = {}
+        for name, sl in self.agent_slices.items():
+            if sl.stop > sl.start:
+                out[f"{name}_multiplier_mean"] = float(self.device[sl].mean())
+                out[f"{name}_multiplier_max"] = float(self.device[sl].max())
+        out["voltage_multiplier_mean"] = float(self.voltage.mean())
+        out["voltage_multiplier_max"] = float(self.voltage.max())
+        return out
+
+
+#: metrics.csv columns of `Multipliers.summary`, in order.
+MULTIPLIER_FIELDS = tuple(
+    f"{name}_multiplier_{stat}" for name in (*VIOLATION_METRICS, "voltage") for stat in ("mean", "max")
+)
 
 
 def voltage_violation(v_mag_pu: torch.Tensor, v_min_pu: float, v_max_pu: float, margin_pu: float = 0.0):
@@ -90,25 +129,33 @@ def step_lagrangian(
             it grows with the excursion, so the largest ones weigh most (0: the plain Lagrangian).
 
     Returns:
-        ``(total, device_violation_masked [B, N], voltage_violation_masked [B, n])``: the scalar sum over
-        converged rows of cost + multiplier-weighted violations, and the (detached) violations of the
-        converged rows (zero in failed rows) for the dual update.
+        ``(total, device_violation [B, N], voltage_violation [B, n])``: the scalar sum over the rows of cost +
+        multiplier-weighted violations, and the (detached) violations for the dual update. A row whose power
+        flow failed counts every node at 0 pu (module docstring): ``w = v_min + margin`` there, without gradient.
     """
-    ok = result.converged[:, None]
-    dev = torch.where(ok, result.device_violation, 0.0)
-    w = torch.where(ok, voltage_violation(result.v_mag_pu, v_min_pu, v_max_pu, margin_pu), 0.0)
-    cost = torch.where(ok, result.cost, 0.0)
-    total = cost.sum() + (multipliers.device * dev).sum() + (multipliers.voltage[t] * w).sum()
+    v = scored_voltages(result.v_mag_pu, result.converged)
+    w = voltage_violation(v, v_min_pu, v_max_pu, margin_pu)
+    dev = result.device_violation
+    total = result.cost.sum() + (multipliers.device * dev).sum() + (multipliers.voltage[t] * w).sum()
     if voltage_quadratic:
         total = total + 0.5 * voltage_quadratic * (w * w).sum()
     return total, dev.detach(), w.detach()
+
+
+def device_budgets(multipliers: Multipliers, config) -> torch.Tensor:
+    """[N] float64 budget of every agent per day in its type's unit (kWh or K-steps), from ``config``'s
+    ``<metric>_budget`` fields (`gradmap_agent.config.LagrangianConfig`; metric names in
+    `gridedge_env.metrics.VIOLATION_METRICS`)."""
+    budget = torch.zeros_like(multipliers.device)
+    for name, sl in multipliers.agent_slices.items():
+        budget[sl] = getattr(config, f"{VIOLATION_METRICS[name]}_budget")
+    return budget
 
 
 def dual_update(
     multipliers: Multipliers,
     device_violation: torch.Tensor,
     voltage_violation_: torch.Tensor,
-    n_rows: torch.Tensor,
     config,
 ) -> None:
     """Projected dual ascent: ``lam <- clip(lam + rho * (violation - budget), 0, max)`` (in place).
@@ -119,23 +166,22 @@ def dual_update(
 
     Args:
         multipliers: Updated in place.
-        device_violation: [T, B, N] masked device violations of the rollout.
-        voltage_violation_: [T, B, n] masked (margin-tightened) voltage violations.
-        n_rows: [T] number of converged rows per step (>= 0).
-        config: `gradmap_agent.config.LagrangianConfig`: the dual steps (``device_dual_lr`` per unit of
-            violation summed over a day, ``voltage_dual_lr`` per pu of violation, mean over days), the
-            budgets (``device_violation_budget`` per agent and day, ``voltage_violation_budget`` per node and
-            step) and the upper bound ``max_multiplier``.
+        device_violation: [T, B, N] device violations of the rollout (kW or K per step).
+        voltage_violation_: [T, B, n] margin-tightened voltage violations (a failed row: ``v_min + margin``
+            at every node, `step_lagrangian`).
+        config: `gradmap_agent.config.LagrangianConfig`: the dual steps (``device_dual_lr`` per kWh or K-step
+            of an agent's daily violation, ``voltage_dual_lr`` per pu of violation, mean over days), the
+            per-type budgets (per device and day, `device_budgets`) and ``voltage_violation_budget`` (per node
+            and step), and the upper bound ``max_multiplier``.
 
-    The device step uses each agent's violation summed over the day and averaged over the rows; the network
-    step the violation of node ``n`` at step ``t`` averaged over the converged rows.
+    The device step uses each agent's violation summed over the day in its budget's unit and averaged over the
+    rows; the network step the violation of node ``n`` at step ``t`` averaged over the rows.
     """
-    rows = n_rows.to(torch.float64).clamp_min(1.0)
-    day_dev = (device_violation.to(torch.float64).sum(dim=1) / rows[:, None]).sum(dim=0)  # [N] per day
+    day_dev = device_violation.to(torch.float64).sum(dim=0).mean(dim=0) * multipliers.violation_units  # [N]
     multipliers.device = (
-        multipliers.device + config.device_dual_lr * (day_dev - config.device_violation_budget)
+        multipliers.device + config.device_dual_lr * (day_dev - device_budgets(multipliers, config))
     ).clamp(0.0, config.max_multiplier)
-    mean_w = voltage_violation_.to(torch.float64).sum(dim=1) / rows[:, None]  # [T, n]
+    mean_w = voltage_violation_.to(torch.float64).mean(dim=1)  # [T, n]
     multipliers.voltage = (
         multipliers.voltage + config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
     ).clamp(0.0, config.max_multiplier)

@@ -56,6 +56,7 @@ from gradmap_agent.distributed import (
     world,
 )
 from gradmap_agent.losses import (
+    MULTIPLIER_FIELDS,
     Multipliers,
     clip_grad_norm_per_agent_,
     dual_update,
@@ -65,7 +66,7 @@ from gradmap_agent.losses import (
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
 from gridedge_env.core import OBS_DIM
 from gridedge_env.episodes import reset_scenarios
-from gridedge_env.metrics import RolloutMetrics
+from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
 from gridedge_env.scenarios import split_days
 
 __all__ = [
@@ -86,16 +87,8 @@ METRIC_FIELDS = (
     "wall_s",
     "lr",
     "lagrangian",
-    "cost",
-    "violation_share",
-    "violation_sum_pu",
-    "worst_violation_pu",
-    "device_violation",
-    "pf_failures",
-    "device_multiplier_mean",
-    "device_multiplier_max",
-    "voltage_multiplier_mean",
-    "voltage_multiplier_max",
+    *METRIC_NAMES,
+    *MULTIPLIER_FIELDS,
     "surrogate",
     "action_change",
     "clip_fraction",
@@ -104,10 +97,7 @@ METRIC_FIELDS = (
     "policy_std",
     "rollout_s",
     "update_s",
-    "eval_cost",
-    "eval_violation_share",
-    "eval_worst_violation_pu",
-    "eval_device_violation",
+    *(f"eval_{name}" for name in EVAL_METRICS),
 )
 
 
@@ -212,13 +202,8 @@ class GradMAPTrainer:
         self.normalizer = ObsNormalizer.from_config(sim.n_agents, OBS_DIM, config.normalizer, device=sim.device)
         self.optimizer = config.optim.adam(self.policy.parameters())
         lag = config.lagrangian
-        self.multipliers = Multipliers(
-            sim.n_agents,
-            sim.n_steps,
-            sim.n_nodes,
-            device_init=lag.device_multiplier_init,
-            voltage_init=lag.voltage_multiplier_init,
-            device=sim.device,
+        self.multipliers = Multipliers.for_sim(
+            sim, device_init=lag.device_multiplier_init, voltage_init=lag.voltage_multiplier_init
         )
         self.gen = gen  # continues after the initialisation: rollout seeds and exploration noise
         self.policy_avg = self.policy_weights() if config.policy_average else None
@@ -277,7 +262,7 @@ class GradMAPTrainer:
             state = sim.reset(batch, seed=reset_seed, split="train").select(rows)
         noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
-        xs, raw_obs, acts, leaves, dev_viol, volt_viol, converged = [], [], [], [], [], [], []
+        xs, raw_obs, acts, leaves, dev_viol, volt_viol = [], [], [], [], [], []
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
         metrics = RolloutMetrics(sim)
         for t in range(n_steps):
@@ -298,7 +283,6 @@ class GradMAPTrainer:
             leaves.append(leaf)
             dev_viol.append(dev)
             volt_viol.append(w)
-            converged.append(r.converged)
             metrics.add(r)
         voltage_violation = torch.stack(volt_viol)  # [T, b, n] (b: this rank's rows)
         fresh = torch.ones(rows.stop - rows.start, dtype=torch.bool, device=sim.device)
@@ -333,7 +317,6 @@ class GradMAPTrainer:
             "raw_obs": torch.stack(raw_obs),
             "device_violation": torch.stack(dev_viol),
             "voltage_violation": voltage_violation,
-            "converged": torch.stack(converged),
             "fresh": fresh,
             "rows": rows,
             "stats": {"lagrangian": lagrangian, **metrics.standard(batch)},
@@ -402,9 +385,7 @@ class GradMAPTrainer:
         fresh = roll["fresh"]
         dual_update(
             self.multipliers,
-            *sum_dual_statistics(
-                roll["device_violation"][:, fresh], roll["voltage_violation"][:, fresh], roll["converged"][:, fresh]
-            ),
+            *sum_dual_statistics(roll["device_violation"][:, fresh], roll["voltage_violation"][:, fresh]),
             self.config.lagrangian,
         )
 

@@ -109,7 +109,9 @@ def train_method(
         The summary that ``gridedge train`` prints (iterations, wall time, throughput, final metrics, config).
     """
     from gradmap_agent.distributed import broadcast_object, init_from_env
+    from gradmap_agent.losses import MULTIPLIER_FIELDS
     from gridedge_env.core import make_sim, sim_config_dict
+    from gridedge_env.metrics import VIOLATION_METRICS
     from gridedge_run.loop import train
     from gridedge_run.rundir import CHECKPOINT_NAME, CONFIG_NAME
 
@@ -194,10 +196,9 @@ def train_method(
         "cost",
         "violation_share",
         "worst_violation_pu",
-        "device_violation",
+        *VIOLATION_METRICS.values(),
         "pf_failures",
-        "voltage_multiplier_max",
-        "device_multiplier_mean",
+        *MULTIPLIER_FIELDS,
     ):
         if key in final:
             summary[f"final_{key}"] = final[key]

@@ -45,6 +45,7 @@ import torch
 from gridedge_env.cli import json_text
 from gridedge_env.core import make_sim
 from gridedge_env.episodes import reset_days, select_days
+from gridedge_env.metrics import DEVICE_METRIC_NAMES, VIOLATION_METRICS
 from gridedge_run.commands import (
     evaluate_reference,
     evaluate_run,
@@ -355,13 +356,15 @@ def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]])
 # ----------------------------------------------------------------------------------------------------------
 
 #: Per-seed metrics summarised over seeds (median and 95 % bootstrap interval), lower is better for each.
-METRICS = ("cost", "violation_share", "worst_violation_pu", "device_violation", "time_to_target_s")
+METRICS = ("cost", "violation_share", "worst_violation_pu", *VIOLATION_METRICS.values(), "time_to_target_s")
 #: Headings of `METRICS` in results.md.
 HEADINGS = {
     "cost": "cost, $/day",
     "violation_share": "violation share",
     "worst_violation_pu": "worst excursion, pu",
-    "device_violation": "device violation",
+    "battery_undelivered_kwh": "battery undelivered, kWh/day",
+    "heatpump_comfort_k_steps": "heat-pump comfort, K-steps/day",
+    "generator_undelivered_kwh": "generator undelivered, kWh/day",
     "time_to_target_s": "time to target",
 }
 #: The evaluation's metrics kept per seed.
@@ -370,7 +373,7 @@ EVAL_COLUMNS = (
     "violation_share",
     "worst_violation_pu",
     "violation_sum_pu",
-    "device_violation",
+    *DEVICE_METRIC_NAMES,
     "pf_failures",
     "n_agents",
     "days",

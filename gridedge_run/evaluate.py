@@ -2,8 +2,8 @@
 
 `evaluate_policy(sim, policy_fn, split="test", days=None)` rolls out ``policy_fn(sim, state) -> actions
 [B, N]`` over whole days without gradient and returns the standard metrics of `gridedge_env.metrics`
-(``cost``, ``violation_share``, ``violation_sum_pu``, ``worst_violation_pu``, ``device_violation``,
-``pf_failures``, per-type splits, voltage extremes) plus ``n_agents``, ``days``, ``split`` and ``wall_s``.
+(``cost``, the voltage metrics, the device metrics per type with their units in their names, ``pf_failures``,
+per-type and worst-device splits, voltage extremes) plus ``n_agents``, ``days``, ``split`` and ``wall_s``.
 
 Days and household draws do not depend on the batch size: every day is reset on its own with seed
 ``seed * 1_000_003 + day`` and the rows are then batched, so every method sees exactly the same episodes.
@@ -57,8 +57,8 @@ def evaluate_policy(
         progress: Optional ``callback(done_days, total_days)``.
 
     Returns:
-        A dict with `EVAL_KEYS` and a few more (``split``, ``cost_per_agent_day``, ``cost_by_type``,
-        ``device_violation_by_type``, ``v_min_pu``, ``v_max_pu``).
+        A dict with `EVAL_KEYS` and the rest of `RolloutMetrics.summary` (``split``, ``cost_by_type``,
+        ``terminal_cost``, ``worst_agent``, ``v_min_pu``, ``v_max_pu``, ...).
     """
     t0 = time.perf_counter()
     chosen = select_days(split, days)

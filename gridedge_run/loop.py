@@ -3,7 +3,8 @@
 `train(env_or_config, config, ...)` drives any trainer of the registry (`gridedge_run.methods`): it calls
 ``trainer.iterate()`` until the budget (``config.run.iterations`` and/or ``config.run.minutes``) is spent,
 evaluates the deterministic policies on validation days every ``config.run.eval_every`` iterations, writes
-``metrics.csv`` after every iteration and a checkpoint every ``config.run.checkpoint_every``, and on
+``metrics.csv`` after every iteration and a checkpoint every ``config.run.checkpoint_every`` (with, for the
+primal-dual methods, ``multipliers.png``: the multipliers' mean and maximum over training), and on
 divergence or interruption saves the last consistent state before re-raising. A resumed run continues bit
 for bit as the uninterrupted one would have.
 
@@ -28,12 +29,15 @@ from gradmap_agent.distributed import max_over_ranks, world
 from gradmap_agent.networks import make_policy
 from gradmap_agent.train import DivergenceError, GradMAPConfig
 from gridedge_env.core import SimConfig, make_sim, sim_config_dict
+from gridedge_env.metrics import EVAL_METRICS
+from gridedge_run import plots
 from gridedge_run.evaluate import evaluate_policy, obs_policy
 from gridedge_run.methods import TRAIN_METHODS
 from gridedge_run.rundir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     METRICS_NAME,
+    MULTIPLIERS_FIGURE,
     POLICIES_NAME,
     append_metrics_csv,
     atomic_save,
@@ -168,6 +172,8 @@ def train(
         export_policies(
             out / POLICIES_NAME, {"policy": weights, "normalizer": state["normalizer"]}, sim, method, state["iteration"]
         )
+        if state["history"] and "voltage_multiplier_mean" in state["history"][-1]:  # primal-dual methods
+            plots.multipliers(state["history"], out / MULTIPLIERS_FIGURE, title=f"{method}: Lagrange multipliers")
 
     run = config.run
 
@@ -195,12 +201,7 @@ def train(
             row["wall_s"] = trainer.elapsed_s
             if eval_fn is not None and (trainer.iteration % run.eval_every == 0 or not budget_left()):
                 ev = eval_fn()
-                row.update(
-                    eval_cost=ev["cost"],
-                    eval_violation_share=ev["violation_share"],
-                    eval_worst_violation_pu=ev["worst_violation_pu"],
-                    eval_device_violation=ev["device_violation"],
-                )
+                row.update({f"eval_{name}": ev[name] for name in EVAL_METRICS})
             trainer.history.append(row)
             snapshot = None  # the trainer is consistent again
             if writer:

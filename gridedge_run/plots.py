@@ -1,4 +1,4 @@
-"""The comparison's figures (PNG, matplotlib's non-interactive Agg backend).
+"""The figures of comparisons and runs (PNG, matplotlib's non-interactive Agg backend).
 
 - `learning_curves`: cost and voltage-violation share on validation days against training wall time, every
   trained method on one figure (median over seeds, interquartile band), with the references (rules, optimum)
@@ -9,7 +9,9 @@
 - `device_power`: per method, the power of each device type over the same day, normalised by the type's
   total rating, with the price beside it;
 - `feeder_map`: the feeder's buses and lines at their coordinates, agents coloured by type and marked by
-  phase.
+  phase;
+- `multipliers`: a primal-dual run's Lagrange multipliers (mean and maximum per device type and of the
+  network) over training (``multipliers.png`` in the run directory).
 
 Each function takes plain numbers (what `gridedge_run.compare` stores on disk), writes one file and returns
 its path. ``stamp`` (date, machine, torch version, commit) is printed under the figure and stored in the PNG's
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cost_vs_violation", "device_power", "feeder_map", "learning_curves", "voltage_envelopes"]
+__all__ = ["cost_vs_violation", "device_power", "feeder_map", "learning_curves", "multipliers", "voltage_envelopes"]
 
 PHASE_COLOURS = {1: "tab:red", 2: "tab:green", 3: "tab:blue"}
 TYPE_COLOURS = {"battery": "tab:blue", "heatpump": "tab:orange", "generator": "tab:green"}
@@ -273,3 +275,31 @@ def feeder_map(
     ax.legend(fontsize=7, loc="best", markerscale=1.5)
     ax.set_title(title or "Feeder and agents (colour: device type, marker: phase)")
     return _save(fig, path, stamp)
+
+
+def multipliers(rows: list[dict], path: Path, title: str = "") -> Path:
+    """The Lagrange multipliers over training: ``rows`` are metrics.csv rows (``iteration``, ``wall_s`` and
+    ``<group>_multiplier_mean``/``_max`` for the device types and ``voltage``); the device types on the left
+    ($ per kW-step or K-step), the network on the right ($ per pu-step); mean solid, maximum dashed. An axis is
+    logarithmic when all its values are positive and span more than a factor 100, else linear."""
+    plt = _pyplot()
+    fig, (ax_dev, ax_net) = plt.subplots(1, 2, figsize=(12, 4.5))
+    minutes = np.asarray([float(r["wall_s"]) for r in rows]) / 60.0
+    groups = [g for g in (*TYPE_COLOURS, "voltage") if rows and f"{g}_multiplier_mean" in rows[0]]
+    for group in groups:
+        ax = ax_net if group == "voltage" else ax_dev
+        colour = TYPE_COLOURS.get(group, "black")
+        for stat, style in (("mean", "-"), ("max", "--")):
+            values = [float(r[f"{group}_multiplier_{stat}"]) for r in rows]
+            ax.plot(minutes, values, linestyle=style, color=colour, label=f"{group} {stat}")
+    for ax in (ax_dev, ax_net):
+        values = np.concatenate([line.get_ydata() for line in ax.get_lines()]) if ax.get_lines() else np.zeros(1)
+        if values.min() > 0 and values.max() > 100 * values.min():
+            ax.set_yscale("log")
+        ax.set_xlabel("training wall time, min")
+        ax.legend(fontsize=7, loc="best")
+    ax_dev.set(ylabel="$ per kW-step (battery, generator) or K-step (heat pump)", title="Device")
+    ax_net.set(ylabel="$ per pu-step", title="Network (per node and time of day)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -46,7 +46,9 @@ _FIELDS = (
     ("cost", "cost {:.4g}"),
     ("violation_share", "viol {:.2%}"),
     ("worst_violation_pu", "worst {:.4f}"),
-    ("device_violation", "dev {:.3g}"),
+    ("battery_undelivered_kwh", "bat {:.3g} kWh"),
+    ("heatpump_comfort_k_steps", "hp {:.3g} K-steps"),
+    ("generator_undelivered_kwh", "gen {:.3g} kWh"),
     ("approx_kl", "kl {:.3g}"),
     ("pf_failures", "pf fail {}"),
 )

@@ -23,6 +23,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "METRICS_NAME",
+    "MULTIPLIERS_FIGURE",
     "POLICIES_FORMAT",
     "POLICIES_NAME",
     "append_metrics_csv",
@@ -39,6 +40,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 POLICIES_NAME = "policies.pt"
 METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.json"
+MULTIPLIERS_FIGURE = "multipliers.png"
 POLICIES_FORMAT = "gridedge-gradmap-policies/1"
 
 

@@ -21,6 +21,7 @@ from baselines.rules import RULES, DroopCurves
 from baselines.ssl import SSLConfig, ssl_config, ssl_penalty_config
 from gridedge_env import make_sim
 from gridedge_env.episodes import reset_days
+from gridedge_env.metrics import DEVICE_METRIC_NAMES
 from gridedge_run import EVAL_KEYS, REFERENCE_POLICIES, evaluate_policy
 from gridedge_run.cli import main
 from gridedge_run.commands import evaluate_reference
@@ -31,7 +32,7 @@ METRIC_KEYS = (
     "violation_share",
     "violation_sum_pu",
     "worst_violation_pu",
-    "device_violation",
+    *DEVICE_METRIC_NAMES,
     "pf_failures",
     "n_agents",
     "days",
@@ -99,7 +100,7 @@ def test_cli_trains_and_evaluates_ssl(tmp_path, method):
     )
     assert code == 0, err
     assert summary["method"] == method and summary["iterations"] == 2 and summary["n_agents"] == 12
-    for key in ("final_cost", "final_violation_share", "final_worst_violation_pu", "final_device_violation"):
+    for key in ("final_cost", "final_violation_share", "final_worst_violation_pu", "final_heatpump_comfort_k_steps"):
         assert math.isfinite(summary[key]), key
     info = json.loads((out / "config.json").read_text())
     assert info["method"] == method and info["config"]["fixed_penalties"] is (method == "ssl-penalty")
@@ -110,7 +111,8 @@ def test_cli_trains_and_evaluates_ssl(tmp_path, method):
     voltage_mu = [float(r["voltage_multiplier_max"]) for r in rows]
     if method == "ssl-penalty":  # fixed weights: the multipliers stay at the penalties, no dual ascent
         assert voltage_mu == [SSLConfig.voltage_penalty] * 2
-        assert [float(r["device_multiplier_mean"]) for r in rows] == [SSLConfig.device_penalty] * 2
+        for name in ("battery", "heatpump", "generator"):
+            assert [float(r[f"{name}_multiplier_max"]) for r in rows] == [SSLConfig.device_penalty] * 2
     else:  # primal-dual: IEEE-13 violates its band, so dual ascent raises the voltage multipliers from 0
         assert 0.0 < voltage_mu[0] < voltage_mu[1]
 

@@ -24,10 +24,17 @@ from gradmap_agent import (
     gradma_config,
     gradmap_config,
 )
-from gradmap_agent.config import flatten_config
-from gradmap_agent.losses import Multipliers, clip_grad_norm_per_agent_, step_lagrangian
+from gradmap_agent.config import LagrangianConfig, flatten_config
+from gradmap_agent.losses import (
+    MULTIPLIER_FIELDS,
+    Multipliers,
+    clip_grad_norm_per_agent_,
+    dual_update,
+    step_lagrangian,
+)
 from gradmap_agent.networks import hidden_tanh
 from gridedge_env import make_sim
+from gridedge_env.metrics import DEVICE_METRIC_NAMES
 from gridedge_run import EVAL_KEYS, evaluate_policy, load_policies, obs_policy, train
 
 TIME_FIELDS = ("wall_s", "rollout_s", "update_s", "time_left_s")
@@ -61,7 +68,7 @@ def test_smoke_train_ieee13(sim13):
     make_policy, params, metrics = train(sim13, tiny())
     assert metrics["iterations"] == 3 and len(metrics["history"]) == 3
     for row in metrics["history"]:
-        for key in ("lagrangian", "cost", "violation_share", "worst_violation_pu", "device_violation"):
+        for key in ("lagrangian", "cost", "violation_share", "worst_violation_pu", *DEVICE_METRIC_NAMES):
             assert isinstance(row[key], float) and row[key] == row[key], key  # finite, not NaN
         assert row["pf_failures"] == 0
     policy = make_policy(params)
@@ -360,12 +367,67 @@ def test_step_lagrangian_quadratic_term():
         v_mag_pu=v,
         cost=torch.tensor([[1.0, 2.0]], dtype=torch.float64),
     )
-    mult = Multipliers(2, 1, 3, voltage_init=10.0)
+    mult = Multipliers({"battery": slice(0, 2)}, torch.ones(2), 1, 3, voltage_init=10.0)
     plain, _, w = step_lagrangian(result, 0, mult, 0.95, 1.05, margin_pu=0.01)
     augmented, _, _ = step_lagrangian(result, 0, mult, 0.95, 1.05, margin_pu=0.01, voltage_quadratic=100.0)
     torch.testing.assert_close(w, torch.tensor([[0.03, 0.0, 0.02]], dtype=torch.float64))
     torch.testing.assert_close(plain, torch.tensor(3.0 + 10.0 * 0.05, dtype=torch.float64))
     torch.testing.assert_close(augmented - plain, torch.tensor(50.0 * (0.03**2 + 0.02**2), dtype=torch.float64))
+
+
+def test_failed_power_flow_raises_the_lagrangian():
+    """A row whose power flow failed pays the stated penalty (every node scored at 0 pu: w = v_min + margin)
+    without a gradient through its voltages, keeps its cost and device terms, and counts in the dual step."""
+    from types import SimpleNamespace
+
+    def result(converged):
+        v = torch.tensor([[1.0, 1.0, 1.0], [float("nan"), 1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+        cost = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
+        device = torch.tensor([[0.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
+        return SimpleNamespace(converged=torch.tensor(converged), device_violation=device, v_mag_pu=v, cost=cost)
+
+    mu, lam, rho, margin = 10.0, 2.0, 100.0, 0.01
+    mult = Multipliers({"battery": slice(0, 2)}, torch.ones(2), 1, 3, device_init=lam, voltage_init=mu)
+    failed = result([True, False])
+    total, dev, w = step_lagrangian(failed, 0, mult, 0.95, 1.05, margin, voltage_quadratic=rho)
+    w_fail = 0.95 + margin
+    torch.testing.assert_close(w, torch.tensor([[0.0] * 3, [w_fail] * 3], dtype=torch.float64))
+    expected = 10.0 + lam * 0.5 + 3 * (mu * w_fail + 0.5 * rho * w_fail**2)
+    torch.testing.assert_close(total, torch.tensor(expected, dtype=torch.float64))
+    total.backward()
+    assert bool(torch.isfinite(failed.v_mag_pu.grad).all()) and bool((failed.v_mag_pu.grad == 0).all())
+    assert bool((failed.cost.grad == 1.0).all())  # the failed row's cost keeps its gradient
+    # the same step with the row converged (in the band, apart from the NaN replaced by 1.0) is cheaper
+    ok = result([True, True])
+    ok.v_mag_pu = torch.ones(2, 3, dtype=torch.float64)
+    total_ok, _, _ = step_lagrangian(ok, 0, mult, 0.95, 1.05, margin, voltage_quadratic=rho)
+    assert float(total.detach()) > float(total_ok.detach()) + 3 * mu * w_fail
+    # the dual step counts the failed row's violation at every node (mean over the two rows)
+    config = LagrangianConfig(voltage_dual_lr=1.0, voltage_violation_budget=0.0)
+    dual_update(mult, dev[None], w[None], config)
+    torch.testing.assert_close(mult.voltage, torch.full((1, 3), mu + w_fail / 2, dtype=torch.float64))
+
+
+def test_dual_update_uses_per_type_budgets_in_their_units():
+    """Battery and generator violations count in kWh (kW x step hours), heat pumps in K-steps, each against its
+    own budget per device and day."""
+    slices = {"battery": slice(0, 1), "heatpump": slice(1, 2), "generator": slice(2, 3)}
+    mult = Multipliers(slices, torch.tensor([0.5, 1.0, 0.5]), 2, 1, device_init=5.0)
+    # [T=2, B=2, N=3]: per day on average battery 1.0 kW-steps = 0.5 kWh, heat pump 0.3 K-steps, generator 0
+    dev = torch.tensor([[[1.0, 0.2, 0.0], [0.0, 0.0, 0.0]], [[1.0, 0.2, 0.0], [0.0, 0.2, 0.0]]], dtype=torch.float64)
+    config = LagrangianConfig(
+        device_dual_lr=2.0,
+        battery_undelivered_kwh_budget=0.2,
+        heatpump_comfort_k_steps_budget=0.5,
+        generator_undelivered_kwh_budget=1.0,
+    )
+    dual_update(mult, dev, torch.zeros(2, 2, 1, dtype=torch.float64), config)
+    expected = [5.0 + 2.0 * (0.5 - 0.2), 5.0 + 2.0 * (0.3 - 0.5), max(5.0 + 2.0 * (0.0 - 1.0), 0.0)]
+    torch.testing.assert_close(mult.device, torch.tensor(expected, dtype=torch.float64))
+    summary = mult.summary()
+    assert list(summary) == list(MULTIPLIER_FIELDS)
+    assert summary["battery_multiplier_max"] == pytest.approx(expected[0])
+    assert summary["heatpump_multiplier_mean"] == pytest.approx(expected[1])
 
 
 def test_obs_normalizer_matches_batch_statistics():
@@ -405,8 +467,10 @@ def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
         assert main(argv) == 0
     summary = json.loads(buf.getvalue())
     assert summary["iterations"] == 2 and summary["method"] == "gradma"
-    for name in ("config.json", "metrics.csv", "checkpoint.pt", "policies.pt"):
+    for name in ("config.json", "metrics.csv", "checkpoint.pt", "policies.pt", "multipliers.png"):
         assert (out / name).is_file(), name
+    assert (out / "multipliers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {f"final_{name}" for name in MULTIPLIER_FIELDS} <= set(summary)
     info = json.loads((out / "config.json").read_text())
     assert info["seed"] == 3 and info["config"]["reuse"] == 1 and info["sim_config"]["feeder"] == "ieee13"
     assert info["config"]["run"]["seed"] == 3
@@ -419,9 +483,8 @@ def test_cli_writes_run_files_and_refuses_non_empty_dir(tmp_path):
         "cost",
         "violation_share",
         "worst_violation_pu",
-        "device_violation",
-        "voltage_multiplier_max",
-        "device_multiplier_mean",
+        *DEVICE_METRIC_NAMES,
+        *MULTIPLIER_FIELDS,
         "pf_failures",
     ):
         assert column in lines[0].split(",")
