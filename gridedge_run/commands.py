@@ -375,7 +375,9 @@ def evaluate_reference(
     plan_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Evaluate a method that needs no training (`REFERENCE_POLICIES`: a rule or the optimum, with
-    ``config``, the optimum's `OracleConfig` fields) on the simulator of ``sim_options``."""
+    ``config``, the optimum's `OracleConfig` fields) on the simulator of ``sim_options``. The optimum's
+    result also has ``plans`` (`baselines.oracle.PerfectForesightPolicy.plans`: each batch's KKT residual)
+    and ``kkt_met`` (every plan met its KKT tolerances)."""
     from gridedge_env import make_sim
     from gridedge_env.core import sim_config_dict
     from gridedge_run.evaluate import evaluate_policy
@@ -388,6 +390,9 @@ def evaluate_reference(
     sim = make_sim(**sim_options)
     policy_fn = REFERENCE_POLICIES[method](progress=plan_progress, **(config or {}))
     result = evaluate_policy(sim, policy_fn, split=split, days=days, batch=batch, seed=seed, progress=progress)
+    if hasattr(policy_fn, "plans"):  # the optimum: each batch's plan with its KKT residual
+        result["plans"] = policy_fn.plans
+        result["kkt_met"] = all(plan["met"] for plan in policy_fn.plans)
     return {"method": method, "feeder": sim_config_dict(sim)["feeder"], "n_agents": sim.n_agents, **result}
 
 

@@ -170,6 +170,33 @@ def test_cli_evaluates_oracle():
         plan_progress=lambda done, total: steps.append((done, total)),
     )
     assert steps == [(1, 3), (2, 3), (3, 3)]
+    # the plan's KKT residual is reported: 3 steps stop at the cap, far from the default tolerances
+    (plan,) = result["plans"]
+    assert plan["iterations"] == 3 and plan["met"] is False and result["kkt_met"] is False
+    assert sorted(plan["days"]) == plan["days"] and len(plan["days"]) == 2
+    for key in ("stationarity", "complementarity", "voltage_infeasibility_pu", "device_infeasibility"):
+        assert math.isfinite(plan[key]) and plan[key] >= 0, key
+    assert plan["stationarity"] > OracleConfig.stationarity_tol
+
+
+def test_oracle_stops_when_the_kkt_tolerances_are_met():
+    """The plan stops at the first multiplier window whose KKT residual meets every tolerance, and runs to the
+    cap otherwise; the residual is measured at the returned plan (its rollout gives the reported feasibility)."""
+    sim = make_sim(feeder="ieee13", n_agents=6, step_minutes=60)
+    state = reset_days(sim, "test", [102])
+    loose = dict(stationarity_tol=10.0, complementarity_tol=1e6, voltage_tol_pu=1.0, device_tol=1e3)
+    plan, metrics = plan_days(sim, state, OracleConfig(iterations=20, update_every=5, **loose))
+    assert metrics["kkt"]["met"] and metrics["kkt"]["iterations"] == metrics["iterations"] == 5
+    # the reported infeasibility is the returned plan's own
+    with torch.no_grad():
+        s, worst_device = state, 0.0
+        for t in range(sim.n_steps):
+            r = sim.step(s, plan[t])
+            s, worst_device = r.state, max(worst_device, float(r.device_violation.max()))
+    assert metrics["kkt"]["device_infeasibility"] == pytest.approx(worst_device, rel=1e-9, abs=1e-12)
+    _, metrics = plan_days(sim, state, OracleConfig(iterations=12, update_every=5))
+    assert not metrics["kkt"]["met"] and metrics["kkt"]["iterations"] == metrics["iterations"] == 12
+    assert 0 < metrics["kkt"]["window_diameter"] <= 2.0
 
 
 def test_cli_oracle_settings_are_checked():
