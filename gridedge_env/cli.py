@@ -55,10 +55,12 @@ def _emit(result: dict, as_json: bool) -> None:
 
 
 def _markdown_table(rows: list[dict]) -> str:
-    """Rows with the same keys as a Markdown table (floats to 3 significant digits)."""
+    """Rows as a Markdown table (floats to 3 significant digits). The columns are every key of any row, in
+    first-seen order; a row without a key shows "-" there (compare's rows differ between learners and rules)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(cell(row[k]) for k in rows[0]) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[k]) if k in row else "-" for k in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -24,6 +24,15 @@ def test_json_output_is_standard_json(capsys):
     assert _strict(json_text({"nested": {"x": float("nan")}})) == {"nested": {"x": None}}
 
 
+def test_text_output_tables_rows_with_different_keys(capsys):
+    # compare's rows differ: learners have training columns the rules lack (a KeyError ended compare before)
+    result = {"methods": [{"method": "gradmap", "reached_target": False}, {"method": "noop"}], "jobs": 2}
+    _emit(result, as_json=False)
+    out = capsys.readouterr().out
+    assert "| method | reached_target |" in out
+    assert "| gradmap | False |" in out and "| noop | - |" in out
+
+
 def test_strict_parser_refuses_what_json_dumps_writes_by_default():
     with pytest.raises(ValueError, match="non-standard"):
         _strict(json.dumps({"x": float("inf")}))
