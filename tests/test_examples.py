@@ -19,25 +19,16 @@ def _main(script: str):
     return module.main
 
 
+def _train_tiny_run(out):
+    """examples/train_gradmap.py on IEEE-13 with 10 agents, 2 iterations, 2 test days, one thread."""
+    args = ["--feeder", "ieee13", "--agents", "10", "--iterations", "2", "--days", "2", "--out", str(out)]
+    return _main("train_gradmap.py")([*args, "--threads", "1"])
+
+
 def test_train_gradmap_example(tmp_path):
     threads = torch.get_num_threads()
     try:
-        summary = _main("train_gradmap.py")(
-            [
-                "--feeder",
-                "ieee13",
-                "--agents",
-                "10",
-                "--iterations",
-                "2",
-                "--days",
-                "2",
-                "--out",
-                str(tmp_path / "run"),
-                "--threads",
-                "1",
-            ]
-        )
+        summary = _train_tiny_run(tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     assert summary["agents"] == 10 and summary["iterations"] == 2 and summary["test_days"] == 2
@@ -58,22 +49,7 @@ def test_worst_step_example(tmp_path):
     day reports its own worst excursion."""
     threads = torch.get_num_threads()
     try:
-        _main("train_gradmap.py")(
-            [
-                "--feeder",
-                "ieee13",
-                "--agents",
-                "10",
-                "--iterations",
-                "2",
-                "--days",
-                "2",
-                "--out",
-                str(tmp_path / "run"),
-                "--threads",
-                "1",
-            ]
-        )
+        _train_tiny_run(tmp_path / "run")
         summary = _main("worst_step.py")([str(tmp_path / "run"), "--days", "3", "--oracle", "--oracle-iterations", "3"])
     finally:
         torch.set_num_threads(threads)
