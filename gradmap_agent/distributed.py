@@ -20,6 +20,7 @@ launched: gloo for CPU tensors, NCCL for CUDA ones.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 
@@ -58,7 +59,15 @@ def init_from_env(device: str) -> tuple[int, int]:
         if on_gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if on_gpu else "gloo")
+        # the group's communication threads must end before the interpreter does: a rank that exited with
+        # them still running aborted now and then ("terminate called without an active exception")
+        atexit.register(_leave_group)
     return world()
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _comm_device() -> torch.device:
