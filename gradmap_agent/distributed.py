@@ -34,6 +34,7 @@ __all__ = [
     "broadcast_object",
     "fold_observations",
     "init_from_env",
+    "leave_group",
     "max_over_ranks",
     "rank_rows",
     "sum_dual_statistics",
@@ -61,11 +62,12 @@ def init_from_env(device: str) -> tuple[int, int]:
         dist.init_process_group("nccl" if on_gpu else "gloo")
         # the group's communication threads must end before the interpreter does: a rank that exited with
         # them still running aborted now and then ("terminate called without an active exception")
-        atexit.register(_leave_group)
+        atexit.register(leave_group)
     return world()
 
 
-def _leave_group() -> None:
+def leave_group() -> None:
+    """Destroy this process's process group, if it has one (a rank calls it before it exits)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
