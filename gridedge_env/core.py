@@ -30,7 +30,14 @@ import torch
 from gridedge_env import powerflow
 from gridedge_env.devices import DEVICE_TYPES, heatpump_cop, heatpump_heating
 from gridedge_env.network import Feeder, load_feeder
-from gridedge_env.placement import hosting_capacity, load_node_shares, node_spot_kw, place_agents, split_mix
+from gridedge_env.placement import (
+    device_scale,
+    hosting_capacity,
+    load_node_shares,
+    node_spot_kw,
+    place_agents,
+    split_mix,
+)
 from gridedge_env.scenarios import (
     design_temperatures,
     draw_load_shapes,
@@ -45,6 +52,7 @@ __all__ = [
     "OBS_DIM",
     "OBS_NAMES",
     "OBS_SCALES",
+    "FEEDER_CALIBRATION",
     "SimConfig",
     "Sim",
     "State",
@@ -81,6 +89,16 @@ OBS_SCALES: dict[str, float] = {
 
 _DEFAULT_TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-6, 1e-5)}
 
+#: The task's load and PV calibration (``docs/simulator.md``, Calibration), by feeder name: IEEE-123's for
+#: every feeder, and IEEE-8500's own. With its regulator taps neutral IEEE-8500's long primary cannot carry
+#: its own spot loads (0.78 pu and no solution at 1.0 times them, source 0.985 pu), and its homes sit behind
+#: 10-50 kVA service transformers and triplex cables, so IEEE-123's 1.2 times spot load at the evening peak
+#: and 3.5 kWp of PV per kW put it at 0.61-1.25 pu without any agent.
+FEEDER_CALIBRATION: dict[str, dict[str, float]] = {
+    "default": {"load_scale": 2.5, "pv_kwp_per_kw": 3.5},
+    "ieee8500": {"load_scale": 1.0, "pv_kwp_per_kw": 0.5},
+}
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
@@ -105,12 +123,12 @@ class SimConfig:
     """torch.float64 (default) or torch.float32."""
     device: str = "cpu"
     """torch device of every tensor."""
-    load_scale: float = 2.5
-    """Multiplier on every feeder load: spot kW x load_scale x (mean of households_per_load drawn shapes)."""
+    load_scale: float | None = None
+    """Feeder load = spot kW x load_scale x mean of household shapes (None: FEEDER_CALIBRATION's, 2.5; IEEE-8500 1)."""
     households_per_load: int = 8
     """Household shapes drawn (and averaged) per feeder load and episode; more gives a smoother aggregate."""
-    pv_kwp_per_kw: float = 3.5
-    """Rooftop PV at every load node: this many kWp (DC) per kW of the node's spot load."""
+    pv_kwp_per_kw: float | None = None
+    """Rooftop PV per load node, kWp (DC) per kW of its spot load (None: FEEDER_CALIBRATION's, 3.5; IEEE-8500 0.5)."""
     source_v_pu: float | None = 0.985
     """Substation (source) voltage setpoint, pu; None keeps the feeder's own."""
     regulator_taps: str = "neutral"
@@ -332,6 +350,8 @@ def _check_config(config: SimConfig) -> None:
         raise ValueError(f"pf_max_iter must be an integer >= 1, got {m!r}")
     for name in ("load_scale", "pv_kwp_per_kw", "min_spot_kw_per_agent"):
         value = getattr(config, name)
+        if value is None and name != "min_spot_kw_per_agent":
+            continue
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     h = config.households_per_load
@@ -393,10 +413,14 @@ class Sim:
 
     def __init__(self, config: SimConfig) -> None:
         _check_config(config)
-        self.config = config
         self.dtype = config.dtype
         self.device = torch.device(config.device)
         feeder = _prepare_feeder(config)
+        calibration = FEEDER_CALIBRATION.get(feeder.name.lower(), FEEDER_CALIBRATION["default"])
+        config = dataclasses.replace(
+            config, **{k: v for k, v in calibration.items() if getattr(config, k) is None}
+        )  # sim.config holds the numbers the simulator uses
+        self.config = config
         self.compiled = powerflow.compile(
             feeder, dtype=config.dtype, device=self.device, load_voltage_limits=config.load_voltage_limits
         )
@@ -415,6 +439,7 @@ class Sim:
         counts = split_mix(int(config.n_agents), config.mix, AGENT_TYPES)
         self.n_agents = int(config.n_agents)
         self.n_per_type = counts
+        self.device_scale = device_scale(total_kw, self.n_agents)
 
         gen = torch.Generator().manual_seed(int(config.seed))
         node_of_agent = place_agents(spot, self.n_agents, gen)
@@ -434,6 +459,8 @@ class Sim:
                     "sizing_margin": config.heatpump_sizing_margin,
                 }
             p64 = spec.sample_params(counts[name], gen, dtype=torch.float64, device="cpu", **kwargs)
+            if self.device_scale < 1.0:
+                p64 = p64.scaled(self.device_scale)
             self._params64[name] = p64
             self.params[name] = dataclasses.replace(
                 p64,

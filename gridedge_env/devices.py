@@ -188,6 +188,17 @@ class BatteryParams:
         """Number of battery agents N."""
         return self.p_max_kw.shape[0]
 
+    def scaled(self, factor: float) -> BatteryParams:
+        """The same batteries ``factor`` times as large: power limit, capacity and state-of-charge bounds
+        scale, efficiencies and the cost per kWh do not, so every normalised action does the same."""
+        return dataclasses.replace(
+            self,
+            p_max_kw=self.p_max_kw * factor,
+            e_max_kwh=self.e_max_kwh * factor,
+            soc_min_kwh=self.soc_min_kwh * factor,
+            soc_max_kwh=self.soc_max_kwh * factor,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class HeatPumpParams:
@@ -214,6 +225,17 @@ class HeatPumpParams:
         """Number of heat-pump agents N."""
         return self.p_max_kw.shape[0]
 
+    def scaled(self, factor: float) -> HeatPumpParams:
+        """The same heat pumps in buildings ``factor`` times as large: electrical size, heat-loss coefficient
+        (``1 / r``) and capacitance scale, so time constants, temperatures and COPs under every normalised
+        action stay the same."""
+        return dataclasses.replace(
+            self,
+            p_max_kw=self.p_max_kw * factor,
+            r_k_per_kw=self.r_k_per_kw / factor,
+            c_kwh_per_k=self.c_kwh_per_k * factor,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorParams:
@@ -238,6 +260,18 @@ class GeneratorParams:
     def n_agents(self) -> int:
         """Number of generator agents N."""
         return self.p_max_kw.shape[0]
+
+    def scaled(self, factor: float) -> GeneratorParams:
+        """The same generators ``factor`` times as large: output limits and ramp rate scale, and the quadratic
+        fuel-cost coefficient by ``1 / factor``, so the fuel cost per kWh at every normalised action is the
+        same."""
+        return dataclasses.replace(
+            self,
+            p_min_kw=self.p_min_kw * factor,
+            p_max_kw=self.p_max_kw * factor,
+            fuel_cost_c2_per_kw2h=self.fuel_cost_c2_per_kw2h / factor,
+            ramp_kw_per_h=self.ramp_kw_per_h * factor,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------

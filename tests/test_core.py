@@ -15,7 +15,15 @@ import torch
 import gridedge_env
 from baselines.rules import price_seeking_actions
 from gridedge_env.core import OBS_DIM, OBS_NAMES, SimConfig, State, make_sim
-from gridedge_env.placement import hosting_capacity, node_spot_kw, split_mix, systematic_counts
+from gridedge_env.devices import DEVICE_TYPES
+from gridedge_env.network import load_feeder
+from gridedge_env.placement import (
+    FULL_SIZE_SPOT_KW_PER_AGENT,
+    hosting_capacity,
+    node_spot_kw,
+    split_mix,
+    systematic_counts,
+)
 from gridedge_env.scenarios import split_days, split_profiles
 from gridedge_env.simbench import bench_sim
 from gridedge_run.calibration import rollout_metrics
@@ -161,6 +169,48 @@ def test_hosting_rule(small):
     assert make_sim(feeder="ieee13", n_agents=10, min_spot_kw_per_agent=300.0).hosting_capacity == cap // 300
 
 
+def test_devices_shrink_where_agents_are_denser_than_one_per_3_kw():
+    """The shipped tasks (about 3.5 kW of spot load per agent) keep the drawn device sizes; denser agents get
+    devices scaled by their spot load per agent over 3 kW, which behave the same under normalised actions."""
+    assert make_sim(n_agents=1000).device_scale == 1.0  # IEEE-123 task
+    assert make_sim(feeder="ieee13", n_agents=1000).device_scale == 1.0  # IEEE-13 quick task
+    full = make_sim(feeder="ieee13", n_agents=1000, seed=4)
+    total_kw = float(full.node_spot_kw.sum())
+    dense = make_sim(feeder="ieee13", n_agents=3000, seed=4)
+    scale = total_kw / 3000 / FULL_SIZE_SPOT_KW_PER_AGENT
+    assert dense.device_scale == pytest.approx(scale) and scale < 0.4
+    assert float(dense.params["battery"].p_max_kw.max()) <= 7 * scale + 1e-12
+    assert float(dense.params["generator"].p_max_kw.min()) >= 3 * scale - 1e-12
+    # a scaled device under the same actions: the same normalised trajectory, power and cost times the scale
+    g = torch.Generator().manual_seed(0)
+    actions = 2 * torch.rand(3, 5, generator=g, dtype=torch.float64) - 1
+    t_out = torch.full((3, 1), -5.0, dtype=torch.float64)
+    for name, spec in DEVICE_TYPES.items():
+        params = spec.sample_params(5, torch.Generator().manual_seed(1))
+        small = params.scaled(0.25)
+        state = spec.initial_state(params, 3, torch.Generator().manual_seed(2))
+        small_state = state if name == "heatpump" else 0.25 * state
+        kwargs = {"t_outdoor_c": t_out} if spec.exogenous else {}
+        big_out = spec.step(params, state, actions, dt_h=0.5, **kwargs)
+        small_out = spec.step(small, small_state, actions, dt_h=0.5, **kwargs)
+        assert torch.allclose(small_out.p_kw, 0.25 * big_out.p_kw, atol=1e-12), name
+        assert torch.allclose(small_out.device_cost, 0.25 * big_out.device_cost, atol=1e-12), name
+        expected_state = big_out.next_state if name == "heatpump" else 0.25 * big_out.next_state
+        assert torch.allclose(small_out.next_state, expected_state, atol=1e-12), name
+
+
+def test_feeder_calibration_by_name():
+    """load_scale and pv_kwp_per_kw default to the feeder's calibration (IEEE-8500 its own, by name), and
+    sim.config records the numbers used; values given win."""
+    s123 = make_sim(n_agents=10)
+    assert (s123.config.load_scale, s123.config.pv_kwp_per_kw) == (2.5, 3.5)
+    as_8500 = dataclasses.replace(load_feeder("ieee13"), name="ieee8500")
+    s = make_sim(feeder=as_8500, n_agents=10)
+    assert (s.config.load_scale, s.config.pv_kwp_per_kw) == (1.0, 0.5)
+    assert make_sim(feeder=as_8500, n_agents=10, load_scale=2.0).config.load_scale == 2.0
+    assert torch.allclose(s.node_pv_kwp, 0.5 * s.node_spot_kw)
+
+
 @pytest.mark.slow
 def test_ieee8500_hosts_10000_agents_on_the_service_secondaries():
     """10,000 agents on IEEE-8500 sit on the 120 V legs of the homes' service transformers (the load nodes),
@@ -180,6 +230,19 @@ def test_ieee8500_hosts_10000_agents_on_the_service_secondaries():
     assert bool(r.converged.all())
     (r.cost.sum() + 1e3 * r.voltage_violation.sum()).backward()
     assert bool(torch.isfinite(actions.grad).all())
+    # the task is sized to the feeder: devices at 1.08 kW of spot load per agent, IEEE-8500's own load and PV
+    # calibration; a day of idle-ish (zero) and of random actions stays within 0.9-1.1 pu at every node
+    assert s.device_scale == pytest.approx(10_773.17 / 10_000 / 3.0, rel=1e-4)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for random in (False, True):
+            state = s.reset(2, seed=1, split="test")
+            for _ in range(s.n_steps):
+                a = 2 * torch.rand(2, 10_000, generator=g, dtype=torch.float64) - 1 if random else actions.detach()
+                r = s.step(state, a)
+                state = r.state
+                assert bool(r.converged.all())
+                assert 0.9 < float(r.v_mag_pu.min()) and float(r.v_mag_pu.max()) < 1.1
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -460,7 +460,8 @@ def test_newton_rows_have_the_same_implicit_gradient(limits_model):
 def test_sparse_factor_path_equals_dense_path(name, monkeypatch):
     """Feeders over DENSE_RECOVERY_NODES iterate (forward and adjoint) and recover through Y's sparse LU
     factors instead of the dense Z: the same voltages, iterations and input gradients, here forced on a small
-    feeder, including a Newton row (3.6 times the loads), whose fallback builds the dense Z_TT on demand."""
+    feeder, including a Newton row (3.6 times the loads), whose steps and direct adjoint solve sparse systems
+    over all nodes, never forming Z_TT."""
     compile_module = importlib.import_module("gridedge_env.powerflow.compile")
     feeder = load_feeder(name)
     dense = powerflow.compile(feeder)
@@ -479,6 +480,7 @@ def test_sparse_factor_path_equals_dense_path(name, monkeypatch):
         results.append(r)
         grads.append(torch.cat([leaves[k].grad for k in sorted(leaves)], dim=1))
     assert torch.equal(results[0].iterations, results[1].iterations) and bool(results[1].converged.all())
+    assert results[1].iterations[-1] > 40 and "z_active_dense" not in vars(sparse)  # Newton, without Z_TT
     # the two agree to the linear algebra's own accuracy (eps cond(Y) |i|: IEEE-13 and -123 are ill-conditioned)
     assert torch.allclose(results[0].v_pu, results[1].v_pu, atol=5e-10, rtol=0)
     assert torch.allclose(grads[0], grads[1], rtol=1e-8, atol=1e-10 * float(grads[0].abs().max()))

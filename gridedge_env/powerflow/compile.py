@@ -43,8 +43,8 @@ class SparseRecovery:
     `Z_:T^H g = 1000 D_T [Y^-H D g]_T`.
     """
 
-    def __init__(self, lu, v_base: np.ndarray, active: np.ndarray):
-        self.lu, self.v_base, self.active = lu, v_base, active
+    def __init__(self, y: scipy.sparse.csc_matrix, lu, v_base: np.ndarray, active: np.ndarray):
+        self.y, self.lu, self.v_base, self.active = y, lu, v_base, active
 
     def _scatter(self, x: torch.Tensor) -> np.ndarray:
         """[B, m] pu -> [n, B] right-hand side in amperes-per-volt scale, zero off the active nodes."""
@@ -72,6 +72,40 @@ class SparseRecovery:
         """`Z_TT^H x`: [B, m] -> [B, m]."""
         out = 1e3 * self.lu.solve(self._scatter(x), trans="H")[self.active].T / self.v_base[self.active]
         return torch.as_tensor(out, dtype=x.dtype)
+
+    def solve_linearised(self, a: np.ndarray, b: np.ndarray, rhs: np.ndarray, adjoint: bool) -> np.ndarray:
+        """x [B, m] with `x - Z_TT (A x + B conj(x)) = rhs` (`adjoint`: `x - Z_TT^H (conj(A) x + B conj(x))
+        = rhs`) for sparse [m, m] matrices A = a[k], B = b[k] per row k, without forming Z_TT: NaN rows where
+        the system is singular.
+
+        With `Z_TT = 1000 D E^T Y^-1 E D` (E the active nodes' columns, D = diag(1 / V_base)) and `x = rhs +
+        1000 D E^T y`, it is the sparse n-node system `(Y - 1000 E D A D E^T) y - 1000 E D B D E^T conj(y) =
+        E D (A rhs + B conj(rhs))` (Y^H for the adjoint), solved as one real 2n system per row: one sparse
+        factorisation each instead of a dense 2m one.
+        """
+        n, m = len(self.v_base), len(self.active)
+        scale = 1.0 / self.v_base[self.active]
+        embed = scipy.sparse.csr_matrix((1e3 * scale, (self.active, np.arange(m))), shape=(n, m))  # 1000 E D
+        y = (self.y.conj().T if adjoint else self.y).tocsr()
+        out = np.full(rhs.shape, np.nan, dtype=complex)
+        for k in range(rhs.shape[0]):
+            a_k = a[k].conj() if adjoint else a[k]
+            big_m = y - embed @ a_k @ embed.T / 1e3
+            big_n = embed @ b[k] @ embed.T / 1e3
+            r = embed @ (a_k @ rhs[k] + b[k] @ rhs[k].conj()) / 1e3
+            system = scipy.sparse.bmat(
+                [
+                    [big_m.real - big_n.real, -big_m.imag - big_n.imag],
+                    [big_m.imag - big_n.imag, big_m.real + big_n.real],
+                ],
+                format="csc",
+            )
+            try:
+                sol = scipy.sparse.linalg.splu(system).solve(np.concatenate([r.real, r.imag]))
+            except RuntimeError:  # "Factor is exactly singular": the row stays NaN
+                continue
+            out[k] = rhs[k] + embed.T @ (sol[:n] + 1j * sol[n:])
+        return out
 
     def z_columns(self, rows: np.ndarray | None):
         """Blocks `(columns, Z[rows, columns])` of `Z_:T` (all rows when `rows` is None), pu, numpy."""
@@ -292,7 +326,8 @@ def compile(
     yprims = element_yprims(feeder)
     try:
         # minimum-degree ordering on Y^T Y: the least fill-in on radial feeders (IEEE-8500: 61k nonzeros)
-        lu = scipy.sparse.linalg.splu(assemble_ybus_sparse(feeder, yprims), permc_spec="MMD_ATA")
+        ybus = assemble_ybus_sparse(feeder, yprims)
+        lu = scipy.sparse.linalg.splu(ybus, permc_spec="MMD_ATA")
     except RuntimeError as exc:  # "Factor is exactly singular"
         raise FeederError(
             f"feeder {feeder.name!r}: admittance matrix is singular (an island without a path to the source?)"
@@ -339,7 +374,7 @@ def compile(
     # Z columns of the active nodes (pu), from the sparse factorisation in blocks of columns, kept only for
     # feeders small enough that dense products cost less than sparse solves
     active_np = np.array(active, dtype=np.int64)
-    sparse = SparseRecovery(lu, v_base, active_np)
+    sparse = SparseRecovery(ybus, lu, v_base, active_np)
     dense = len(index) <= DENSE_RECOVERY_NODES or torch.device(device).type != "cpu"
     if dense:
         z_all_active = np.empty((len(index), m), complex)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import scipy.sparse
 import torch
 
 from gridedge_env.powerflow.compile import (
@@ -203,12 +204,13 @@ def _iterate(c: CompiledFeeder, v, coef_t, tol: float, max_iter: int):
     return v, converged, failed, iterations
 
 
-def _linearisation(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor):
-    """Per row, the complex [B, m, m] matrices (A, B) of the active-node currents' linearisation,
-    di = A dv + B conj(dv), at voltages v [B, m]."""
+def _linearisation(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor, dense: bool = True):
+    """Per row, the [m, m] matrices (A, B) of the active-node currents' linearisation, di = A dv + B conj(dv),
+    at voltages v [B, m]: complex [B, m, m] tensors (``dense``), or lists of B sparse scipy matrices (diagonal
+    plus the ungrounded branches' incidence terms)."""
     m = v.shape[1]
     a_conj, b = _local_jacobian(v, coef_t[:, :, :m], _limits(c, slice(0, m)))
-    big_a, big_b = torch.diag_embed(a_conj.conj()), torch.diag_embed(b)
+    branches = None
     if c.delta_from.numel():
         u = _across(c, v)
         ad_conj, bd = _local_jacobian(u, coef_t[:, :, m:], _limits(c, slice(m, None)))
@@ -216,9 +218,42 @@ def _linearisation(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor):
         incidence = torch.zeros(len(k), m, dtype=v.dtype, device=v.device)
         incidence[k, c.delta_from] = 1.0
         incidence[k, c.delta_to] -= 1.0 if c.delta_to_weight is None else c.delta_to_weight
-        big_a = big_a + incidence.T @ (ad_conj.conj().unsqueeze(2) * incidence)
-        big_b = big_b + incidence.T @ (bd.unsqueeze(2) * incidence)
+        branches = (incidence, ad_conj.conj(), bd)
+    if dense:
+        big_a, big_b = torch.diag_embed(a_conj.conj()), torch.diag_embed(b)
+        if branches is not None:
+            incidence, ad, bd = branches
+            big_a = big_a + incidence.T @ (ad.unsqueeze(2) * incidence)
+            big_b = big_b + incidence.T @ (bd.unsqueeze(2) * incidence)
+        return big_a, big_b
+    as_np = lambda x: x.detach().resolve_conj().cpu().numpy()  # noqa: E731
+    a_rows, b_rows = as_np(a_conj.conj()), as_np(b)
+    if branches is not None:
+        incidence, ad, bd = (as_np(x) for x in branches)
+        incidence = scipy.sparse.csr_matrix(incidence)
+    big_a, big_b = [], []
+    for k in range(v.shape[0]):
+        a_k, b_k = scipy.sparse.diags(a_rows[k]), scipy.sparse.diags(b_rows[k])
+        if branches is not None:
+            a_k = a_k + incidence.T @ scipy.sparse.diags(ad[k]) @ incidence
+            b_k = b_k + incidence.T @ scipy.sparse.diags(bd[k]) @ incidence
+        big_a.append(a_k.tocsr())
+        big_b.append(b_k.tocsr())
     return big_a, big_b
+
+
+def _solve_linearised(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor, rhs: torch.Tensor, adjoint: bool):
+    """x [B, m] with x - Z (A x + B conj(x)) = rhs, (A, B) the linearisation at v (Newton's step), or with
+    `adjoint` x - Z^H (conj(A) x + B conj(x)) = rhs (its adjoint); NaN rows where the system is singular.
+    Small feeders: one dense real 2m system per row with Z_TT. Feeders on the sparse path: one sparse real
+    2n system per row (`SparseRecovery.solve_linearised`), so Z_TT is never formed."""
+    if c.recovery is None:
+        big_a, big_b = _linearisation(c, v, coef_t)
+        z = c.z_active.mH if adjoint else c.z_active
+        return _solve_conjugate_linear(z @ (big_a.conj() if adjoint else big_a), z @ big_b, rhs)
+    big_a, big_b = _linearisation(c, v, coef_t, dense=False)
+    x = c.recovery.solve_linearised(big_a, big_b, rhs.detach().cpu().numpy(), adjoint)
+    return torch.as_tensor(x, dtype=rhs.dtype, device=rhs.device)
 
 
 def _solve_conjugate_linear(m1: torch.Tensor, m2: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -245,37 +280,42 @@ def _newton(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor, tol: float
     until the residual falls). Returns (v, converged, iterations); converged as the fixed point's test:
     every real and imaginary part of T(v) - v below tol."""
     batch, m = v.shape
-    z = c.z_active_dense
+    incremental = c.recovery is not None
 
-    def residual(x):
-        f = torch.addmm(c.w_active.expand(x.shape[0], m), _node_current(c, x, coef_t), z.T) - x
+    def residual(x, base=None):
+        i = _node_current(c, x, coef_t)
+        if base is None or not incremental:
+            f = c.z_product(i, c.w_active.expand(x.shape[0], m)) - x
+        else:
+            # sparse solves round relative to their right-hand side (as in `_iterate`): from the last accepted
+            # point (x0, i0, F(x0)), F(x) = F(x0) + Z (i - i0) - (x - x0), so the rounding shrinks with the step
+            x0, i0, f0 = base
+            f = c.z_product(i - i0, f0) - (x - x0)
         size = torch.view_as_real(f).abs().amax(dim=(1, 2))
-        return f, torch.where(torch.isfinite(size), size, torch.full_like(size, torch.inf))
+        return f, torch.where(torch.isfinite(size), size, torch.full_like(size, torch.inf)), i
 
     stuck = torch.zeros(batch, dtype=torch.bool, device=v.device)
     iterations = torch.zeros(batch, dtype=torch.long, device=v.device)
     forced_steps = torch.zeros_like(iterations)
-    f, size = residual(v)
+    f, size, i = residual(v)
     for _ in range(_NEWTON_MAX_ITER):
         active = ~(size < tol) & ~stuck
         if not bool(active.any()):
             break
         iterations += active.long()
-        big_a, big_b = _linearisation(c, v, coef_t)
-        dv = _solve_conjugate_linear(z @ big_a, z @ big_b, f)
+        dv = torch.zeros_like(v)
+        dv[active] = _solve_linearised(c, v[active], coef_t[:, active], f[active], adjoint=False)
         stuck = stuck | (active & ~_finite_rows(dv))
         active = active & ~stuck
         dv = torch.where(active.unsqueeze(1), dv, torch.zeros_like(dv))
         t = torch.ones(batch, dtype=size.dtype, device=v.device)
         accepted = ~active
-        v_next, f_next, size_next = v, f, size
+        point = (v, f, size, i)  # per row: the point the step goes to, its residual, size and currents
         for _ in range(_NEWTON_HALVINGS):
             trial = v + t.unsqueeze(1).to(v.dtype) * dv
-            f_trial, size_trial = residual(trial)
-            better = ~accepted & (size_trial < size)
-            v_next = torch.where(better.unsqueeze(1), trial, v_next)
-            f_next = torch.where(better.unsqueeze(1), f_trial, f_next)
-            size_next = torch.where(better, size_trial, size_next)
+            evaluated = (trial, *residual(trial, (v, i, f)))
+            better = ~accepted & (evaluated[2] < size)
+            point = _where_rows(better, evaluated, point)
             accepted = accepted | better
             if bool(accepted.all()):
                 break
@@ -284,15 +324,16 @@ def _newton(c: CompiledFeeder, v: torch.Tensor, coef_t: torch.Tensor, tol: float
         # can make the residual rise on the way), and then stops
         forced = ~accepted & (forced_steps < _NEWTON_FORCED_STEPS)
         if bool(forced.any()):
-            trial = v + dv
-            f_trial, size_trial = residual(trial)
-            v_next = torch.where(forced.unsqueeze(1), trial, v_next)
-            f_next = torch.where(forced.unsqueeze(1), f_trial, f_next)
-            size_next = torch.where(forced, size_trial, size_next)
+            point = _where_rows(forced, (v + dv, *residual(v + dv, (v, i, f))), point)
             forced_steps += forced.long()
         stuck = stuck | (~accepted & ~forced)
-        v, f, size = v_next, f_next, size_next
+        v, f, size, i = point
     return v, size < tol, iterations
+
+
+def _where_rows(rows: torch.Tensor, new: tuple, old: tuple) -> tuple:
+    """Per tensor of `new` and `old` ([B] or [B, k]), `new`'s rows where `rows` [B] is True, else `old`'s."""
+    return tuple(torch.where(rows if a.dim() == 1 else rows.unsqueeze(1), a, b) for a, b in zip(new, old, strict=True))
 
 
 def _finite_rows(x: torch.Tensor) -> torch.Tensor:
@@ -479,11 +520,8 @@ class _ImplicitFixedPoint(torch.autograd.Function):
             # rows Newton solved: where the fixed point does not contract, neither does its adjoint, so
             # their adjoint is solved directly, mu - Z^H (A' mu + B' conj(mu)) = h + Z^H g (see _newton)
             direct = newton.nonzero().flatten()
-            big_a, big_b = _linearisation(c, v[direct], coef_t[:, direct])
-            z_h = c.z_active_dense.mH
-            mu_direct = _solve_conjugate_linear(
-                z_h @ big_a.conj(), z_h @ big_b, c.z_adjoint_product(g_active[direct], h_all[direct])
-            )
+            rhs = c.z_adjoint_product(g_active[direct], h_all[direct])
+            mu_direct = _solve_linearised(c, v[direct], coef_t[:, direct], rhs, adjoint=True)
             mask = (converged & ~newton).unsqueeze(1)
         if not bool(mask.all()):
             h_all = torch.where(mask, h_all, zero)
