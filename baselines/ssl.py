@@ -171,7 +171,7 @@ class SSLTrainer:
     def iterate(self) -> dict:
         """One full iteration; returns its metrics row (without wall_s and eval columns)."""
         cfg = self.config
-        lr = cfg.optim.lr_at(cfg.run.progress(self.iteration, self.elapsed_s))
+        lr = cfg.optim.lr_at(self.iteration)
         t0 = time.perf_counter()
         roll = self.rollout()  # its backward leaves dL/dtheta in the policy's .grad
         t1 = time.perf_counter()

@@ -5,7 +5,7 @@ holds its own algorithm's fields and these sections:
 
 - `RunConfig` (``run``): budget, seed, checkpoints, periodic evaluation, failure limit: what the run
   layer's loop (`gridedge_run.loop.train`) reads;
-- `OptimConfig` (``optim``): Adam, the learning-rate schedule over the budget, per-agent gradient clipping;
+- `OptimConfig` (``optim``): Adam, the learning-rate schedule over iterations, per-agent gradient clipping;
 - `NormalizerConfig` (``normalizer``): the running observation statistics (`gradmap_agent.ObsNormalizer`);
 - `PolicyConfig` (``policy``): every agent's network (`gradmap_agent.StackedMLPPolicy`);
 - `LagrangianConfig` (``lagrangian``, gradient-based methods): multipliers and dual ascent.
@@ -36,7 +36,7 @@ __all__ = [
     "section",
 ]
 
-#: Learning-rate schedules over the budget.
+#: Learning-rate schedules, indexed by iteration (`OptimConfig.lr_at`).
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -81,27 +81,24 @@ class RunConfig:
             problems.append(f"max_pf_failure_share must be in [0, 1], got {self.max_pf_failure_share}")
         _raise(RunConfig, problems)
 
-    def progress(self, iteration: int, elapsed_s: float) -> float:
-        """Share of the budget used after ``iteration`` iterations and ``elapsed_s`` seconds of training: the
-        larger of the iterations' and the minutes' shares (1 when there is no budget)."""
-        parts = []
-        if self.iterations:
-            parts.append(iteration / self.iterations)
-        if self.minutes:
-            parts.append(elapsed_s / (60.0 * self.minutes))
-        return max(parts) if parts else 1.0
-
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam on the per-agent networks, its learning-rate schedule and per-agent gradient clipping."""
+    """Adam on the per-agent networks, its learning-rate schedule and per-agent gradient clipping.
+
+    The schedule is indexed by iteration over a fixed horizon, never by the run's budget: runs with different
+    budgets (minutes or iterations) have the same learning rate at iteration k, so a longer budget does not
+    change the early learning curve."""
 
     lr: float = 3e-3
     """Adam learning rate at the start of the schedule."""
     lr_schedule: str = "cosine"
-    """"constant", "linear" or "cosine" decay over the budget (iterations, or minutes if that ends first)."""
+    """"constant", "linear" or "cosine" decay from `lr` over the first `lr_decay_iterations` iterations."""
+    lr_decay_iterations: int = 1000
+    """Horizon of the decay, iterations (about what GradMAP runs in 15 minutes on one CPU core); later
+    iterations keep the final learning rate."""
     lr_final_fraction: float = 0.1
-    """Learning rate at the end of the schedule, as a fraction of `lr`."""
+    """Learning rate at the end of the decay, as a fraction of `lr`."""
     adam_beta1: float = 0.9
     """Adam's first-moment decay."""
     adam_beta2: float = 0.999
@@ -117,13 +114,17 @@ class OptimConfig:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.lr_final_fraction <= 1:
             problems.append(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
+        if isinstance(self.lr_decay_iterations, bool) or not (
+            isinstance(self.lr_decay_iterations, int) and self.lr_decay_iterations >= 1
+        ):
+            problems.append(f"lr_decay_iterations must be an integer >= 1, got {self.lr_decay_iterations!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
         _raise(OptimConfig, problems)
 
-    def lr_at(self, progress: float) -> float:
-        """Learning rate at ``progress`` in [0, 1] of the budget (clipped to that range)."""
-        p = min(max(progress, 0.0), 1.0)
+    def lr_at(self, iteration: int) -> float:
+        """Learning rate of iteration ``iteration`` (0 for the first; the same whatever the run's budget)."""
+        p = min(max(iteration / self.lr_decay_iterations, 0.0), 1.0)
         f = self.lr_final_fraction
         if self.lr_schedule == "constant":
             return self.lr

@@ -36,6 +36,7 @@ from gradmap_agent.networks import hidden_tanh
 from gridedge_env import make_sim
 from gridedge_env.metrics import DEVICE_METRIC_NAMES
 from gridedge_run import EVAL_KEYS, evaluate_policy, load_policies, obs_policy, train
+from gridedge_run.methods import TRAIN_METHODS
 
 TIME_FIELDS = ("wall_s", "rollout_s", "update_s", "time_left_s")
 
@@ -223,6 +224,34 @@ def test_gradma_is_gradmap_with_k1(sim13):
     assert params_equal(p_gradma, p_k1)
     for a, b in zip(m_gradma["history"], m_k1["history"], strict=True):
         assert a["lagrangian"] == b["lagrangian"] and a["cost"] == b["cost"]
+
+
+#: Tiny settings of every trained method (IEEE-13, 20 agents, 2 days per rollout).
+TINY = {
+    "gradmap": {"batch_days": 2, "hidden": 8},
+    "gradma": {"batch_days": 2, "hidden": 8},
+    "ssl": {"batch_days": 2, "hidden": 8},
+    "ssl-penalty": {"batch_days": 2, "hidden": 8},
+    "ippo": {"num_envs": 2, "hidden": 8, "critic_hidden": 16, "epochs": 1, "minibatches": 1},
+    "mappo": {"num_envs": 2, "hidden": 8, "critic_hidden": 16, "epochs": 1, "minibatches": 1},
+}
+
+
+@pytest.mark.parametrize(
+    "method", [m if m == "gradmap" else pytest.param(m, marks=pytest.mark.slow) for m in sorted(TRAIN_METHODS)]
+)
+def test_learning_rate_at_iteration_k_does_not_depend_on_the_budget(sim13, method):
+    """A longer budget (iterations, and minutes besides) leaves the learning rate of the first iterations as it
+    was: the schedule is indexed by iteration (the old schedule over the budget fails this)."""
+    spec = TRAIN_METHODS[method]
+    lrs = []
+    for budget in ({"iterations": 2}, {"iterations": 3, "minutes": 60.0}):
+        config = spec.make_config(**TINY[method], **budget, lr_schedule="cosine", lr_decay_iterations=2)
+        _, _, metrics = train(sim13, config, method=method)
+        lrs.append([row["lr"] for row in metrics["history"]])
+    assert lrs[0] == lrs[1][:2]
+    assert lrs[1][2] < lrs[1][1] < lrs[1][0]  # the schedule decays: the check compares something
+    assert lrs[1][2] == pytest.approx(0.1 * lrs[1][0])  # the final rate from the horizon on
 
 
 def test_gradma_update_direction_is_the_chain_rule(sim13):
