@@ -91,7 +91,7 @@ _DEFAULT_TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-6, 1e-5)}
 
 #: The task's load and PV calibration (``docs/simulator.md``, Calibration), by feeder name: IEEE-123's for
 #: every feeder, and IEEE-8500's own. With its regulator taps neutral IEEE-8500's long primary cannot carry
-#: its own spot loads (0.78 pu and no solution at 1.0 times them, source 0.985 pu), and its homes sit behind
+#: its own spot loads (0.78 pu at 1.0 times them, source 0.985 pu), and its homes sit behind
 #: 10-50 kVA service transformers and triplex cables, so IEEE-123's 1.2 times spot load at the evening peak
 #: and 3.5 kWp of PV per kW put it at 0.61-1.25 pu without any agent.
 FEEDER_CALIBRATION: dict[str, dict[str, float]] = {
@@ -110,7 +110,7 @@ class SimConfig:
     """Everything that defines a simulator instance (``make_sim(**fields)``)."""
 
     feeder: str | Feeder = "ieee123"
-    """A shipped feeder's name ("ieee13", "ieee34", "ieee123"), a ``.json`` or ``.dss`` file path, or a `Feeder`."""
+    """A shipped feeder's name ("ieee13", "ieee34", "ieee123", "ieee8500"), a .json or .dss path, or a `Feeder`."""
     n_agents: int = 1000
     """Number of agents N (>= 1, at most the feeder's hosting capacity)."""
     mix: tuple[float, ...] = (0.4, 0.4, 0.2)
@@ -390,7 +390,7 @@ class Sim:
     """A simulator instance: one feeder, N placed agents with sampled parameters. Build with `make_sim`.
 
     Attributes:
-        config: The `SimConfig`.
+        config: The `SimConfig`, with the feeder's calibration filled in where it was None.
         compiled: The compiled feeder (`gridedge_env.powerflow.CompiledFeeder`).
         agents: Agent names, in action order: ``battery_0..``, ``heatpump_0..``, ``generator_0..``.
         agent_groups: ``{"battery": [...], "heatpump": [...], "generator": [...]}`` (every type present,
@@ -409,6 +409,8 @@ class Sim:
         n_steps: Steps per episode T.
         dt_h: Step length, hours.
         hosting_capacity: Largest number of agents this feeder hosts under the hosting rule.
+        device_scale: Size of every device relative to the drawn one (`placement.device_scale`; 1 unless agents
+            are denser than one per 3 kW of spot load).
     """
 
     def __init__(self, config: SimConfig) -> None:
