@@ -205,6 +205,9 @@ class LagrangianConfig:
     """Initial network multiplier, $ per pu of voltage violation per node and step (ssl-penalty's weight)."""
     voltage_dual_lr: float = 2e3
     """Dual step of the network multipliers per pu of violation (node, time of day; mean over days)."""
+    dual_lr_decay_iterations: float = 25.0
+    """Both dual steps shrink as 1 / sqrt(1 + k / this) after k dual steps (iterations), so that the
+    multipliers settle on noisy rollouts (0: constant steps)."""
     # The budgets lie above what the perfect-foresight optimum reaches with the same 0.01 pu margin (7
     # validation days, IEEE-123, 1,000 agents; docs/gradmap.md#budgets): its worst battery leaves 0.041 kWh a
     # day undelivered, its worst heat pump 0.043 K-steps, its worst generator 0.0006 kWh, its worst node and
@@ -225,7 +228,7 @@ class LagrangianConfig:
     voltage_margin_pu: float = 0.01
     """Training constraint uses [v_min + margin, v_max - margin] (metrics always use the true band); the margin
     absorbs the deterministic policy's and the test days' difference from the training rollouts."""
-    voltage_quadratic: float = 1e9
+    voltage_quadratic: float = 1e8
     """rho of the augmented Lagrangian's (rho / 2) w^2 per node-step, $ per pu^2 of margin-tightened voltage
     violation w: a gradient that grows with the excursion, so the worst nodes weigh most (0: off)."""
     max_multiplier: float = 1e6

@@ -63,6 +63,8 @@ class Multipliers:
         n_agents = len(self.violation_units)
         self.device = torch.full((n_agents,), float(device_init), dtype=torch.float64, device=device)
         self.voltage = torch.full((n_steps, n_nodes), float(voltage_init), dtype=torch.float64, device=device)
+        self.updates = 0
+        """Dual steps taken so far (`dual_update`'s step size decays with it)."""
 
     @classmethod
     def for_sim(cls, sim, device_init: float = 0.0, voltage_init: float = 0.0) -> Multipliers:
@@ -78,11 +80,12 @@ class Multipliers:
         )
 
     def state_dict(self) -> dict:
-        return {"device": self.device.clone(), "voltage": self.voltage.clone()}
+        return {"device": self.device.clone(), "voltage": self.voltage.clone(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.device = state["device"].clone().to(self.device.device)
         self.voltage = state["voltage"].clone().to(self.voltage.device)
+        self.updates = int(state["updates"])
 
     def summary(self) -> dict[str, float]:
         """Mean and max per device type (``battery_multiplier_mean``, ..., each in its own unit) and of the
@@ -158,7 +161,12 @@ def dual_update(
     voltage_violation_: torch.Tensor,
     config,
 ) -> None:
-    """Projected dual ascent: ``lam <- clip(lam + rho * (violation - budget), 0, max)`` (in place).
+    """Projected dual ascent: ``lam <- clip(lam + rho_k * (violation - budget), 0, max)`` (in place), with the
+    step ``rho_k = rho / sqrt(1 + k / k_0)`` after ``k`` earlier steps (``k_0``: ``dual_lr_decay_iterations``).
+
+    The rollouts' violations are noisy estimates of their expectations, so a constant step keeps the
+    multipliers moving; the decaying one (sum of steps unbounded, a standard stochastic-approximation
+    schedule) lets them settle while they can still grow without bound if a constraint stays violated.
 
     The constraints are ``E[violation] <= budget``: with a zero budget the multipliers can only grow (the
     violations are non-negative), with a small positive one they also come down again when the policy
@@ -177,14 +185,18 @@ def dual_update(
     The device step uses each agent's violation summed over the day in its budget's unit and averaged over the
     rows; the network step the violation of node ``n`` at step ``t`` averaged over the rows.
     """
+    decay = 1.0
+    if config.dual_lr_decay_iterations:
+        decay = (1.0 + multipliers.updates / config.dual_lr_decay_iterations) ** -0.5
     day_dev = device_violation.to(torch.float64).sum(dim=0).mean(dim=0) * multipliers.violation_units  # [N]
     multipliers.device = (
-        multipliers.device + config.device_dual_lr * (day_dev - device_budgets(multipliers, config))
+        multipliers.device + decay * config.device_dual_lr * (day_dev - device_budgets(multipliers, config))
     ).clamp(0.0, config.max_multiplier)
     mean_w = voltage_violation_.to(torch.float64).mean(dim=1)  # [T, n]
     multipliers.voltage = (
-        multipliers.voltage + config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
+        multipliers.voltage + decay * config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
     ).clamp(0.0, config.max_multiplier)
+    multipliers.updates += 1
 
 
 def proximal_surrogate(

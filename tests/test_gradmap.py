@@ -459,6 +459,28 @@ def test_dual_update_uses_per_type_budgets_in_their_units():
     assert summary["heatpump_multiplier_mean"] == pytest.approx(expected[1])
 
 
+def test_dual_step_decays_with_the_number_of_steps():
+    """The k-th dual step (k = 0, 1, ...) is rho / sqrt(1 + k / k_0) on both multiplier groups; k_0 = 0 keeps it
+    constant; the step count travels with the multipliers' state."""
+    dev = torch.ones(1, 1, 1, dtype=torch.float64)  # 1 unit per day above a zero budget
+    w = torch.ones(1, 1, 1, dtype=torch.float64)
+    zero_budgets = {"battery_undelivered_kwh_budget": 0.0, "voltage_violation_budget": 0.0}
+    for k0, expected in (
+        (4.0, [1.0, 1.0 + (1 + 1 / 4) ** -0.5, 1.0 + (1 + 1 / 4) ** -0.5 + (1 + 2 / 4) ** -0.5]),
+        (0.0, [1.0, 2.0, 3.0]),
+    ):
+        config = LagrangianConfig(device_dual_lr=1.0, voltage_dual_lr=1.0, dual_lr_decay_iterations=k0, **zero_budgets)
+        mult = Multipliers({"battery": slice(0, 1)}, torch.ones(1), 1, 1)
+        for total in expected:
+            dual_update(mult, dev, w, config)
+            assert float(mult.device[0]) == pytest.approx(total)
+            assert float(mult.voltage[0, 0]) == pytest.approx(total)
+        assert mult.updates == 3
+    restored = Multipliers({"battery": slice(0, 1)}, torch.ones(1), 1, 1)
+    restored.load_state_dict(mult.state_dict())
+    assert restored.updates == 3
+
+
 def test_obs_normalizer_matches_batch_statistics():
     x = torch.randn(50, 3, 4, dtype=torch.float64) * 3 + 1
     norm = ObsNormalizer(3, 4, std_min=1e-6)
