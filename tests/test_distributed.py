@@ -80,8 +80,11 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     state_two = load_run_file(two / CHECKPOINT_NAME, "checkpoint")
     _assert_same_state(state_one, state_two)
     # the metrics of the whole batch, whichever rank reports them
-    for key in ("cost", "violation_share", "pf_failures"):
+    for key in ("violation_share", "pf_failures"):
         assert summary[f"final_{key}"] == pytest.approx(metrics["final"][key], rel=1e-9, abs=1e-12), key
+    # the cost is linear in the float32 actions, whose last bits differ (gradients summed in another order):
+    # about 1e-9 relative
+    assert summary["final_cost"] == pytest.approx(metrics["final"]["cost"], rel=1e-7), "cost"
     # undelivered kW is the small difference of a request and what was delivered: the float32 policies'
     # last-bit differences (sums in another order) show in it at about 1e-8 relative
     for key in ("battery_undelivered_kwh", "heatpump_comfort_k_steps", "generator_undelivered_kwh"):
