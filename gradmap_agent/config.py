@@ -59,6 +59,9 @@ class RunConfig:
     """Write a checkpoint every this many iterations (and at the end)."""
     eval_every: int = 0
     """Evaluate the deterministic policies on `eval_days` validation days every this many iterations (0: off)."""
+    eval_every_s: float = 0.0
+    """Also evaluate whenever the training wall time passes a multiple of this many seconds (0: off): a
+    cadence the same for every method, whatever its time per iteration (what `gridedge compare` uses)."""
     eval_days: int = 8
     """Validation days of the periodic evaluation (evenly spaced over the validation split)."""
     max_pf_failure_share: float = 0.5
@@ -77,6 +80,8 @@ class RunConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             problems.append(f"eval_every must be >= 0, got {self.eval_every}")
+        if not 0 <= self.eval_every_s < float("inf"):
+            problems.append(f"eval_every_s must be finite and >= 0, got {self.eval_every_s}")
         if not 0 <= self.max_pf_failure_share <= 1:
             problems.append(f"max_pf_failure_share must be in [0, 1], got {self.max_pf_failure_share}")
         _raise(RunConfig, problems)

@@ -24,9 +24,13 @@ Every method goes through the same functions as `gridedge train` and `gridedge e
 (`gridedge_run.commands.train_method`, `evaluate_run`, `evaluate_reference`).
 Test days are scored once per final policy. Everything read off the learning curves uses validation days: the
 periodic evaluations (``eval_*`` columns of metrics.csv, on `eval_days` evenly spaced validation days) and the
-optimum on those same days. "Time to target" is the first training wall time at which a periodic evaluation
-has violation share <= 0.5 % and cost within 5 % of that optimum; a run that never gets there is "not reached",
-never a ratio of budgets.
+optimum on those same days. Every trained method is evaluated on the same wall-clock grid (every
+`Preset.eval_every_s` seconds of training), whatever its time per iteration. The levels are fixed before any
+training: violation share <= 0.5 % and cost within `Preset.target_cost_gap` of that optimum. "Time to target"
+is the first training wall time (and iteration: the number of environment gradients, one rollout and one
+backward each) at which a periodic evaluation meets both; a run that never gets there is "not reached", never a
+ratio of budgets. The speed-up of GradMAP over GradMA and over SSL is the ratio of those times, per seed where
+both reach the target, with the median and its bootstrap interval over those seeds (`speedup`).
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ __all__ = [
     "provenance",
     "run_compare",
     "snippet_parts",
-    "speedup_to_level",
+    "best_so_far",
+    "speedup",
+    "target_levels",
     "time_to_target",
     "write_snippet",
 ]
@@ -78,7 +84,9 @@ TRAINED_METHODS = ("gradmap", "gradma", "ssl", "ssl-penalty", "ippo", "mappo")
 REFERENCE_METHODS = ("noop", "price-seeking", "droop", "oracle")
 
 TARGET_VIOLATION_SHARE = 0.005
-TARGET_COST_GAP = 0.05
+#: Methods GradMAP's speed-up is measured against: its no-reuse variant, and self-supervised learning (the
+#: paper's 3-5x claim).
+SPEEDUP_AGAINST = ("gradma", "ssl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +101,10 @@ class Preset:
     """Training wall-time budget per trained method and seed, minutes."""
     test_days: int | None
     """Test days of the final evaluation, evenly spaced (None: all of the test split)."""
-    eval_every: dict[str, int]
-    """Periodic evaluation (learning curves) every this many iterations, per trained method."""
+    eval_every_s: float
+    """Periodic evaluation (learning curves) every this many seconds of training, the same for every method."""
+    target_cost_gap: float = 0.30
+    """Cost level of "time to target": within this fraction of the optimum's cost on the validation days."""
     curve_days: int = 8
     """Test days of the periodic evaluations (the trainers' `eval_days`)."""
     sim_seed: int = 0
@@ -136,7 +146,7 @@ PRESETS = {
         minutes=0.1,
         test_days=4,
         curve_days=4,
-        eval_every={"gradmap": 3, "gradma": 3, "ssl": 3, "ssl-penalty": 3, "ippo": 2, "mappo": 2},
+        eval_every_s=1.0,
         oracle_set=("iterations=60",),
     ),
     # the benchmark's story in under 10 minutes on 2 cores (with --jobs 2): the feasible IEEE-13 task, 1,000
@@ -151,7 +161,8 @@ PRESETS = {
         test_days=8,
         curve_days=8,
         seeds=(0, 1, 2),
-        eval_every={"gradmap": 10, "ippo": 5},
+        eval_every_s=5.0,
+        target_cost_gap=0.05,
         sim_set=FEASIBLE_IEEE13,
         oracle_set=("iterations=100", "init=price-seeking"),
         method_set={"gradmap": ("batch_days=4",)},
@@ -166,7 +177,7 @@ PRESETS = {
         test_days=8,
         curve_days=8,
         seeds=(0, 1, 2, 3, 4),
-        eval_every={"gradmap": 10, "gradma": 10, "ssl": 10, "ssl-penalty": 10, "ippo": 10, "mappo": 10},
+        eval_every_s=30.0,
     ),
 }
 
@@ -214,7 +225,7 @@ def _train(method: str, seed: int, preset: Preset, out: Path, show: bool) -> dic
         _say(f"{method} seed {seed}: resuming the interrupted training in {run_dir}")
     else:
         fields.update(parse_assignments(list(preset.method_set.get(method, ())), f"method_set[{method}]"))
-        fields.update(seed=seed, eval_days=preset.curve_days, eval_every=preset.eval_every.get(method, 10))
+        fields.update(seed=seed, eval_days=preset.curve_days, eval_every=0, eval_every_s=preset.eval_every_s)
         sim_options = preset.sim_options()
     sim_options["device"] = preset.device  # a resumed run may move to another device
     summary = train_method(
@@ -291,7 +302,7 @@ def _trace(method: str, seed: int, preset: Preset, sim, day: int, out: Path, sho
 
 
 def _learning_curve(run_dir: Path) -> dict[str, list[float]]:
-    curve = {"wall_s": [], "cost": [], "violation_share": []}
+    curve = {"wall_s": [], "iteration": [], "cost": [], "violation_share": []}
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return curve
@@ -299,56 +310,75 @@ def _learning_curve(run_dir: Path) -> dict[str, list[float]]:
         for row in csv.DictReader(f):
             if row.get("eval_cost", "") not in ("", None):
                 curve["wall_s"].append(float(row["wall_s"]))
+                curve["iteration"].append(int(row["iteration"]))
                 curve["cost"].append(float(row["eval_cost"]))
                 curve["violation_share"].append(float(row["eval_violation_share"]))
     return curve
 
 
-def _first_time(curve: dict[str, list[float]], cost: float | None, share: float) -> float | None:
-    """First training wall time (s) at which the curve's cost and violation share are both at or below
-    (``cost=None``: the share alone)."""
-    for wall, c, v in zip(curve["wall_s"], curve["cost"], curve["violation_share"], strict=True):
-        if (cost is None or c <= cost) and v <= share:
-            return wall
+def _first(curve: dict[str, list[float]], cost: float, share: float) -> int | None:
+    """Index of the curve's first evaluation whose cost and violation share are both at or below the level."""
+    for i, (c, v) in enumerate(zip(curve["cost"], curve["violation_share"], strict=True)):
+        if c <= cost and v <= share:
+            return i
     return None
 
 
-def time_to_target(curve: dict[str, list[float]], optimum_cost: float) -> float | None:
-    """First training wall time (s) at which the periodic evaluation (validation days) has violation share
-    <= 0.5 % and cost within 5 % of the optimum on the same days; None if never (reported "not reached")."""
-    return _first_time(curve, optimum_cost + TARGET_COST_GAP * abs(optimum_cost), TARGET_VIOLATION_SHARE)
+def target_levels(optimum_cost: float, cost_gap: float) -> dict[str, float]:
+    """The levels of "time to target", fixed before training: violation share <= 0.5 % and cost within
+    ``cost_gap`` of the optimum's cost on the validation days of the periodic evaluations."""
+    return {"cost": optimum_cost + cost_gap * abs(optimum_cost), "violation_share": TARGET_VIOLATION_SHARE}
 
 
-def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]]) -> dict | None:
-    """How much sooner ``fast`` reaches a level of (cost, violation share) than ``slow`` (GradMA's wall time to
-    a level over GradMAP's), at three levels read off the periodic evaluations on validation days:
+def time_to_target(curve: dict[str, list[float]], levels: dict[str, float]) -> dict[str, float | None]:
+    """``{"wall_s", "iteration"}`` of the first periodic evaluation (validation days) at or below both
+    `target_levels`: training wall time and number of iterations (environment gradients); None if never
+    ("not reached")."""
+    i = _first(curve, levels["cost"], levels["violation_share"])
+    if i is None:
+        return {"wall_s": None, "iteration": None}
+    return {"wall_s": curve["wall_s"][i], "iteration": curve["iteration"][i]}
 
-    - ``at_slow_final``: ``slow``'s last evaluation;
-    - ``at_fast_final``: ``fast``'s last evaluation;
-    - ``at_slow_final_share``: ``slow``'s last violation share, whatever the cost (``level_cost`` is None).
 
-    Each entry: ``{"level_cost", "level_violation_share", "fast_s", "slow_s", "speedup"}``. A run that never
-    reaches the level has its time None ("not reached"), and ``speedup`` is None unless both runs reach it: a
-    budget is never turned into a ratio. None when either curve has no evaluation.
-    """
-    if not fast["wall_s"] or not slow["wall_s"]:
-        return None
-    levels = (
-        ("at_slow_final", slow["cost"][-1], slow["violation_share"][-1]),
-        ("at_fast_final", fast["cost"][-1], fast["violation_share"][-1]),
-        ("at_slow_final_share", None, slow["violation_share"][-1]),
-    )
-    result = {}
-    for key, cost, share in levels:
-        fast_s, slow_s = _first_time(fast, cost, share), _first_time(slow, cost, share)
-        result[key] = {
-            "level_cost": cost,
-            "level_violation_share": share,
-            "fast_s": fast_s,
-            "slow_s": slow_s,
-            "speedup": slow_s / fast_s if fast_s and slow_s is not None else None,
+def best_so_far(curve: dict[str, list[float]], grid_s) -> dict[str, list[float | None]]:
+    """The curve's best cost and best violation share among the evaluations at or before each time of
+    ``grid_s`` (None before the first), each metric on its own: the curves every method shares a time grid on."""
+    out: dict[str, list[float | None]] = {"wall_s": [float(g) for g in grid_s], "cost": [], "violation_share": []}
+    for key in ("cost", "violation_share"):
+        best = None
+        i = 0
+        for g in grid_s:
+            while i < len(curve["wall_s"]) and curve["wall_s"][i] <= g:
+                best = curve[key][i] if best is None else min(best, curve[key][i])
+                i += 1
+            out[key].append(best)
+    return out
+
+
+def speedup(fast: dict[int, dict], slow: dict[int, dict]) -> dict:
+    """How many times sooner ``fast`` reaches the target than ``slow``, per seed (``fast``, ``slow``: seed ->
+    `time_to_target`), in training wall time and in iterations (environment gradients), and the median with its
+    95 % bootstrap interval over the seeds where both reach it. A seed where either never does has its ratio
+    None ("not reached"): a budget is never turned into a ratio."""
+    per_seed = []
+    for seed in sorted(fast.keys() & slow.keys()):
+        f, w = fast[seed], slow[seed]
+        row = {"seed": seed, "fast_s": f["wall_s"], "slow_s": w["wall_s"]}
+        row.update({"fast_iterations": f["iteration"], "slow_iterations": w["iteration"]})
+        both = f["wall_s"] is not None and w["wall_s"] is not None
+        row["wall"] = w["wall_s"] / f["wall_s"] if both and f["wall_s"] > 0 else None
+        row["gradients"] = w["iteration"] / f["iteration"] if both and f["iteration"] > 0 else None
+        per_seed.append(row)
+    out = {"per_seed": per_seed}
+    for key in ("wall", "gradients"):
+        values = [r[key] for r in per_seed if r[key] is not None]
+        mid, lo, hi = median_ci(values)
+        out[key] = {
+            "median": None if not values else mid,
+            "ci": None if lo is None else [lo, hi],
+            "seeds_reached": len(values),
         }
-    return result
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -356,7 +386,16 @@ def speedup_to_level(fast: dict[str, list[float]], slow: dict[str, list[float]])
 # ----------------------------------------------------------------------------------------------------------
 
 #: Per-seed metrics summarised over seeds (median and 95 % bootstrap interval), lower is better for each.
-METRICS = ("cost", "violation_share", "worst_violation_pu", *VIOLATION_METRICS.values(), "time_to_target_s")
+METRICS = (
+    "cost",
+    "violation_share",
+    "worst_violation_pu",
+    *VIOLATION_METRICS.values(),
+    "time_to_target_s",
+    "iterations_to_target",
+)
+#: Per-seed metrics where a run may never get there (None, "not reached").
+TO_TARGET = ("time_to_target_s", "iterations_to_target")
 #: Headings of `METRICS` in results.md.
 HEADINGS = {
     "cost": "cost, $/day",
@@ -366,6 +405,7 @@ HEADINGS = {
     "heatpump_comfort_k_steps": "heat-pump comfort, K-steps/day",
     "generator_undelivered_kwh": "generator undelivered, kWh/day",
     "time_to_target_s": "time to target",
+    "iterations_to_target": "environment gradients to target",
 }
 #: The evaluation's metrics kept per seed.
 EVAL_COLUMNS = (
@@ -378,7 +418,7 @@ EVAL_COLUMNS = (
     "n_agents",
     "days",
 )
-PER_SEED_COLUMNS = ("method", "kind", "seed", "train_wall_s", "iterations", "env_steps_per_s", "time_to_target_s")
+PER_SEED_COLUMNS = ("method", "kind", "seed", "train_wall_s", "iterations", "env_steps_per_s", *TO_TARGET)
 PER_SEED_COLUMNS += EVAL_COLUMNS
 
 
@@ -386,7 +426,7 @@ def _kind(method: str) -> str:
     return "trained" if method in TRAINED_METHODS else ("optimum" if method == "oracle" else "rule")
 
 
-def _per_seed_row(method: str, seed: int, result: dict, summary: dict | None, ttt: float | None) -> dict:
+def _per_seed_row(method: str, seed: int, result: dict, summary: dict | None, ttt: dict | None) -> dict:
     return {
         "method": method,
         "kind": _kind(method),
@@ -394,7 +434,8 @@ def _per_seed_row(method: str, seed: int, result: dict, summary: dict | None, tt
         "train_wall_s": summary.get("wall_s") if summary else None,
         "iterations": summary.get("iterations") if summary else None,
         "env_steps_per_s": summary.get("env_steps_per_s") if summary else None,
-        "time_to_target_s": ttt,
+        "time_to_target_s": ttt["wall_s"] if ttt else None,
+        "iterations_to_target": ttt["iteration"] if ttt else None,
         **{k: result[k] for k in EVAL_COLUMNS},
     }
 
@@ -405,7 +446,7 @@ def _summary_row(method: str, rows: list[dict]) -> dict:
     interval only when every run reaches it."""
     out = {"method": method, "kind": _kind(method), "seeds": [r["seed"] for r in rows]}
     for key in METRICS:
-        if key == "time_to_target_s":
+        if key in TO_TARGET:
             if method not in TRAINED_METHODS:
                 continue
             values = [math.inf if r[key] is None else r[key] for r in rows]
@@ -463,7 +504,7 @@ def _cell(row: dict, key: str) -> str:
     ci = row.get(f"{key}_ci")
     if ci is not None:
         text += f" [{_fmt(ci[0], key)}, {_fmt(ci[1], key)}]"
-    if key == "time_to_target_s" and row.get("reached_target", 0) < len(row["seeds"]):
+    if key in TO_TARGET and row.get("reached_target", 0) < len(row["seeds"]):
         text += f" ({row['reached_target']}/{len(row['seeds'])} seeds)"
     return text
 
@@ -601,23 +642,16 @@ def _write_results(
     snippet = "\n".join(table) + "\n"
     atomic_write_text(snippet, out / "results_snippet.md")
     lines = [f"# gridedge compare --preset {header['preset']}", "", *table]
-    speed = header.get("gradmap_speedup_over_gradma")
-    if speed:
-        e = speed["at_slow_final_share"]
-        lines += [
-            "",
-            "Speed-up of GradMAP over GradMA (first seed; time to GradMA's final violation share): "
-            + (f"{e['speedup']:.2f}x" if e["speedup"] is not None else _not_reached(e))
-            + ".",
-        ]
+    lines += _speedup_lines(header.get("speedup") or {})
     if header.get("skipped"):
         lines += ["", "Not run (not available in this installation): " + ", ".join(header["skipped"])]
     lines += [
         "",
         f"Trained methods: {header['jobs']} trained at a time. Per-seed numbers: results_per_seed.csv.",
-        "Target: violation share <= 0.5 % and cost within 5 % of the optimum (`time to target`, training wall "
-        f"time, on the {header['curve_days']} validation days of the periodic evaluations; 'not reached' when a "
-        "run never gets there). Worst excursion: the largest distance "
+        f"Target: violation share <= 0.5 % and cost within {100 * header['target_cost_gap']:g} % of the optimum "
+        f"(`time to target`: training wall time and environment gradients, on the {header['curve_days']} "
+        f"validation days of the periodic evaluations, every {header['eval_every_s']:g} s of training for every "
+        "method; 'not reached' when a run never gets there). Worst excursion: the largest distance "
         "of a node voltage outside 0.95-1.05 pu. Device violation: the devices' own constraint violations "
         "(comfort, state of charge), per agent-step.",
         "Figures: learning_curves.png, cost_vs_violation.png, voltage_envelopes.png, device_power.png, feeder_map.png.",
@@ -626,10 +660,39 @@ def _write_results(
     return snippet
 
 
-def _not_reached(entry: dict) -> str:
-    """Which run of a `speedup_to_level` entry never reached its level."""
-    runs = [name for name, key in (("GradMAP", "fast_s"), ("GradMA", "slow_s")) if entry[key] is None]
-    return "not reached by " + " and ".join(runs)
+def _speedup_lines(speedups: dict[str, dict]) -> list[str]:
+    """results.md's speed-up table: GradMAP over each method of `SPEEDUP_AGAINST`, per seed and as the median."""
+    if not speedups:
+        return []
+    lines = [
+        "",
+        "Speed-up of GradMAP to the target (the other method's time over GradMAP's; 'not reached' names the run "
+        "that never got there), in training wall time and in environment gradients:",
+        "",
+        "| against | seed | GradMAP | other | wall-clock speed-up | gradient speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def when(seconds, iterations) -> str:
+        return "not reached" if seconds is None else f"{seconds / 60:.1f} min, {iterations} gradients"
+
+    for other, result in speedups.items():
+        for r in result["per_seed"]:
+            cells = [when(r["fast_s"], r["fast_iterations"]), when(r["slow_s"], r["slow_iterations"])]
+            cells += [_ratio(r["wall"]), _ratio(r["gradients"])]
+            lines.append(f"| {other} | {r['seed']} | " + " | ".join(cells) + " |")
+        median = [
+            _ratio(result[k]["median"])
+            + (f" [{_ratio(result[k]['ci'][0])}, {_ratio(result[k]['ci'][1])}]" if result[k]["ci"] else "")
+            + f" ({result[k]['seeds_reached']}/{len(result['per_seed'])} seeds)"
+            for k in ("wall", "gradients")
+        ]
+        lines.append(f"| {other} | median [95 % interval] | | | " + " | ".join(median) + " |")
+    return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.2f}x"
 
 
 def snippet_parts(path: Path, preset: str) -> tuple[str, str]:
@@ -653,6 +716,15 @@ def write_snippet(snippet: str, path: Path, preset: str) -> None:
     ``snippet``, a run's results_snippet.md."""
     before, after = snippet_parts(path, preset)
     atomic_write_text(before + snippet + after, path)
+
+
+def _to_target(row: dict) -> dict:
+    return {"wall_s": row["time_to_target_s"], "iteration": row["iterations_to_target"]}
+
+
+def _grid(preset: Preset) -> list[float]:
+    """The common time grid of the best-so-far curves: every `eval_every_s` seconds up to the budget."""
+    return [preset.eval_every_s * k for k in range(1, int(60.0 * preset.minutes / preset.eval_every_s) + 1)]
 
 
 def _threads_per_method(jobs: int) -> int:
@@ -871,6 +943,7 @@ def run_compare(
             announce(f"{m}: evaluating on the {preset.curve_days} validation days of the learning curves")
             validation[m] = _evaluate(m, 0, preset, out, preset.curve_days, show, split="validation")
     optimum_curve_cost = validation["oracle"]["cost"] if "oracle" in validation else None
+    levels = target_levels(optimum_curve_cost, preset.target_cost_gap) if optimum_curve_cost is not None else None
 
     curves = {m: {s: _learning_curve(_run_dir(out, m, s)) for s in seeds} for m in trained}
     per_seed = {}
@@ -881,9 +954,7 @@ def run_compare(
                 s,
                 results[(m, s)],
                 summaries.get((m, s)),
-                time_to_target(curves[m][s], optimum_curve_cost)
-                if m in curves and optimum_curve_cost is not None
-                else None,
+                time_to_target(curves[m][s], levels) if m in curves and levels is not None else None,
             )
             for s in seeds
         ]
@@ -904,9 +975,18 @@ def run_compare(
         "test_days": results[next(iter(results))]["days"] if results else 0,
         "curve_days": preset.curve_days,
         "optimum_cost_validation_days": optimum_curve_cost,
-        "gradmap_speedup_over_gradma": speedup_to_level(curves["gradmap"][seeds[0]], curves["gradma"][seeds[0]])
-        if {"gradmap", "gradma"} <= set(curves)
-        else None,
+        "target_cost_gap": preset.target_cost_gap,
+        "eval_every_s": preset.eval_every_s,
+        "target_levels": levels,
+        "speedup": {
+            other: speedup(
+                {r["seed"]: _to_target(r) for r in per_seed["gradmap"]},
+                {r["seed"]: _to_target(r) for r in per_seed[other]},
+            )
+            for other in SPEEDUP_AGAINST
+            if levels is not None and {"gradmap", other} <= set(curves)
+        },
+        "best_so_far": {m: {s: best_so_far(curves[m][s], _grid(preset)) for s in seeds} for m in trained},
         **run_provenance,
         "jobs": jobs,
         "skipped": skipped,

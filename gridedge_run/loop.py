@@ -2,7 +2,8 @@
 
 `train(env_or_config, config, ...)` drives any trainer of the registry (`gridedge_run.methods`): it calls
 ``trainer.iterate()`` until the budget (``config.run.iterations`` and/or ``config.run.minutes``) is spent,
-evaluates the deterministic policies on validation days every ``config.run.eval_every`` iterations, writes
+evaluates the deterministic policies on validation days every ``config.run.eval_every`` iterations and/or
+whenever the training wall time passes a multiple of ``config.run.eval_every_s`` seconds, writes
 ``metrics.csv`` after every iteration and a checkpoint every ``config.run.checkpoint_every`` (with, for the
 primal-dual methods, ``multipliers.png``: the multipliers' mean and maximum over training), and on
 divergence or interruption saves the last consistent state before re-raising. A resumed run continues bit
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -51,7 +53,14 @@ from gridedge_run.rundir import (
 __all__ = ["RESUMABLE_CHANGES", "DivergenceError", "train"]
 
 #: Fields of the config that may change when a run is resumed (the budget); all others must match.
-RESUMABLE_CHANGES = ("run.iterations", "run.minutes", "run.checkpoint_every", "run.eval_every", "run.eval_days")
+RESUMABLE_CHANGES = (
+    "run.iterations",
+    "run.minutes",
+    "run.checkpoint_every",
+    "run.eval_every",
+    "run.eval_every_s",
+    "run.eval_days",
+)
 
 
 def _as_sim(env_or_config):
@@ -83,6 +92,15 @@ def _check_resume_config(saved: dict, config) -> None:
             f"cannot resume: the config differs from the checkpoint's ({details}); pass the "
             "checkpoint's values with --set KEY=VALUE to continue it"
         )
+
+
+def _evaluation_due(run, iteration: int, before_s: float, after_s: float) -> bool:
+    """Whether the iteration that ended at ``iteration`` (training wall time ``before_s`` -> ``after_s``) is
+    followed by a periodic evaluation: every `eval_every` iterations, or when it passed a multiple of
+    `eval_every_s` seconds (stateless, so a resumed run evaluates where the uninterrupted one would)."""
+    if run.eval_every and iteration % run.eval_every == 0:
+        return True
+    return bool(run.eval_every_s) and math.floor(after_s / run.eval_every_s) > math.floor(before_s / run.eval_every_s)
 
 
 def train(
@@ -183,7 +201,7 @@ def train(
         return run.minutes is None or trainer.elapsed_s < 60.0 * run.minutes
 
     eval_fn = None
-    if run.eval_every and main_rank:
+    if (run.eval_every or run.eval_every_s) and main_rank:
 
         def eval_fn() -> dict:
             policy = make_policy(trainer.params())
@@ -196,10 +214,13 @@ def train(
             snapshot = trainer.state_dict() if writer else None
             t0 = time.perf_counter()
             row = trainer.iterate()
+            before_s = trainer.elapsed_s
             trainer.elapsed_s += max_over_ranks(time.perf_counter() - t0)
             trainer.iteration += 1
             row["wall_s"] = trainer.elapsed_s
-            if eval_fn is not None and (trainer.iteration % run.eval_every == 0 or not budget_left()):
+            if eval_fn is not None and (
+                _evaluation_due(run, trainer.iteration, before_s, trainer.elapsed_s) or not budget_left()
+            ):
                 ev = eval_fn()
                 row.update({f"eval_{name}": ev[name] for name in EVAL_METRICS})
             trainer.history.append(row)

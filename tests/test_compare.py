@@ -13,15 +13,20 @@ import time
 import numpy as np
 import pytest
 
+from gradmap_agent.config import RunConfig
 from gridedge_run.cli import main
 from gridedge_run.compare import (
     PRESETS,
     REFERENCE_METHODS,
+    TARGET_VIOLATION_SHARE,
     TRAINED_METHODS,
-    speedup_to_level,
+    best_so_far,
+    speedup,
+    target_levels,
     time_to_target,
     write_snippet,
 )
+from gridedge_run.loop import _evaluation_due
 from gridedge_run.progress import show_progress
 from gridedge_run.stats import median_ci, probability_of_improvement, seed_list
 
@@ -83,6 +88,21 @@ def test_smoke_table_has_every_method_and_metric(smoke_dir):
     for m in methods:
         assert f"| {m} |" in table
     assert (out / "results_snippet.md").read_text() in table
+    # GradMAP's speed-up against GradMA and SSL, per seed, on levels fixed before training
+    assert set(results["speedup"]) == {"gradma", "ssl"}
+    for other in ("gradma", "ssl"):
+        assert [r["seed"] for r in results["speedup"][other]["per_seed"]] == [0, 1]
+    assert results["target_levels"]["violation_share"] == TARGET_VIOLATION_SHARE
+    # one evaluation cadence for every method: an evaluation follows each iteration that passes a multiple of
+    # eval_every_s seconds of training (and the last)
+    step = PRESETS["smoke"].eval_every_s
+    for method in results["best_so_far"]:
+        with (out / "runs" / method / "seed0" / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        walls = [0.0] + [float(r["wall_s"]) for r in rows]
+        for prev, row in zip(walls, rows, strict=False):
+            passed = int(float(row["wall_s"]) // step) > int(prev // step)
+            assert (row["eval_cost"] != "") == (passed or row is rows[-1]), method
     # time to target is read off validation days: the optimum was planned on them
     assert (out / "eval" / "oracle" / "validation.json").is_file()
     assert json.loads((out / "eval" / "oracle" / "validation.json").read_text())["split"] == "validation"
@@ -161,33 +181,57 @@ def test_parallel_training_jobs(tmp_path):
     assert "2 trained at a time" in (out / "results.md").read_text()
 
 
-def test_time_to_target():
-    curve = {"wall_s": [10.0, 20.0, 30.0], "cost": [120.0, 104.0, 103.0], "violation_share": [0.001, 0.01, 0.004]}
-    assert time_to_target(curve, optimum_cost=100.0) == 30.0  # 20 s: cost ok but violations too high
-    assert time_to_target(curve, optimum_cost=90.0) is None
-
-
-def test_speedup_to_level():
-    fast = {"wall_s": [10.0, 20.0, 30.0], "cost": [150.0, 110.0, 100.0], "violation_share": [0.02, 0.005, 0.004]}
-    slow = {"wall_s": [10.0, 40.0, 90.0], "cost": [140.0, 100.0, 105.0], "violation_share": [0.03, 0.006, 0.005]}
-    result = speedup_to_level(fast, slow)
-    # slow's final level (105 $, 0.5 %): slow at 90 s (at 40 s the share is still 0.6 %), fast at 30 s (at 20 s
-    # the cost is 110 $)
-    assert result["at_slow_final"]["fast_s"] == 30.0 and result["at_slow_final"]["slow_s"] == 90.0
-    assert result["at_slow_final"]["speedup"] == 3.0
-    # fast's final level (100 $, 0.4 %): slow never gets there: "not reached", no ratio of budgets
-    never = result["at_fast_final"]
-    assert never == {
-        "level_cost": 100.0,
-        "level_violation_share": 0.004,
-        "fast_s": 30.0,
-        "slow_s": None,
-        "speedup": None,
+def test_time_to_target_uses_levels_fixed_in_advance():
+    levels = target_levels(100.0, 0.05)
+    assert levels == {"cost": 105.0, "violation_share": TARGET_VIOLATION_SHARE}
+    curve = {
+        "wall_s": [10.0, 20.0, 30.0],
+        "iteration": [5, 10, 15],
+        "cost": [120.0, 104.0, 103.0],
+        "violation_share": [0.001, 0.01, 0.004],
     }
-    # slow's final share (0.5 %) at any cost: fast already at 20 s (0.5 %), slow at 90 s
-    share_only = result["at_slow_final_share"]
-    assert share_only["fast_s"] == 20.0 and share_only["slow_s"] == 90.0 and share_only["speedup"] == 4.5
-    assert speedup_to_level({"wall_s": [], "cost": [], "violation_share": []}, slow) is None
+    assert time_to_target(curve, levels) == {"wall_s": 30.0, "iteration": 15}  # 20 s: violations too high
+    assert time_to_target(curve, target_levels(90.0, 0.05)) == {"wall_s": None, "iteration": None}
+
+
+def test_evaluation_cadence_in_training_seconds():
+    run = RunConfig(eval_every_s=30.0)
+    assert not _evaluation_due(run, 7, 10.0, 29.9)
+    assert _evaluation_due(run, 8, 29.9, 30.4)  # passed 30 s
+    assert _evaluation_due(run, 9, 59.0, 95.0)  # passed 60 and 90 s: one evaluation
+    assert not _evaluation_due(RunConfig(eval_every=3), 2, 0.0, 100.0)
+    assert _evaluation_due(RunConfig(eval_every=3), 3, 0.0, 1.0)
+
+
+def test_best_so_far_on_a_common_grid():
+    curve = {"wall_s": [12.0, 31.0, 50.0], "cost": [120.0, 130.0, 100.0], "violation_share": [0.02, 0.01, 0.03]}
+    best = best_so_far(curve, [10.0, 20.0, 40.0, 60.0])
+    assert best["cost"] == [None, 120.0, 120.0, 100.0]  # each metric its own running best
+    assert best["violation_share"] == [None, 0.02, 0.01, 0.01]
+
+
+def test_speedup_per_seed_median_and_not_reached():
+    fast = {
+        0: {"wall_s": 100.0, "iteration": 50},
+        1: {"wall_s": 200.0, "iteration": 80},
+        2: {"wall_s": 50.0, "iteration": 20},
+    }
+    slow = {
+        0: {"wall_s": 300.0, "iteration": 300},
+        1: {"wall_s": 500.0, "iteration": 400},
+        2: {"wall_s": None, "iteration": None},
+    }
+    result = speedup(fast, slow)
+    by_seed = {r["seed"]: r for r in result["per_seed"]}
+    assert by_seed[0]["wall"] == 3.0 and by_seed[0]["gradients"] == 6.0
+    assert by_seed[1]["wall"] == 2.5 and by_seed[1]["gradients"] == 5.0
+    # seed 2: the slow run never reaches the target: no ratio, whatever its budget
+    assert by_seed[2]["wall"] is None and by_seed[2]["gradients"] is None and by_seed[2]["fast_s"] == 50.0
+    assert result["wall"]["median"] == 2.75 and result["wall"]["seeds_reached"] == 2
+    lo, hi = result["wall"]["ci"]
+    assert 2.5 <= lo <= hi <= 3.0
+    never = speedup({0: {"wall_s": None, "iteration": None}}, {0: {"wall_s": 10.0, "iteration": 3}})
+    assert never["wall"] == {"median": None, "ci": None, "seeds_reached": 0}
 
 
 def test_seed_list():
