@@ -1,5 +1,5 @@
 """The ``gridedge`` command: the simulator's ``validate`` and ``bench`` (`gridedge_env.cli`) and the run layer's
-``train``, ``evaluate`` and ``compare``. Every subcommand that reports numbers takes `--json` and then prints
+``train``, ``evaluate``, ``compare`` and ``tune``. Every subcommand that reports numbers takes `--json` and then prints
 exactly one JSON object on stdout (progress and messages go to stderr)."""
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def _cmd_compare(args) -> dict:
     from gridedge_run.compare import run_compare, snippet_parts, write_snippet
     from gridedge_run.progress import show_progress
     from gridedge_run.stats import seed_list
+    from gridedge_run.tune import chosen_settings
 
     seeds = seed_list(args.seeds) if args.seeds is not None else None
     for path in args.snippet or []:
@@ -97,11 +98,33 @@ def _cmd_compare(args) -> dict:
         show=show_progress(args.quiet),
         quiet=args.quiet,
         device=args.device,
+        tuned=chosen_settings(Path(args.tuned)) if args.tuned else None,
     )
     for path in args.snippet or []:
         write_snippet(result["snippet"], Path(path), args.preset)
     if not args.json:  # the table, then the scalar fields below it
         print((Path(args.out) / "results.md").read_text())
+    return result
+
+
+def _cmd_tune(args) -> dict:
+    from pathlib import Path
+
+    from gridedge_run.compare import TRAINED_METHODS
+    from gridedge_run.stats import seed_list
+    from gridedge_run.tune import run_tune
+
+    result = run_tune(
+        args.preset,
+        Path(args.out),
+        methods=args.methods or list(TRAINED_METHODS),
+        configs=args.configs,
+        seeds=seed_list(args.seeds),
+        minutes=args.minutes,
+        quiet=args.quiet,
+    )
+    if not args.json:
+        print((Path(args.out) / "tune.md").read_text())
     return result
 
 
@@ -216,9 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the results table between the <!-- results:PRESET:begin --> and <!-- results:PRESET:end --> "
         "lines of FILE (README.md, docs/results.md); repeatable; on a finished --out it only rewrites the tables",
     )
+    p.add_argument(
+        "--tuned", default=None, metavar="DIR", help="train every method with the settings gridedge tune chose in DIR"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_cmd_compare)
+
+    p = sub.add_parser("tune", help="the same tuning budget for every learner, scored on validation days")
+    p.add_argument("--preset", default="paper", choices=["quick", "smoke", "paper"], help="the task (default paper)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", help="learners (default: all trained)")
+    p.add_argument("--configs", type=int, default=8, help="configurations per learner, the defaults first (default 8)")
+    p.add_argument("--seeds", default="100", help="training seeds of every configuration (default 100)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training minutes per configuration and seed (default 5)")
+    p.add_argument("--out", required=True, help="tuning directory; rerun with the same options to continue it")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    p.set_defaults(run=_cmd_tune)
     return parser
 
 

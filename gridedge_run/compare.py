@@ -855,6 +855,7 @@ def run_compare(
     show: bool = False,
     quiet: bool = False,
     device: str = "cpu",
+    tuned: dict[str, tuple[str, ...]] | None = None,
 ) -> dict:
     """Run (or continue) a comparison; returns the results dict also written to ``out/results.json``.
 
@@ -868,6 +869,8 @@ def run_compare(
         show: Draw progress bars on stderr (`gridedge_run.progress.show_progress`).
         quiet: No stage messages on stderr either.
         device: Where every method trains and is evaluated (a ValueError names a device this machine lacks).
+        tuned: method -> ``KEY=VALUE`` settings chosen by ``gridedge tune`` (`gridedge_run.tune.chosen_settings`),
+            applied after the preset's own.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; presets: {sorted(PRESETS)}")
@@ -875,6 +878,9 @@ def run_compare(
 
     check_device(device)  # before anything is written
     preset = dataclasses.replace(PRESETS[preset_name], device=device)
+    if tuned:
+        merged = {m: (*preset.method_set.get(m, ()), *tuned.get(m, ())) for m in {*preset.method_set, *tuned}}
+        preset = dataclasses.replace(preset, method_set=merged)
     if minutes is not None:
         if not (minutes > 0 and math.isfinite(minutes)):
             raise ValueError(f"--minutes must be a positive number, got {minutes}")
