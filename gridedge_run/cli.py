@@ -1,6 +1,6 @@
 """The ``gridedge`` command: the simulator's ``validate`` and ``bench`` (`gridedge_env.cli`) and the run layer's
-``train``, ``evaluate``, ``compare`` and ``tune``. Every subcommand that reports numbers takes `--json` and then prints
-exactly one JSON object on stdout (progress and messages go to stderr)."""
+``train``, ``evaluate``, ``compare``, ``tune`` and ``profile``. Every subcommand that reports numbers takes
+`--json` and then prints exactly one JSON object on stdout (progress and messages go to stderr)."""
 
 from __future__ import annotations
 
@@ -126,6 +126,17 @@ def _cmd_tune(args) -> dict:
     if not args.json:
         print((Path(args.out) / "tune.md").read_text())
     return result
+
+
+def _cmd_profile(args) -> dict:
+    from gridedge_env import make_sim
+    from gridedge_run.commands import _sim_options, parse_assignments
+    from gridedge_run.profile import profile_iteration
+
+    sim_options = _sim_options(args.sim_set, args.feeder, args.agents, None)
+    config = TRAIN_METHODS[args.method].make_config(**parse_assignments(args.set, "--set"))
+    result = profile_iteration(make_sim(**sim_options), config, iterations=args.iterations)
+    return {"method": args.method, **result}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_cmd_tune)
+
+    p = sub.add_parser("profile", help="wall time of each phase of one GradMAP (or GradMA) iteration")
+    p.add_argument("--method", default="gradmap", choices=["gradmap", "gradma"])
+    p.add_argument("--feeder", default=None, help="shipped feeder name (default ieee123)")
+    p.add_argument("--agents", type=int, default=None, help="number of agents (default 1000)")
+    p.add_argument("--sim-set", action="append", metavar="KEY=VALUE", help="override a simulator (SimConfig) field")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the method's config")
+    p.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_profile)
     return parser
 
 
