@@ -27,7 +27,7 @@ if [[ "$SMOKE" == 1 ]]; then
     OUT=${OUT:-runs/gradmap_ieee123_smoke}
     PRESET=smoke
     TUNE=(--configs 2 --seeds 100 --minutes 0.05)
-    COMPARE=(--seeds 0-1)
+    COMPARE=(--seeds 0)
     PROFILE=(--feeder ieee13 --agents 20 --set batch_days=2 --iterations 1)
 else
     OUT=${OUT:-runs/gradmap_ieee123}
