@@ -100,8 +100,8 @@ class OptimConfig:
     lr_schedule: str = "cosine"
     """"constant", "linear" or "cosine" decay from `lr` over the first `lr_decay_iterations` iterations."""
     lr_decay_iterations: int = 1000
-    """Horizon of the decay, iterations (about what GradMAP runs in 15 minutes on one CPU core); later
-    iterations keep the final learning rate."""
+    """Horizon of the decay, iterations (GradMAP runs about 250-1,000 in 15 minutes on one core of the 2-core
+    development machine, depending on its load); later iterations keep the final learning rate."""
     lr_final_fraction: float = 0.1
     """Learning rate at the end of the decay, as a fraction of `lr`."""
     adam_beta1: float = 0.9
