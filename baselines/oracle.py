@@ -1,45 +1,65 @@
 """The perfect-foresight optimum: every agent's actions of a whole day optimised jointly, with full knowledge.
 
-For each batch of days, `plan_days` minimises the augmented Lagrangian of the day over all actions
-``a`` [T, B, N] directly (no policy), through the differentiable core:
+**The problem.** For each batch of days `plan_days` solves, over every action of the day,
 
-    L_rho(a, lam, nu) = sum_{b,t,i} c[b,t,i](a) + sum_{b,t,n} psi(g[b,t,n](a), lam[t,b,n], rho_v)
-                                                  + sum_{b,t,i} psi(d[b,t,i](a), nu[t,b,i], rho_d),
-    psi(g, lam, rho) = (relu(lam + rho g)^2 - lam^2) / (2 rho)        (Rockafellar's form for g <= 0)
+    minimise    sum_{b,t,i} c[b,t,i]                      (the simulator's cost: electricity, degradation, fuel,
+                                                            terminal condition at its price)
+    subject to  v_min + m <= v[b,t,n] <= v_max - m        (every node voltage; m = `OracleConfig.margin_pu`)
+                no device violation                       (requests within the battery's state-of-charge and
+                                                            the generator's ramp limits, indoor temperature
+                                                            within the comfort band)
 
-with ``g = max(v - (v_max - m), (v_min + m) - v)`` the signed distance of each node voltage outside the band
-tightened by the margin ``m`` and ``d >= 0`` each agent's device violation (constraint ``d <= 0``). Adam
-minimises ``L_rho`` over ``a`` (`optimise_actions`, projected onto [-1, 1]); every
-`OracleConfig.update_every` steps the multipliers take the exact augmented-Lagrangian step
-``lam <- relu(lam + rho g)`` (one multiplier per constraint: node, step and day) and ``rho`` grows by
-`OracleConfig.rho_growth` up to `OracleConfig.rho_max_factor` times its start. The state at ``t = 0``
-holds the whole day's household load, PV, temperatures and prices, so this is the optimum with perfect
-foresight (a local one: the problem is non-convex through the AC power flow).
+The state at ``t = 0`` holds the whole day's household load, PV, temperatures and prices, so this is the
+optimum with perfect foresight (a local one: the AC power flow makes the problem non-convex).
 
-**KKT residual.** The gradient of ``L_rho`` is the gradient of the ordinary Lagrangian
-``L(a, mu) = sum c + sum mu_v g + sum mu_d d`` at the multipliers ``mu = relu(lam + rho g)``. At the last
-iterate ``a`` of every multiplier window (`OracleConfig.update_every` steps with fixed ``lam``, ``rho``) and
-at the iteration cap, `kkt_residual` measures
+**Variables.** The planner does not move the actions ``a`` in [-1, 1] themselves but ``u`` in [-1, 1], one
+per action, mapped onto what the device can do at its state of that step (`FeasibleMap`): a battery's
+``u > 0`` charges at ``u`` times the most its state of charge allows, ``u < 0`` discharges likewise; a
+generator's ``u`` spans its ramp window (``-1`` the most output); a heat pump's ``u`` spans the electrical
+fractions that keep the next indoor temperature inside the comfort band (`heatpump_comfort_limits`). So the
+device constraints hold by construction wherever they can hold at all; a heat pump that cannot stay in its
+band (too cold for full load) is held at the nearest bound and its comfort violation stays a constraint.
 
-- stationarity: ``|P(a - G) - a|_2 / |P(a0 - G0) - a0|_2``, with ``P`` the projection onto [-1, 1], ``G``
-  the mean of the Lagrangian's gradients over the window's iterates and ``a0``, ``G0`` the start and its
-  gradient. The costs and constraints have kinks (a battery's projection at full or empty, ``|p|`` of its
-  degradation cost), where the gradient at one point need not vanish even at a minimum; the mean over
-  nearby iterates is an element of Goldstein's ``eps``-subdifferential with ``eps`` the window's diameter
-  (``window_diameter``, largest change of any action within the window), the standard stationarity test
-  of nonsmooth optimisation;
-- primal feasibility: the largest voltage excursion outside the tightened band (pu) and the largest device
-  violation of any agent-step (kW or K), and power flows that failed;
-- complementary slackness: ``sum mu |g|`` over every constraint, relative to ``max(|sum c|, 1 $)``.
+**Method.** An augmented Lagrangian (outer loop) over the voltage constraints ``g = max(v - (v_max - m),
+(v_min + m) - v) <= 0`` (one multiplier per node, step and day), the remaining device violation ``d <= 0``
+(per agent, step and day) and the terminal condition, written with the signed deficit ``x``
+(`gridedge_env.core.Sim.terminal_deficit`, electrical kWh) as ``price * s, s >= x, s >= 0`` with ``s``
+minimised out in closed form (its multiplier lies in [0, price]):
 
-The plan stops when all four are within `OracleConfig`'s tolerances, or at the iteration cap; ``kkt``
-reports the last residual, ``met`` and the ``iterations`` run.
+    L_rho(u) = sum (c - terminal cost) + sum psi(g, lam_v, rho_v) + sum psi(d, lam_d, rho_d)
+               + sum h(x, lam_T, rho_T)
+    psi(g, lam, rho) = (relu(lam + rho g)^2 - lam^2) / (2 rho)
+    h(x, lam, rho)   = psi(x, lam, rho) where lam + rho x <= price, else price x + const (slope price)
+
+Its inner minimiser is a projected, orthant-wise L-BFGS (OWL-QN with bounds): the costs have a kink where a
+battery is idle (``|p|`` of its degradation cost, its charge and discharge efficiencies), which the map puts
+at ``u = 0``; a step that would cross 0 stops there, and at ``u = 0`` the one-sided derivatives decide
+whether to leave (`DayPlan.evaluate`). After every `OracleConfig.inner_iterations` iterations, or sooner once
+the inner problem is stationary to `OracleConfig.stationarity_tol`, the multipliers take the exact step
+``lam <- relu(lam + rho g)`` (``lam_T`` clipped to [0, price]); each ``rho`` grows by `OracleConfig.rho_growth`
+where its constraints' worst violation did not fall to a quarter, up to `OracleConfig.rho_max_factor` times
+its start. Days do not interact: every quantity is batched over them and the KKT test is per day.
+
+**KKT residual** (`DayPlan.kkt`), per day, at the plan ``u`` and the multipliers ``mu = relu(lam + rho g)`` that
+the augmented Lagrangian's gradient carries (it is the ordinary Lagrangian's gradient at them):
+
+- stationarity: the projected (orthant-wise) gradient of the Lagrangian in ``u``: per coordinate, the
+  one-sided derivative along which the Lagrangian falls, 0 where none does (at a bound of [-1, 1] only the
+  inward one counts; at a battery's ``u = 0`` both one-sided derivatives are taken), its largest magnitude
+  over the day's coordinates in $ per unit of ``u`` (``u`` spans 2 units);
+- primal feasibility: the largest voltage excursion outside the tightened band (pu; a failed power flow
+  counts every node at 0 pu, `gridedge_env.metrics.scored_voltages`), the largest device violation of any
+  agent-step (kW or K);
+- complementary slackness: ``sum mu_v |g| + sum mu_d d + sum (mu_T relu(-x) + (price - mu_T) relu(x))``, in $
+  relative to ``max(|day's cost|, 1 $)``.
+
+The plan stops when every day meets every tolerance, or at the iteration cap.
 
 `PerfectForesightPolicy` wraps it as a ``policy(sim, state)``: at the first step of an episode it plans the
-whole day of every row, then replays the plan, so `gridedge_run.evaluate_policy` evaluates it on
-exactly the same episodes and metrics as every other method (``gridedge evaluate --method oracle``).
-``docs/baselines.md`` has
-the design choices and results.
+whole day of every row, then replays the plan, so `gridedge_run.evaluate_policy` evaluates it on exactly the
+same episodes and metrics as every other method (``gridedge evaluate --method oracle``). ``docs/baselines.md``
+has the results. `optimise_actions` is the plain penalty method (Adam on the actions, fixed weights) that the
+task's calibration uses.
 """
 
 from __future__ import annotations
@@ -51,44 +71,52 @@ from dataclasses import dataclass
 import torch
 
 from baselines.rules import RULES
-from gridedge_env.metrics import RolloutMetrics
-from gridedge_env.simbench import StepPenalty, fixed_penalty, rollout_objective
+from gridedge_env.core import feasible_action_bounds
+from gridedge_env.devices import heatpump_comfort_limits
+from gridedge_env.metrics import RolloutMetrics, scored_voltages
 
-__all__ = ["OracleConfig", "PerfectForesightPolicy", "optimise_actions", "plan_days"]
+__all__ = ["DayPlan", "FeasibleMap", "OracleConfig", "PerfectForesightPolicy", "optimise_actions", "plan_days"]
 
 #: ``policy(sim, state) -> actions [B, N]``
 Policy = Callable[..., torch.Tensor]
 
+#: `FeasibleMap` keeps every request this far (in action units) inside the device's limits: exactly at a limit
+#: the simulator's projection ties, and torch's minimum/maximum then split the gradient between the request
+#: and the limit; and a battery charged to its bound exactly would tie with its idle request 0 ever after.
+INSIDE_ACTION = 1e-9
+
 
 @dataclass(frozen=True)
 class OracleConfig:
-    """Settings of the perfect-foresight optimisation (defaults: IEEE-123 with 1,000 agents)."""
+    """Settings of the perfect-foresight planner (defaults: IEEE-123 with 1,000 agents)."""
 
-    iterations: int = 300
-    """Iteration cap: Adam steps per batch of days (one forward and backward rollout each), unless the KKT
-    tolerances below are met first (checked at every multiplier update)."""
-    lr: float = 0.05
-    """Adam learning rate on the actions (in [-1, 1]), decayed to lr / 10 on a cosine schedule."""
+    iterations: int = 1500
+    """Iteration cap: L-BFGS iterations per batch of days (one forward and backward rollout each, plus the
+    line search's forward rollouts), unless every day meets the KKT tolerances first."""
+    inner_iterations: int = 60
+    """L-BFGS iterations between multiplier updates (fewer once the inner problem is stationary)."""
+    memory: int = 20
+    """L-BFGS memory (pairs of steps and gradient changes)."""
     init: str = "droop"
-    """Rule whose actions along its own rollout are the starting point (a name in `baselines.rules.RULES`)."""
+    """Rule whose actions along its own rollout, mapped onto the feasible ranges, are the starting point (a name
+    in `baselines.rules.RULES`)."""
     margin_pu: float = 0.001
     """The voltage constraint uses [v_min + margin, v_max - margin], so the plan keeps strictly inside."""
-    update_every: int = 10
-    """Adam steps between multiplier updates."""
     rho_voltage: float = 1e5
     """Initial penalty parameter of the voltage constraints, $ per pu^2 per node-step."""
     rho_device: float = 10.0
     """Initial penalty parameter of the device constraints, $ per (kW or K)^2 per agent-step."""
-    rho_growth: float = 1.5
-    """Both penalty parameters are multiplied by this after every multiplier update."""
-    rho_max_factor: float = 100.0
+    rho_terminal: float = 1.0
+    """Initial penalty parameter of the terminal condition, $ per kWh^2 per device."""
+    rho_growth: float = 10.0
+    """A penalty parameter is multiplied by this at a multiplier update where its constraints' worst violation
+    did not fall to a quarter of the previous one."""
+    rho_max_factor: float = 1e4
     """Penalty parameters stop growing at this multiple of their initial values."""
-    max_multiplier: float = 1e6
-    """Upper bound of every multiplier, $ per unit (guards device constraints that no schedule can meet)."""
     stationarity_tol: float = 1e-3
-    """KKT tolerance: projected gradient of the Lagrangian, relative to the one at the start (`kkt_residual`)."""
-    complementarity_tol: float = 1e-3
-    """KKT tolerance: sum of multiplier x |constraint| over all constraints, relative to the plan's |cost|."""
+    """KKT tolerance: largest projected derivative of the Lagrangian along any one ``u`` of a day, $ per unit."""
+    complementarity_tol: float = 1e-4
+    """KKT tolerance: complementary slackness of a day, relative to its |cost| (at least 1 $)."""
     voltage_tol_pu: float = 1e-4
     """KKT tolerance: largest voltage excursion outside the margin-tightened band, pu."""
     device_tol: float = 1e-3
@@ -97,13 +125,13 @@ class OracleConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.iterations < 1 or self.update_every < 1:
-            problems.append(f"iterations and update_every must be >= 1, got {self.iterations}, {self.update_every}")
+        for name in ("iterations", "inner_iterations", "memory"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
-            "lr",
             "rho_voltage",
             "rho_device",
-            "max_multiplier",
+            "rho_terminal",
             "stationarity_tol",
             "complementarity_tol",
             "voltage_tol_pu",
@@ -121,120 +149,347 @@ class OracleConfig:
             raise ValueError("invalid OracleConfig: " + "; ".join(problems))
 
 
+class FeasibleMap:
+    """The planner's variables ``u`` [B, N] in [-1, 1] of one step, mapped onto the actions each device can carry
+    out at that step's state (module docstring): batteries ``u * high`` for ``u >= 0`` and ``-u * low`` below,
+    so that ``u = 0`` is idle whatever the state of charge; every other agent affinely onto ``[low, high]``."""
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.battery = torch.zeros(sim.n_agents, dtype=torch.bool, device=sim.device)
+        self.battery[sim.agent_slices["battery"]] = True
+
+    def ranges(self, state) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)`` [B, N]: the actions without device violation at ``state``
+        (`gridedge_env.core.feasible_action_bounds`), heat pumps cut to their comfort band, each
+        `INSIDE_ACTION` inside (a battery's ``low <= 0 <= high``)."""
+        sim = self.sim
+        low, high = feasible_action_bounds(sim, state)
+        sl = sim.agent_slices["heatpump"]
+        t_out = state.t_outdoor_c[:, state.t : state.t + 1]
+        u_lo, u_hi = heatpump_comfort_limits(sim.params["heatpump"], state.t_indoor_c, t_out, sim.dt_h)
+        low, high = low.clone(), high.clone()
+        low[:, sl], high[:, sl] = 2.0 * u_lo - 1.0, 2.0 * u_hi - 1.0
+        margin = torch.clamp(0.5 * (high - low), max=INSIDE_ACTION)
+        low = torch.where(self.battery, -torch.relu(-low - INSIDE_ACTION), low + margin)
+        high = torch.where(self.battery, torch.relu(high - INSIDE_ACTION), high - margin)
+        return low, high
+
+    def actions(self, low: torch.Tensor, high: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Actions [B, N] of ``u`` on the ranges ``(low, high)``."""
+        battery = torch.where(u >= 0, high * u, -low * u)
+        affine = 0.5 * (low + high) + 0.5 * (high - low) * u
+        return torch.where(self.battery, battery, affine)
+
+    def variables(self, low: torch.Tensor, high: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The ``u`` [B, N] whose actions come closest to ``actions`` (the inverse of `actions` on the ranges)."""
+        a = torch.minimum(torch.maximum(actions, low), high)
+        tiny = torch.finfo(a.dtype).tiny
+        battery = torch.where(a > 0, a / high.clamp(min=tiny), a / (-low).clamp(min=tiny))
+        half = 0.5 * (high - low)
+        affine = torch.where(half > 0, (a - 0.5 * (low + high)) / half.clamp(min=tiny), 0.0)
+        return torch.where(self.battery, battery, affine).clamp(-1.0, 1.0)
+
+
 def _psi(g: torch.Tensor, lam: torch.Tensor, rho: float) -> torch.Tensor:
-    """Augmented-Lagrangian term of the constraints ``g <= 0`` with multipliers ``lam``, summed."""
-    return ((torch.relu(lam + rho * g) ** 2 - lam**2) / (2.0 * rho)).sum()
+    """Augmented-Lagrangian terms of the constraints ``g <= 0`` with multipliers ``lam``, elementwise."""
+    return (torch.relu(lam + rho * g) ** 2 - lam**2) / (2.0 * rho)
 
 
-def _projected_step(actions: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """``P(a - grad) - a`` with ``P`` the projection onto [-1, 1]: zero exactly at a stationary point of a
-    box-constrained problem (a component at a bound may keep a gradient pointing out of the box)."""
-    return (actions - gradient).clamp(-1.0, 1.0) - actions
+def _priced(x: torch.Tensor, lam: torch.Tensor, rho: float, price: float) -> torch.Tensor:
+    """``min over s >= 0`` of ``price * s + psi(x - s, lam, rho)``, elementwise: the augmented Lagrangian of
+    ``price * relu(x)`` written as ``price * s`` with ``s >= x``; its slope in ``x`` is ``min(relu(lam + rho x),
+    price)``."""
+    knee = (price - lam) / rho  # lam + rho x = price
+    linear = price * (x - knee) + (price**2 - lam**2) / (2.0 * rho)
+    return torch.where(x <= knee, _psi(torch.minimum(x, knee), lam, rho), linear)
 
 
-class _AugmentedLagrangian:
-    """Multipliers [T, B, n] (voltage) and [T, B, N] (device), penalty parameters and the KKT test of one
-    batch of days."""
+class DayPlan:
+    """The augmented Lagrangian of one batch of days: its multipliers, evaluation and KKT residual."""
 
-    def __init__(self, sim, batch: int, config: OracleConfig):
-        self.config = config
+    def __init__(self, sim, state, config: OracleConfig):
+        if not sim.config.net_metering:
+            raise ValueError(
+                "the planner needs net metering (the default): its kink handling assumes a battery's electricity "
+                "cost is linear in its power"
+            )
+        self.sim, self.state, self.config = sim, state, config
+        self.map = FeasibleMap(sim)
         self.v_lo = sim.config.v_min_pu + config.margin_pu
         self.v_hi = sim.config.v_max_pu - config.margin_pu
+        self.price = sim.config.terminal_price_per_kwh
         zeros = lambda *shape: torch.zeros(shape, dtype=sim.dtype, device=sim.device)  # noqa: E731
-        self.lam_voltage = zeros(sim.n_steps, batch, sim.n_nodes)
-        self.lam_device = zeros(sim.n_steps, batch, sim.n_agents)
-        self.rho_voltage = config.rho_voltage
-        self.rho_device = config.rho_device
-        self.start_norm: float | None = None  # |P(a0 - grad0) - a0|, the stationarity residual's scale
-        self.window: list[torch.Tensor] = []  # [gradient sum, action min, action max] since the last update
-        self.window_len = 0
-        self.kkt: dict | None = None  # the last `kkt_residual`
-
-    def voltage_constraint(self, v_mag_pu: torch.Tensor) -> torch.Tensor:
-        """Signed distance outside the tightened band, pu (<= 0 inside)."""
-        return torch.maximum(v_mag_pu - self.v_hi, self.v_lo - v_mag_pu)
-
-    def penalty(self, k: int, r, ok: torch.Tensor) -> torch.Tensor:
-        """`gridedge_env.simbench.StepPenalty` of step ``k`` (failed power-flow rows masked out)."""
-        g = ok * self.voltage_constraint(r.v_mag_pu)
-        return _psi(g, self.lam_voltage[k], self.rho_voltage) + _psi(
-            ok * r.device_violation, self.lam_device[k], self.rho_device
-        )
+        self.lam_voltage = zeros(sim.n_steps, state.batch_size, sim.n_nodes)
+        self.lam_device = zeros(sim.n_steps, state.batch_size, sim.n_agents)
+        self.lam_terminal = zeros(state.batch_size, sim.n_agents)
+        self.rho = {"voltage": config.rho_voltage, "device": config.rho_device, "terminal": config.rho_terminal}
+        self.worst = {"voltage": float("inf"), "device": float("inf"), "terminal": float("inf")}
 
     @torch.no_grad()
-    def check(self, iteration: int, actions: torch.Tensor, gradient: torch.Tensor, results) -> bool:
-        """`optimise_actions`' ``check``: called with every gradient, before the Adam step. Every
-        `update_every` steps (and at the iteration cap) measure `kkt_residual` at ``actions``; stop if it
-        meets the tolerances, else take the multiplier step."""
-        cfg = self.config
-        if self.start_norm is None:
-            self.start_norm = float(_projected_step(actions, gradient).norm())
-        if self.window_len == 0:
-            self.window = [gradient.clone(), actions.clone(), actions.clone()]
-        else:
-            self.window[0] += gradient
-            torch.minimum(self.window[1], actions, out=self.window[1])
-            torch.maximum(self.window[2], actions, out=self.window[2])
-        self.window_len += 1
-        last = iteration + 1 == cfg.iterations
-        if (iteration + 1) % cfg.update_every and not last:
-            return False
-        self.kkt = self.kkt_residual(actions, self.window[0] / self.window_len, results)
-        self.kkt.update(iterations=iteration + 1, window_diameter=float((self.window[2] - self.window[1]).max()))
-        self.window_len = 0
-        if self.kkt["met"] or last:
-            return True
-        self._update(results)
-        return False
+    def start(self, rule: Policy) -> torch.Tensor:
+        """``u`` [T, B, N] of ``rule``'s actions along the rollout of their mapped actions."""
+        s, us = self.state, []
+        for _ in range(self.sim.n_steps):
+            low, high = self.map.ranges(s)
+            u = self.map.variables(low, high, rule(self.sim, s))
+            s = self.sim.step(s, self.map.actions(low, high, u)).state
+            us.append(u)
+        return torch.stack(us)
 
-    def kkt_residual(self, actions: torch.Tensor, gradient: torch.Tensor, results) -> dict:
-        """KKT residual of the plan ``actions`` (module docstring) with ``gradient`` the Lagrangian's gradient.
+    def voltage_constraint(self, r) -> torch.Tensor:
+        """``g`` [B, n], signed distance outside the tightened band, pu (<= 0 inside; failed flows at 0 pu)."""
+        v = scored_voltages(r.v_mag_pu, r.converged)
+        return torch.maximum(v - self.v_hi, self.v_lo - v)
 
-        The Lagrangian's multipliers are ``relu(lam + rho g)``, the gradient of each `_psi` term, so the
-        augmented Lagrangian's gradient is the ordinary Lagrangian's gradient at them.
+    def evaluate(self, u: torch.Tensor) -> dict:
+        """The augmented Lagrangian at ``u`` [T, B, N], its one-sided derivatives and the constraints.
+
+        Returns a dict: ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N] (derivatives along ``+u`` and
+        ``-u``: equal except at a battery's ``u = 0``), ``actions`` [T, B, N], ``results`` (StepResults),
+        ``g`` [T, B, n], ``d`` [T, B, N], ``x`` [B, N] (terminal deficit, kWh) and ``cost`` [B] ($ per day).
         """
-        cfg = self.config
-        stationarity = float(_projected_step(actions, gradient).norm()) / max(self.start_norm, 1e-300)
-        voltage_pu, device, slack, cost, failures = 0.0, 0.0, 0.0, 0.0, 0
-        for k, r in enumerate(results):
-            ok = r.converged[:, None].to(actions.dtype)
-            failures += int((~r.converged).sum())
-            g = ok * self.voltage_constraint(r.v_mag_pu.detach())
-            d = ok * r.device_violation.detach()
-            mult_v = torch.relu(self.lam_voltage[k] + self.rho_voltage * g)
-            mult_d = torch.relu(self.lam_device[k] + self.rho_device * d)
-            slack += float((mult_v * g.abs()).sum() + (mult_d * d).sum())
-            voltage_pu = max(voltage_pu, float(torch.relu(g).max()))
-            device = max(device, float(d.max()))
-            cost += float((ok * r.cost.detach()).sum())
-        complementarity = slack / max(abs(cost), 1.0)
-        met = (
-            stationarity <= cfg.stationarity_tol
-            and complementarity <= cfg.complementarity_tol
-            and voltage_pu <= cfg.voltage_tol_pu
-            and device <= cfg.device_tol
-            and failures == 0
+        sim = self.sim
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            s, total = self.state, u.new_zeros(())
+            acts, socs, lows, highs, results, gs = [], [], [], [], [], []
+            for k in range(sim.n_steps):
+                low, high = self.map.ranges(s)
+                a = self.map.actions(low, high, u[k])
+                r = sim.step(s, a)
+                g = self.voltage_constraint(r)
+                total = total + (r.cost - r.terminal_cost).sum()
+                total = total + _psi(g, self.lam_voltage[k], self.rho["voltage"]).sum()
+                total = total + _psi(r.device_violation, self.lam_device[k], self.rho["device"]).sum()
+                acts.append(a)
+                socs.append(r.state.soc_kwh)
+                lows.append(low.detach())
+                highs.append(high.detach())
+                results.append(r)
+                gs.append(g.detach())
+                last, s = s, r.state
+            _, x = sim.terminal_deficit(last, s.soc_kwh, s.t_indoor_c)
+            total = total + _priced(x, self.lam_terminal, self.rho["terminal"], self.price).sum()
+            grads = torch.autograd.grad(total, [u, *acts, *socs], allow_unused=True)
+        grad_u = grads[0]
+        grad_a = torch.stack(grads[1 : 1 + sim.n_steps])
+        costate = torch.stack(
+            [torch.zeros_like(sc) if gr is None else gr for gr, sc in zip(grads[1 + sim.n_steps :], socs, strict=True)]
         )
+        g_plus, g_minus = self._one_sided(u.detach(), grad_u, grad_a, costate, torch.stack(lows), torch.stack(highs))
         return {
-            "stationarity": stationarity,
-            "complementarity": complementarity,
-            "voltage_infeasibility_pu": voltage_pu,
-            "device_infeasibility": device,
-            "pf_failures": failures,
-            "met": met,
+            "objective": float(total.detach()),
+            "g_plus": g_plus,
+            "g_minus": g_minus,
+            "actions": torch.stack([a.detach() for a in acts]),
+            "results": results,
+            "g": torch.stack(gs),
+            "d": torch.stack([r.device_violation.detach() for r in results]),
+            "x": x.detach(),
+            "cost": sum(r.cost.detach().sum(dim=1) for r in results),
         }
 
-    def _update(self, results) -> None:
-        """The multiplier step ``lam <- clip(lam + rho g, 0, max)``, then ``rho`` grows."""
+    def _one_sided(self, u, grad_u, grad_a, costate, low, high) -> tuple[torch.Tensor, torch.Tensor]:
+        """Derivatives of the objective along ``+u`` and ``-u``. Where a battery idles (``u = 0``, action 0) the
+        simulator's kinks (``|p|``, ``relu(+-p)``) get derivative 0 from torch; add what each side has: the
+        degradation cost ``+-deg dt`` and the state of charge's change (``eta_c dt`` or ``dt / eta_d`` per kW)
+        times its costate ``dL/dsoc``, per kW of power (``p_max`` per unit action), times ``da/du`` of that side."""
+        sl = self.sim.agent_slices["battery"]
+        p, dt = self.sim.params["battery"], self.sim.dt_h
+        base = grad_a[..., sl]
+        right = (base + p.p_max_kw * dt * (p.degradation_cost_per_kwh + costate * p.eta_charge)) * high[..., sl]
+        left = (base + p.p_max_kw * dt * (-p.degradation_cost_per_kwh + costate / p.eta_discharge)) * (-low[..., sl])
+        idle = u[..., sl] == 0
+        g_plus, g_minus = grad_u.clone(), grad_u.clone()
+        g_plus[..., sl] = torch.where(idle, right, grad_u[..., sl])
+        g_minus[..., sl] = torch.where(idle, left, grad_u[..., sl])
+        return g_plus, g_minus
+
+    @staticmethod
+    def projected_gradient(u, g_plus, g_minus) -> torch.Tensor:
+        """Per coordinate, the one-sided derivative along which the objective falls inside [-1, 1] (the
+        steeper one where both do), else 0: the orthant-wise projected gradient, zero exactly at a
+        (directionally) stationary point."""
+        up = (g_plus < 0) & (u < 1)
+        down = (g_minus > 0) & (u > -1)
+        take_up = up & (~down | (-g_plus >= g_minus))
+        return torch.where(take_up, g_plus, torch.where(down, g_minus, torch.zeros_like(u)))
+
+    def multipliers(self, ev: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Lagrange multipliers that the augmented Lagrangian's gradient at ``ev`` carries."""
+        mu_v = torch.relu(self.lam_voltage + self.rho["voltage"] * ev["g"])
+        mu_d = torch.relu(self.lam_device + self.rho["device"] * ev["d"])
+        mu_t = (self.lam_terminal + self.rho["terminal"] * ev["x"]).clamp(0.0, self.price)
+        return mu_v, mu_d, mu_t
+
+    def kkt(self, u: torch.Tensor, ev: dict) -> list[dict]:
+        """KKT residual of every day (module docstring) at ``u`` with its evaluation ``ev``."""
         cfg = self.config
-        for k, r in enumerate(results):
-            ok = r.converged[:, None].to(self.lam_voltage.dtype)
-            g = ok * self.voltage_constraint(r.v_mag_pu.detach())
-            self.lam_voltage[k] = (self.lam_voltage[k] + self.rho_voltage * g).clamp(0.0, cfg.max_multiplier)
-            d = ok * r.device_violation.detach()
-            self.lam_device[k] = (self.lam_device[k] + self.rho_device * d).clamp(0.0, cfg.max_multiplier)
-        self.rho_voltage = min(self.rho_voltage * cfg.rho_growth, cfg.rho_voltage * cfg.rho_max_factor)
-        self.rho_device = min(self.rho_device * cfg.rho_growth, cfg.rho_device * cfg.rho_max_factor)
+        pg = self.projected_gradient(u, ev["g_plus"], ev["g_minus"])
+        mu_v, mu_d, mu_t = self.multipliers(ev)
+        g, d, x = ev["g"], ev["d"], ev["x"]
+        slack = (
+            (mu_v * g.abs()).sum(dim=(0, 2))
+            + (mu_d * d).sum(dim=(0, 2))
+            + (mu_t * torch.relu(-x) + (self.price - mu_t) * torch.relu(x)).sum(dim=1)
+        )
+        failures = torch.stack([~r.converged for r in ev["results"]]).sum(dim=0)
+        out = []
+        for b in range(u.shape[1]):
+            row = {
+                "day": int(self.state.day_idx[b]),
+                "stationarity": float(pg[:, b].abs().max()),
+                "complementarity": float(slack[b]) / max(abs(float(ev["cost"][b])), 1.0),
+                "voltage_infeasibility_pu": float(torch.relu(g[:, b]).max()),
+                "device_infeasibility": float(d[:, b].max()),
+                "pf_failures": int(failures[b]),
+            }
+            row["met"] = (
+                row["stationarity"] <= cfg.stationarity_tol
+                and row["complementarity"] <= cfg.complementarity_tol
+                and row["voltage_infeasibility_pu"] <= cfg.voltage_tol_pu
+                and row["device_infeasibility"] <= cfg.device_tol
+                and row["pf_failures"] == 0
+            )
+            out.append(row)
+        return out
+
+    def update_multipliers(self, ev: dict) -> None:
+        """The exact step ``lam <- relu(lam + rho g)`` (terminal: clipped to [0, price]); a ``rho`` grows where
+        its constraints' worst violation did not fall to a quarter of the previous update's."""
+        cfg = self.config
+        mu_v, mu_d, mu_t = self.multipliers(ev)
+        knee = (self.price - self.lam_terminal) / self.rho["terminal"]
+        worst = {
+            "voltage": float(torch.relu(ev["g"]).max()),
+            "device": float(ev["d"].max()),
+            # the terminal's violation of s >= x at the minimising s = max(0, x - knee)
+            "terminal": float(torch.relu(torch.minimum(ev["x"], knee)).max()),
+        }
+        self.lam_voltage, self.lam_device, self.lam_terminal = mu_v, mu_d, mu_t
+        start = {"voltage": cfg.rho_voltage, "device": cfg.rho_device, "terminal": cfg.rho_terminal}
+        for name, value in worst.items():
+            if value > 0.25 * self.worst[name]:
+                self.rho[name] = min(self.rho[name] * cfg.rho_growth, start[name] * cfg.rho_max_factor)
+            self.worst[name] = value
+
+
+class _LBFGS:
+    """Projected, orthant-wise L-BFGS steps (OWL-QN with bounds) on ``u`` in [-1, 1] with kinks at 0 in the
+    coordinates ``kink`` [N]: directions from the projected gradient, steps that stop at a bound or at 0,
+    Armijo backtracking."""
+
+    def __init__(self, kink: torch.Tensor, memory: int):
+        self.kink, self.memory = kink, memory
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+
+    def direction(self, pg: torch.Tensor) -> torch.Tensor:
+        """``-H pg`` by the two-loop recursion, cut to the coordinates where it descends."""
+        q, alphas = pg.clone(), []
+        for s, y, rho in reversed(self.pairs):
+            alpha = rho * float((s * q).sum())
+            q -= alpha * y
+            alphas.append(alpha)
+        if self.pairs:
+            s, y, _ = self.pairs[-1]
+            q *= float((s * y).sum()) / float((y * y).sum())
+        else:
+            q *= 0.1 / max(float(pg.abs().max()), 1e-300)  # first step: at most 0.1 in any coordinate
+        for (s, y, rho), alpha in zip(self.pairs, reversed(alphas), strict=True):
+            beta = rho * float((y * q).sum())
+            q += (alpha - beta) * s
+        d = -q
+        return torch.where(d * pg < 0, d, torch.zeros_like(d))
+
+    def point(self, u: torch.Tensor, d: torch.Tensor, pg: torch.Tensor, step: float) -> torch.Tensor:
+        """``u + step d`` clipped to [-1, 1]; a kink coordinate that would cross 0 stops at 0."""
+        new = (u + step * d).clamp(-1.0, 1.0)
+        side = torch.where(u != 0, torch.sign(u), -torch.sign(pg))
+        crossed = self.kink & (torch.sign(new) * side < 0)
+        return torch.where(crossed, torch.zeros_like(new), new)
+
+    def remember(self, s: torch.Tensor, y: torch.Tensor) -> None:
+        sy = float((s * y).sum())
+        if sy > 1e-10 * float(s.norm()) * float(y.norm()):
+            self.pairs.append((s, y, 1.0 / sy))
+            del self.pairs[: -self.memory]
+
+
+def plan_days(
+    sim, state, config: OracleConfig = OracleConfig(), progress: Callable[[int, int], None] | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Plan every action of the episodes in ``state`` (``t = 0``) by the augmented Lagrangian (module docstring).
+
+    Args:
+        sim: The simulator.
+        state: Initial state of B days (all of them are planned together; days do not interact).
+        config: `OracleConfig`.
+        progress: Optional ``callback(done_iterations, total_iterations)``.
+
+    Returns:
+        ``(actions [T, B, N], metrics)``: the plan, and the standard metrics of its rollout plus ``kkt`` (one
+        dict per day: ``day``, ``stationarity``, ``complementarity``, ``voltage_infeasibility_pu``,
+        ``device_infeasibility``, ``pf_failures``, ``met``), ``met`` (every day), ``iterations``,
+        ``multiplier_updates``, ``objective_first``/``objective_last`` (augmented Lagrangian, $) and ``seconds``.
+    """
+    if state.t != 0:
+        raise ValueError(f"the oracle plans whole days from their first step, got a state at step {state.t}")
+    t0 = time.perf_counter()
+    cfg = config
+    plan = DayPlan(sim, state, cfg)
+    u = plan.start(RULES[cfg.init])
+    ev = plan.evaluate(u)
+    first = ev["objective"]
+    kink = plan.map.battery
+    solver = _LBFGS(kink, cfg.memory)
+    iterations = inner = updates = 0
+    while True:
+        kkt = plan.kkt(u, ev)
+        if all(day["met"] for day in kkt) or iterations >= cfg.iterations:
+            break
+        pg = plan.projected_gradient(u, ev["g_plus"], ev["g_minus"])
+        stationary = float(pg.abs().max()) <= cfg.stationarity_tol
+        moved = False
+        if not stationary and inner < cfg.inner_iterations:
+            d = solver.direction(pg)
+            if float((d * pg).sum()) >= 0:
+                solver.pairs.clear()
+                d = solver.direction(pg)
+            step = 1.0
+            for _ in range(30):
+                new = solver.point(u, d, pg, step)
+                trial = plan.evaluate(new)
+                if trial["objective"] <= ev["objective"] + 1e-4 * float((pg * (new - u)).sum()):
+                    new_pg = plan.projected_gradient(new, trial["g_plus"], trial["g_minus"])
+                    solver.remember(new - u, new_pg - pg)
+                    u, ev, moved = new, trial, True
+                    break
+                step *= 0.5
+            iterations += 1
+            inner += 1
+            if progress is not None:
+                progress(iterations, cfg.iterations)
+        if not moved:  # stationary for these multipliers, the window is over, or no descent: next multipliers
+            plan.update_multipliers(ev)
+            updates += 1
+            solver.pairs.clear()
+            inner = 0
+            ev = plan.evaluate(u)
+    summary = RolloutMetrics(sim)
+    for r in ev["results"]:
+        summary.add(r)
+    metrics = summary.summary(state.batch_size)
+    metrics.update(
+        kkt=kkt,
+        met=all(day["met"] for day in kkt),
+        iterations=iterations,
+        multiplier_updates=updates,
+        objective_first=first,
+        objective_last=ev["objective"],
+        seconds=time.perf_counter() - t0,
+    )
+    return ev["actions"], metrics
 
 
 def optimise_actions(
@@ -247,16 +502,14 @@ def optimise_actions(
     w_device: float = 10.0,
     init: Policy | None = None,
     progress: Callable[[int, int], None] | None = None,
-    penalty: StepPenalty | None = None,
-    check: Callable[[int, torch.Tensor, torch.Tensor, list], bool] | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Centralised, perfect-foresight optimisation of every action of the episodes in ``state``.
+    """The plain penalty method: every action of the episodes in ``state`` by projected Adam on
+    ``sum(cost) + w_device * sum(device_violation) + w_voltage * sum(voltage_violation)``.
 
-    Minimises ``sum(cost) + w_device * sum(device_violation) + w_voltage * sum(voltage_violation)`` (or
-    ``sum(cost)`` plus ``penalty``'s terms) over the actions [T, B, N] by Adam through the differentiable
-    core (learning rate decayed from ``lr`` to ``lr / 10`` on a cosine schedule), projecting the actions
-    onto [-1, 1] after every update. Starts from the actions ``init`` would take along its own rollout
-    (default: all zeros). Only converged power flows count (the same mask as the trainers').
+    The learning rate decays from ``lr`` to ``lr / 10`` on a cosine schedule; the actions are projected onto
+    [-1, 1] after every update; a failed power flow scores every node at 0 pu
+    (`gridedge_env.metrics.scored_voltages`). Starts from the actions ``init`` would take along its own rollout
+    (default: all zeros). No convergence test: `plan_days` is the optimum.
 
     Args:
         sim: The simulator.
@@ -267,50 +520,51 @@ def optimise_actions(
         w_device: Penalty per unit of device violation (kW or K) per step, $.
         init: Optional policy whose rollout actions are the starting point.
         progress: Optional ``callback(done, total)``.
-        penalty: Optional constraint terms of every step (`StepPenalty`), replacing the fixed weights
-            (e.g. the augmented Lagrangian of `plan_days`).
-        check: Optional ``check(iteration, actions, gradient, results) -> stop`` after every gradient, before
-            the Adam step, with the iteration's actions, the objective's gradient and StepResults (e.g. a
-            multiplier update that ``penalty`` reads); True stops at these actions.
 
     Returns:
         ``(actions [T, B, N], metrics)``: the standard metrics (`gridedge_env.metrics`) of the final actions
-        plus the objective's history (``objective_first``, ``objective_last``), the ``iterations`` run and
-        ``seconds``.
+        plus ``objective_first``, ``objective_last`` and ``seconds``.
     """
     t0 = time.perf_counter()
-    shape = (sim.n_steps, state.batch_size, sim.n_agents)
+    v_min, v_max = sim.config.v_min_pu, sim.config.v_max_pu
+
+    def rollout(actions: torch.Tensor) -> tuple[torch.Tensor, list]:
+        s, total, results = state, actions.new_zeros(()), []
+        for k in range(sim.n_steps):
+            r = sim.step(s, actions[k])
+            v = scored_voltages(r.v_mag_pu, r.converged)
+            excess = torch.relu(v - v_max) + torch.relu(v_min - v)
+            total = total + r.cost.sum() + w_device * r.device_violation.sum() + w_voltage * excess.sum()
+            s = r.state
+            results.append(r)
+        return total, results
+
     if init is None:
-        start = torch.zeros(shape, dtype=sim.dtype, device=sim.device)
+        start = torch.zeros((sim.n_steps, state.batch_size, sim.n_agents), dtype=sim.dtype, device=sim.device)
     else:
         acts, s = [], state
         with torch.no_grad():
             for _ in range(sim.n_steps):
-                a = init(sim, s)
-                s = sim.step(s, a).state
-                acts.append(a)
+                acts.append(init(sim, s))
+                s = sim.step(s, acts[-1]).state
         start = torch.stack(acts)
     actions = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([actions], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iterations, 1), eta_min=0.1 * lr)
-    penalty = fixed_penalty(w_voltage, w_device) if penalty is None else penalty
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations, eta_min=0.1 * lr)
     history = []
     for it in range(iterations):
         opt.zero_grad()
-        objective, results = rollout_objective(sim, state, actions, penalty)
+        objective, _ = rollout(actions)
         objective.backward()
         history.append(float(objective.detach()))
-        stop = check is not None and check(it, actions.detach(), actions.grad, results)
-        if progress is not None:
-            progress(it + 1, iterations)
-        if stop:
-            break
         opt.step()
         sched.step()
         with torch.no_grad():
             actions.clamp_(-1.0, 1.0)
+        if progress is not None:
+            progress(it + 1, iterations)
     with torch.no_grad():
-        _, results = rollout_objective(sim, state, actions, penalty)
+        _, results = rollout(actions)
     summary = RolloutMetrics(sim)
     for r in results:
         summary.add(r)
@@ -318,48 +572,9 @@ def optimise_actions(
     metrics.update(
         objective_first=history[0] if history else None,
         objective_last=history[-1] if history else None,
-        iterations=len(history),
         seconds=time.perf_counter() - t0,
     )
     return actions.detach(), metrics
-
-
-def plan_days(
-    sim, state, config: OracleConfig = OracleConfig(), progress: Callable[[int, int], None] | None = None
-) -> tuple[torch.Tensor, dict]:
-    """Optimise every action of the episodes in ``state`` (``t = 0``) by the augmented Lagrangian.
-
-    Args:
-        sim: The simulator.
-        state: Initial state of B days (all of them are planned together; days do not interact).
-        config: `OracleConfig`.
-        progress: Optional ``callback(done_iterations, total_iterations)``.
-
-    Returns:
-        ``(actions [T, B, N], metrics)``: the plan, and `optimise_actions`' metrics of it plus the largest
-        multipliers and ``kkt``, the KKT residual at the plan (module docstring): ``stationarity``,
-        ``complementarity``, ``voltage_infeasibility_pu``, ``device_infeasibility``, ``pf_failures``,
-        ``window_diameter``, ``iterations`` and ``met`` (every tolerance met).
-    """
-    if state.t != 0:
-        raise ValueError(f"the oracle plans whole days from their first step, got a state at step {state.t}")
-    al = _AugmentedLagrangian(sim, state.batch_size, config)
-    actions, metrics = optimise_actions(
-        sim,
-        state,
-        iterations=config.iterations,
-        lr=config.lr,
-        init=RULES[config.init],
-        progress=progress,
-        penalty=al.penalty,
-        check=al.check,
-    )
-    metrics.update(
-        kkt=al.kkt,
-        voltage_multiplier_max=float(al.lam_voltage.max()),
-        device_multiplier_max=float(al.lam_device.max()),
-    )
-    return actions, metrics
 
 
 class PerfectForesightPolicy:
@@ -371,8 +586,8 @@ class PerfectForesightPolicy:
         progress: Optional ``callback(done_iterations, total_iterations)`` of each plan.
 
     Attributes:
-        plans: One record per plan made so far (one per batch of days): its ``days``, ``seconds``, the
-            objective's first and last values and the KKT residual (`plan_days`' ``kkt``).
+        plans: One record per plan made so far (one per batch of days): its ``days``, ``seconds``,
+            ``iterations``, ``multiplier_updates``, ``met`` and ``kkt`` (`plan_days`' per-day residuals).
     """
 
     def __init__(self, config: OracleConfig = OracleConfig(), progress: Callable[[int, int], None] | None = None):
@@ -384,16 +599,12 @@ class PerfectForesightPolicy:
 
     def __call__(self, sim, state) -> torch.Tensor:
         if state.t == 0:
-            with torch.enable_grad():  # evaluation loops run under no_grad; planning needs the gradient
-                self._actions, metrics = plan_days(sim, state, self.config, self.progress)
+            self._actions, metrics = plan_days(sim, state, self.config, self.progress)
             self._state0 = state
             self.plans.append(
                 {
                     "days": [int(d) for d in state.day_idx],
-                    "seconds": metrics["seconds"],
-                    "objective_first": metrics["objective_first"],
-                    "objective_last": metrics["objective_last"],
-                    **metrics["kkt"],
+                    **{k: metrics[k] for k in ("seconds", "iterations", "multiplier_updates", "met", "kkt")},
                 }
             )
         elif self._actions is None or not torch.equal(state.day_idx, self._state0.day_idx):

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from gridedge_env import powerflow
-from gridedge_env.devices import DEVICE_TYPES, heatpump_cop, heatpump_heating
+from gridedge_env.devices import (
+    DEVICE_TYPES,
+    battery_power_limits,
+    generator_output_limits,
+    heatpump_cop,
+    heatpump_heating,
+    heatpump_response,
+)
 from gridedge_env.network import Feeder, load_feeder
 from gridedge_env.placement import (
     device_scale,
@@ -811,27 +818,37 @@ class Sim:
         }
 
     def _terminal(self, state: State, next_dev: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Terminal shortfall and its cost [B, N] of the step from ``state`` (zeros unless it is the last).
-
-        Battery: ``relu(soc_init - soc_end)`` kWh, priced per kWh. Heat pump: the indoor temperature below its
-        initial value when heating at the last step (above it when cooling), K; the heat ``C * K`` is priced
-        per electrical kWh at the last step's COP (what restoring it would draw)."""
-        batch, t = state.batch_size, state.t
-        zeros = torch.zeros((batch, self.n_agents), dtype=self.dtype, device=self.device)
-        if t != self.n_steps - 1:
+        """Terminal shortfall and its cost [B, N] of the step from ``state`` (zeros unless it is the last):
+        the positive part of `terminal_deficit`, its energy priced at ``terminal_price_per_kwh``."""
+        if state.t != self.n_steps - 1:
+            zeros = torch.zeros((state.batch_size, self.n_agents), dtype=self.dtype, device=self.device)
             return zeros, zeros
+        deficit, deficit_kwh = self.terminal_deficit(state, next_dev["soc_kwh"], next_dev["t_indoor_c"])
+        return torch.relu(deficit), self.config.terminal_price_per_kwh * torch.relu(deficit_kwh)
+
+    def terminal_deficit(
+        self, last: State, soc_end_kwh: torch.Tensor, t_indoor_end_c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signed terminal deficit [B, N] of the day ending in the given device states, from ``last``, the state
+        before the day's last step; positive where stored energy is below its initial value.
+
+        Battery: ``soc_init - soc_end`` kWh. Heat pump: the indoor temperature below its initial value when
+        heating at the last step (above it when cooling), K; its energy is the heat ``C * K`` per electrical
+        kWh at the last step's COP (what restoring it would draw). Generators: 0.
+
+        Returns:
+            ``(deficit, deficit_kwh)``: in the shortfall's unit (kWh, K, -) and in electrical kWh.
+        """
         p = self.params["heatpump"]
-        t_out = state.t_outdoor_c[:, t : t + 1]
+        t_out = last.t_outdoor_c[:, self.n_steps - 1 :]
         heating = heatpump_heating(p, t_out)
         cop_heat, cop_cool = heatpump_cop(p, t_out)
-        drop_k = state.t_indoor_init_c - next_dev["t_indoor_c"]
-        hp_short_k = torch.relu(torch.where(heating, drop_k, -drop_k))
-        hp_kwh = p.c_kwh_per_k * hp_short_k / torch.where(heating, cop_heat, cop_cool)
-        bat_short_kwh = torch.relu(state.soc_init_kwh - next_dev["soc_kwh"])
-        gen = zeros[:, self.agent_slices["generator"]]
-        shortfall = torch.cat([bat_short_kwh, hp_short_k, gen], dim=1)
-        price = self.config.terminal_price_per_kwh
-        return shortfall, price * torch.cat([bat_short_kwh, hp_kwh, gen], dim=1)
+        drop_k = last.t_indoor_init_c - t_indoor_end_c
+        hp_k = torch.where(heating, drop_k, -drop_k)
+        hp_kwh = p.c_kwh_per_k * hp_k / torch.where(heating, cop_heat, cop_cool)
+        bat_kwh = last.soc_init_kwh - soc_end_kwh
+        gen = torch.zeros_like(last.p_prev_kw)
+        return torch.cat([bat_kwh, hp_k, gen], dim=1), torch.cat([bat_kwh, hp_kwh, gen], dim=1)
 
     def detach(self, state: State) -> State:
         """A copy of ``state`` with every tensor detached (cuts the gradient flow into later steps)."""
@@ -908,17 +925,14 @@ def feasible_action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.
     high = torch.ones_like(low)
     sl = sim.agent_slices["battery"]
     p = sim.params["battery"]
-    room_kw = torch.clamp(p.soc_max_kwh - state.soc_kwh, min=0.0) / (p.eta_charge * sim.dt_h)
-    avail_kw = torch.clamp(state.soc_kwh - p.soc_min_kwh, min=0.0) * p.eta_discharge / sim.dt_h
-    low[:, sl] = torch.clamp(-avail_kw / p.p_max_kw, min=-1.0)
-    high[:, sl] = torch.clamp(room_kw / p.p_max_kw, max=1.0)
+    p_lo, p_hi = battery_power_limits(p, state.soc_kwh, sim.dt_h)
+    low[:, sl], high[:, sl] = p_lo / p.p_max_kw, p_hi / p.p_max_kw
     # generator: action -1 = p_max_kw, +1 = p_min_kw (affine), so more output is a lower action
     sl = sim.agent_slices["generator"]
     p = sim.params["generator"]
-    ramp_kw = p.ramp_kw_per_h * sim.dt_h
+    out_lo, out_hi = generator_output_limits(p, state.p_prev_kw, sim.dt_h)
     to_action = lambda out_kw: 1.0 - 2.0 * (out_kw - p.p_min_kw) / (p.p_max_kw - p.p_min_kw)  # noqa: E731
-    low[:, sl] = torch.clamp(to_action(state.p_prev_kw + ramp_kw), min=-1.0)
-    high[:, sl] = torch.clamp(to_action(state.p_prev_kw - ramp_kw), max=1.0)
+    low[:, sl], high[:, sl] = to_action(out_hi), to_action(out_lo)
     return low, high
 
 
@@ -928,12 +942,7 @@ def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> t
     the heat flow needed, in the step's mode (`gridedge_env.devices.heatpump_heating`), as a share ``u`` of
     full load clipped to [0, 1], mapped to the action ``2 u - 1``."""
     t = min(state.t, sim.n_steps - 1)
-    p = sim.params["heatpump"]
-    t_out = state.t_outdoor_c[:, t : t + 1]
-    decay = torch.exp(-sim.dt_h / (p.r_k_per_kw * p.c_kwh_per_k))
-    t_steady = (target_c - state.t_indoor_c * decay) / (1.0 - decay)
-    q_kw = (t_steady - t_out) / p.r_k_per_kw
-    cop_heat, cop_cool = heatpump_cop(p, t_out)
-    heating = heatpump_heating(p, t_out)
-    share = torch.where(heating, q_kw / (p.p_max_kw * cop_heat), -q_kw / (p.p_max_kw * cop_cool))
-    return 2.0 * torch.clamp(share, 0.0, 1.0) - 1.0
+    free_c, gain_k = heatpump_response(
+        sim.params["heatpump"], state.t_indoor_c, state.t_outdoor_c[:, t : t + 1], sim.dt_h
+    )
+    return 2.0 * torch.clamp((target_c - free_c) / gain_k, 0.0, 1.0) - 1.0

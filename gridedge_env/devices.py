@@ -55,10 +55,14 @@ __all__ = [
     "DeviceType",
     "GeneratorParams",
     "HeatPumpParams",
+    "battery_power_limits",
     "battery_step",
+    "generator_output_limits",
     "generator_step",
     "heatpump_cop",
+    "heatpump_comfort_limits",
     "heatpump_heating",
+    "heatpump_response",
     "heatpump_step",
     "initial_battery_state",
     "initial_generator_state",
@@ -530,6 +534,18 @@ def _project(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Te
     return torch.minimum(torch.maximum(x, low), high)
 
 
+def battery_power_limits(
+    params: BatteryParams, soc_kwh: torch.Tensor, dt_h: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The feasible interval ``[p_lo, p_hi]`` [B, N] of a battery's power in kW for one step (`battery_step`):
+    ``p_lo <= 0 <= p_hi`` keep the next state of charge within its bounds."""
+    headroom_kwh = torch.clamp(params.soc_max_kwh - soc_kwh, min=0.0)
+    available_kwh = torch.clamp(soc_kwh - params.soc_min_kwh, min=0.0)
+    p_hi = torch.minimum(params.p_max_kw, headroom_kwh / (params.eta_charge * dt_h))
+    p_lo = -torch.minimum(params.p_max_kw, available_kwh * params.eta_discharge / dt_h)
+    return p_lo, p_hi
+
+
 def battery_step(params: BatteryParams, soc_kwh: torch.Tensor, action: torch.Tensor, dt_h: float) -> DeviceStep:
     """Advance all batteries by one step.
 
@@ -556,10 +572,7 @@ def battery_step(params: BatteryParams, soc_kwh: torch.Tensor, action: torch.Ten
         in kW.
     """
     p_request = action * params.p_max_kw
-    headroom_kwh = torch.clamp(params.soc_max_kwh - soc_kwh, min=0.0)
-    available_kwh = torch.clamp(soc_kwh - params.soc_min_kwh, min=0.0)
-    p_hi = torch.minimum(params.p_max_kw, headroom_kwh / (params.eta_charge * dt_h))
-    p_lo = -torch.minimum(params.p_max_kw, available_kwh * params.eta_discharge / dt_h)
+    p_lo, p_hi = battery_power_limits(params, soc_kwh, dt_h)
     p_kw = _project(p_request, p_lo, p_hi)
 
     charge_kw = torch.relu(p_kw)
@@ -611,6 +624,36 @@ def heatpump_heating(params: HeatPumpParams, t_outdoor_c: torch.Tensor) -> torch
     return t_outdoor_c < 0.5 * (params.t_min_c + params.t_max_c)
 
 
+def heatpump_response(
+    params: HeatPumpParams, t_indoor_c: torch.Tensor, t_outdoor_c: torch.Tensor, dt_h: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next indoor temperature as an affine function of the electrical fraction ``u`` in [0, 1]
+    (`heatpump_step`): ``T' = free_c + gain_k * u``, with ``free_c`` the temperature the building drifts to with
+    the unit off and ``gain_k`` (K, > 0 heating, < 0 cooling) what full load adds. Shapes [B, N]."""
+    cop_heat, cop_cool = heatpump_cop(params, t_outdoor_c)
+    heating = heatpump_heating(params, t_outdoor_c)
+    q_full_kw = torch.where(heating, params.p_max_kw * cop_heat, -params.p_max_kw * cop_cool)
+    decay = torch.exp(-dt_h / (params.r_k_per_kw * params.c_kwh_per_k))
+    # T' = T_ss + (T - T_ss) * decay with T_ss = T_out + R q, and q = u * q_full
+    free_c = t_outdoor_c + (t_indoor_c - t_outdoor_c) * decay
+    gain_k = params.r_k_per_kw * q_full_kw * (1.0 - decay)
+    return free_c, gain_k
+
+
+def heatpump_comfort_limits(
+    params: HeatPumpParams, t_indoor_c: torch.Tensor, t_outdoor_c: torch.Tensor, dt_h: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The electrical fractions ``[u_lo, u_hi]`` within [0, 1] that keep the next indoor temperature inside
+    the comfort band (`heatpump_response`), [B, N] each. Where no fraction can (too cold for full load, or
+    too warm with the unit off), both are the bound that comes closest, so ``u_lo == u_hi``."""
+    free_c, gain_k = heatpump_response(params, t_indoor_c, t_outdoor_c, dt_h)
+    to_min, to_max = (params.t_min_c - free_c) / gain_k, (params.t_max_c - free_c) / gain_k
+    heating = gain_k > 0
+    u_lo = torch.where(heating, to_min, to_max).clamp(0.0, 1.0)
+    u_hi = torch.where(heating, to_max, to_min).clamp(0.0, 1.0)
+    return u_lo, u_hi
+
+
 def heatpump_step(
     params: HeatPumpParams,
     t_indoor_c: torch.Tensor,
@@ -644,20 +687,29 @@ def heatpump_step(
         comfort-band excursion of the next indoor temperature in K:
         ``relu(T' - t_max_c) + relu(t_min_c - T')``.
     """
-    cop_heat, cop_cool = heatpump_cop(params, t_outdoor_c)
-    heating = heatpump_heating(params, t_outdoor_c)
-    p_kw = 0.5 * (1.0 + action) * params.p_max_kw
-    q_kw = torch.where(heating, p_kw * cop_heat, -p_kw * cop_cool)
-
-    t_steady_c = t_outdoor_c + params.r_k_per_kw * q_kw
-    decay = torch.exp(-dt_h / (params.r_k_per_kw * params.c_kwh_per_k))
-    next_t = t_steady_c + (t_indoor_c - t_steady_c) * decay
+    u = 0.5 * (1.0 + action)
+    free_c, gain_k = heatpump_response(params, t_indoor_c, t_outdoor_c, dt_h)
+    next_t = free_c + gain_k * u
+    p_kw = u * params.p_max_kw
 
     violation = torch.relu(next_t - params.t_max_c) + torch.relu(params.t_min_c - next_t)
     cost = torch.zeros_like(next_t)
     # Heat-pump outputs are all [B, N]; p_kw could otherwise keep a smaller shape than the state.
     p_kw = p_kw.expand_as(next_t)
     return DeviceStep(p_kw=p_kw, next_state=next_t, device_cost=cost, violation=violation)
+
+
+def generator_output_limits(
+    params: GeneratorParams, p_prev_kw: torch.Tensor, dt_h: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The feasible output window ``[low, high]`` [B, N] of a generator in kW for one step (`generator_step`):
+    its output limits intersected with the ramp window around ``p_prev_kw``."""
+    ramp_kw = params.ramp_kw_per_h * dt_h
+    # Clip the ramp window to the output limits first so that low <= high even if p_prev_kw lies outside
+    # [p_min, p_max]; with ramp = +inf the window is just the output limits.
+    low = torch.maximum(params.p_min_kw, torch.minimum(p_prev_kw - ramp_kw, params.p_max_kw))
+    high = torch.minimum(params.p_max_kw, torch.maximum(p_prev_kw + ramp_kw, params.p_min_kw))
+    return low, high
 
 
 def generator_step(params: GeneratorParams, p_prev_kw: torch.Tensor, action: torch.Tensor, dt_h: float) -> DeviceStep:
@@ -685,11 +737,7 @@ def generator_step(params: GeneratorParams, p_prev_kw: torch.Tensor, action: tor
         and ``violation`` ``|requested - delivered|`` output in kW.
     """
     out_request = params.p_min_kw + 0.5 * (1.0 - action) * (params.p_max_kw - params.p_min_kw)
-    ramp_kw = params.ramp_kw_per_h * dt_h
-    # Clip the ramp window to the output limits first so that low <= high even if p_prev_kw lies outside
-    # [p_min, p_max]; with ramp = +inf the window is just the output limits.
-    low = torch.maximum(params.p_min_kw, torch.minimum(p_prev_kw - ramp_kw, params.p_max_kw))
-    high = torch.minimum(params.p_max_kw, torch.maximum(p_prev_kw + ramp_kw, params.p_min_kw))
+    low, high = generator_output_limits(params, p_prev_kw, dt_h)
     out_kw = _project(out_request, low, high)
 
     cost = (params.fuel_cost_c1_per_kwh * out_kw + params.fuel_cost_c2_per_kw2h * out_kw**2) * dt_h
