@@ -93,7 +93,7 @@ class OracleConfig:
     iterations: int = 1500
     """Iteration cap: L-BFGS iterations per batch of days (one forward and backward rollout each, plus the
     line search's forward rollouts), unless every day meets the KKT tolerances first."""
-    inner_iterations: int = 60
+    inner_iterations: int = 15
     """L-BFGS iterations between multiplier updates (fewer once the inner problem is stationary)."""
     memory: int = 20
     """L-BFGS memory (pairs of steps and gradient changes)."""

@@ -295,9 +295,9 @@ def test_oracle_beats_every_rule_on_cost_at_no_more_violation():
     assert all(r["violation_share"] > 0 for r in rules.values())
     assert rules["price-seeking"]["violation_share"] > max(rules[n]["violation_share"] for n in ("noop", "droop"))
     # 60 L-BFGS iterations (multipliers every 15) instead of the default cap (time), started from the cheapest
-    # rule. With the default 60 iterations between multiplier updates it fails (cost -647.0 $/day, but 0.41 % of
+    # rule. With 60 iterations between multiplier updates it fails (cost -647.0 $/day, but 0.41 % of
     # node-steps outside the band against droop's 0.15 %): the multipliers must have moved.
-    oracle = PerfectForesightPolicy(OracleConfig(iterations=60, inner_iterations=15, init="price-seeking"))
+    oracle = PerfectForesightPolicy(OracleConfig(iterations=60, init="price-seeking"))
     best = evaluate_policy(sim, oracle, split="test", days=SMALL_DAYS)
     check_metrics(best, n_agents=1000, days=2)
     numbers = {n: (round(r["cost"], 1), r["violation_share"]) for n, r in {**rules, "oracle": best}.items()}
