@@ -151,9 +151,8 @@ PRESETS = {
     ),
     # the benchmark's story in under 10 minutes on 2 cores (with --jobs 2): the feasible IEEE-13 task, 1,000
     # agents, GradMAP against IPPO, the rules and the optimum, three seeds. GradMAP on 4 days per iteration (twice
-    # the iterations of its default 8 in the same minute); the optimum 100 Adam steps from price-seeking (about
-    # 30 s of one core per plan of 8 days; tests/test_baselines.py shows 60 steps remove price-seeking's
-    # violations on this task)
+    # the iterations of its default 8 in the same minute); the optimum 100 of the planner's L-BFGS iterations from
+    # price-seeking (tests/test_baselines.py shows 60 remove price-seeking's violations on this task)
     "quick": Preset(
         feeder="ieee13",
         agents=1000,
@@ -169,7 +168,8 @@ PRESETS = {
         methods=("gradmap", "ippo", "noop", "price-seeking", "droop", "oracle"),
     ),
     # the benchmark: IEEE-123, 1,000 agents, 15 minutes per method and seed. Eight evenly spaced test days, the
-    # same as the learning curves', because the optimum costs about 1.5 s per Adam step and 8 days on 2 cores
+    # same as the learning curves', because every L-BFGS iteration of the optimum costs a forward and backward
+    # rollout of its days
     "paper": Preset(
         feeder="ieee123",
         agents=1000,
