@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GradMAP on IEEE-123 with 1,000 agents, measured fairly (docs/gradmap.md#benchmark):
 #   1. gridedge tune: every learner gets the same tuning budget on validation days (6 configurations, the
-#      defaults first, 1 seed, 5 minutes each);
+#      defaults first, 1 seed, 5 minutes each, JOBS at a time);
 #   2. gridedge compare --preset paper --tuned: seeds 0-4 x 15 minutes for gradmap, gradma, ssl, ssl-penalty,
 #      ippo and mappo with the chosen settings, evaluated every 30 s of training on the same validation days,
 #      scored once on the test days, with GradMAP's speed-up over GradMA and over SSL;
@@ -11,7 +11,7 @@
 #
 # Usage: benchmarks/gradmap_ieee123.sh [--smoke]     (env: OUT=DIR, JOBS=2, GRIDEDGE="python -m gridedge_run.cli")
 #   --smoke (or SMOKE=1): the same pipeline on the smoke task in a few minutes; its numbers mean nothing.
-# The full run takes about 8-9 hours on 2 CPU cores (docs/gradmap.md#benchmark).
+# The full run takes about 7 hours on 2 CPU cores (docs/gradmap.md#benchmark).
 set -euo pipefail
 
 SMOKE=${SMOKE:-0}
@@ -38,7 +38,7 @@ else
 fi
 mkdir -p "$OUT"
 
-"${GRIDEDGE[@]}" tune --preset "$PRESET" --methods "${LEARNERS[@]}" "${TUNE[@]}" --out "$OUT/tune" --quiet \
+"${GRIDEDGE[@]}" tune --preset "$PRESET" --methods "${LEARNERS[@]}" "${TUNE[@]}" --jobs "$JOBS" --out "$OUT/tune" --quiet \
     > "$OUT/tune.txt"
 "${GRIDEDGE[@]}" compare --preset "$PRESET" "${COMPARE[@]}" --jobs "$JOBS" --tuned "$OUT/tune" \
     --methods "${LEARNERS[@]}" noop price-seeking droop oracle --out "$OUT/compare" --quiet > "$OUT/compare.txt"

@@ -122,6 +122,7 @@ def _cmd_tune(args) -> dict:
         seeds=seed_list(args.seeds),
         minutes=args.minutes,
         quiet=args.quiet,
+        jobs=args.jobs,
     )
     if not args.json:
         print((Path(args.out) / "tune.md").read_text())
@@ -264,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="100", help="training seeds of every configuration (default 100)")
     p.add_argument("--minutes", type=float, default=5.0, help="training minutes per configuration and seed (default 5)")
     p.add_argument("--out", required=True, help="tuning directory; rerun with the same options to continue it")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training runs at a time, each with cpu_count/jobs torch threads (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_cmd_tune)

@@ -72,6 +72,7 @@ __all__ = [
     "run_compare",
     "snippet_parts",
     "best_so_far",
+    "map_in_workers",
     "speedup",
     "target_levels",
     "time_to_target",
@@ -813,12 +814,29 @@ def _set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def map_in_workers(fn, calls: list[tuple], jobs: int) -> list:
+    """``[fn(*args) for args in calls]``, ``jobs`` calls at a time in spawned worker processes that each get an equal
+    share of the CPU cores as torch threads (every run keeps the same wall-clock budget and resources). ``fn`` must
+    be a module-level function; results come back in the order of ``calls``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit this process's torch thread pools
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_set_torch_threads,
+        initargs=(_threads_per_method(jobs),),
+    ) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        return [f.result() for f in futures]
+
+
 def _train_all(
     trained: list[str], seeds: list[int], preset: Preset, out: Path, jobs: int, show: bool, announce
 ) -> dict[tuple[str, int], dict]:
-    """Train every method once per seed; with ``jobs > 1``, that many at a time in worker processes, each with an
-    equal share of the CPU cores as torch threads (every run still gets the same wall-clock budget and
-    resources) and no progress bar."""
+    """Train every method once per seed; with ``jobs > 1``, that many at a time in worker processes
+    (`map_in_workers`), without progress bars."""
     runs = [(m, s) for s in seeds for m in trained]
     if jobs == 1:
         summaries = {}
@@ -826,23 +844,12 @@ def _train_all(
             announce(f"{m} seed {s}: training for {preset.minutes:g} min")
             summaries[(m, s)] = _train(m, s, preset, out, show)
         return summaries
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = _threads_per_method(jobs)
     announce(
-        f"training {len(runs)} runs ({', '.join(trained)} x seeds {seeds}): {jobs} at a time, {threads} torch "
-        f"thread(s) each, {preset.minutes:g} min per run"
+        f"training {len(runs)} runs ({', '.join(trained)} x seeds {seeds}): {jobs} at a time, "
+        f"{_threads_per_method(jobs)} torch thread(s) each, {preset.minutes:g} min per run"
     )
-    # spawn, not fork: a forked child would inherit this process's torch thread pools
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_set_torch_threads,
-        initargs=(threads,),
-    ) as pool:
-        futures = {run: pool.submit(_train, *run, preset, out, False) for run in runs}
-        return {run: futures[run].result() for run in runs}
+    results = map_in_workers(_train, [(m, s, preset, out, False) for m, s in runs], jobs)
+    return dict(zip(runs, results, strict=True))
 
 
 def run_compare(

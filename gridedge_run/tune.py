@@ -28,7 +28,7 @@ import numpy as np
 
 from gridedge_env.cli import json_text
 from gridedge_run.commands import evaluate_run, train_method
-from gridedge_run.compare import PRESETS, TARGET_VIOLATION_SHARE, TRAINED_METHODS, provenance
+from gridedge_run.compare import PRESETS, TARGET_VIOLATION_SHARE, TRAINED_METHODS, map_in_workers, provenance
 from gridedge_run.rundir import atomic_write_text
 
 __all__ = ["SEARCH_SPACES", "chosen_settings", "draw_configs", "run_tune"]
@@ -103,9 +103,11 @@ def run_tune(
     seeds: list[int],
     minutes: float,
     quiet: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Tune ``methods`` with ``configs`` configurations x ``seeds`` x ``minutes`` each on the task of the compare
-    preset ``preset_name``; returns what ``out/tune.json`` holds."""
+    preset ``preset_name``, ``jobs`` training runs at a time (each with ``cpu_count // jobs`` torch threads, as
+    ``gridedge compare --jobs``); returns what ``out/tune.json`` holds."""
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; presets: {sorted(PRESETS)}")
     unknown = [m for m in methods if m not in TRAINED_METHODS]
@@ -113,6 +115,8 @@ def run_tune(
         raise ValueError(f"unknown method(s) {unknown}; known: {list(TRAINED_METHODS)}")
     if not minutes > 0:
         raise ValueError(f"--minutes must be a positive number, got {minutes}")
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
     preset = PRESETS[preset_name]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,11 +125,23 @@ def run_tune(
     if saved.is_file() and json.loads(saved.read_text()) != options:
         raise ValueError(f"{out} holds a tuning with other options ({saved}); use a new --out")
     atomic_write_text(json.dumps(options, indent=2), saved)
-    result = {**options, "validation_days": preset.curve_days, **provenance(), "methods_tuned": {}}
+    result = {**options, "validation_days": preset.curve_days, **provenance(jobs), "methods_tuned": {}}
+    drawn = {method: draw_configs(method, configs) for method in methods}
+    calls = [
+        (method, i, fields, seed, preset, minutes, out, quiet)
+        for method in methods
+        for i, fields in enumerate(drawn[method])
+        for seed in seeds
+    ]
+    if jobs == 1:
+        results = [_train_and_score(*call) for call in calls]
+    else:
+        results = map_in_workers(_train_and_score, calls, jobs)
+    scored = {call[:2] + (call[3],): score for call, score in zip(calls, results, strict=True)}
     for method in methods:
         rows = []
-        for i, fields in enumerate(draw_configs(method, configs)):
-            scores = [_train_and_score(method, i, fields, s, preset, minutes, out, quiet) for s in seeds]
+        for i, fields in enumerate(drawn[method]):
+            scores = [scored[(method, i, s)] for s in seeds]
             rows.append(
                 {
                     "config": i,

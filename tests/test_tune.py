@@ -58,6 +58,8 @@ def test_bad_arguments(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["tune", "--configs", "0", "--methods", "gradmap", "--out", str(tmp_path / "t")]) == 2
     assert "--configs must be >= 1" in capsys.readouterr().err
+    assert main(["tune", "--jobs", "0", "--methods", "gradmap", "--out", str(tmp_path / "t")]) == 2
+    assert "--jobs must be a positive integer" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no tune.json"):
         chosen_settings(tmp_path)
 
