@@ -35,7 +35,7 @@ Its inner minimiser is a projected, orthant-wise L-BFGS (OWL-QN with bounds): th
 battery is idle (``|p|`` of its degradation cost, its charge and discharge efficiencies), which the map puts
 at ``u = 0``; a step that would cross 0 stops there, and at ``u = 0`` the one-sided derivatives decide
 whether to leave (`DayPlan.evaluate`). After every `OracleConfig.inner_iterations` iterations, or sooner once
-the inner problem is stationary to `OracleConfig.stationarity_tol`, the multipliers take the exact step
+the inner problem is stationary to `OracleConfig.stationarity_rtol`, the multipliers take the exact step
 ``lam <- relu(lam + rho g)`` (``lam_T`` clipped to [0, price]); each ``rho`` grows by `OracleConfig.rho_growth`
 where its constraints' worst violation did not fall to a quarter, up to `OracleConfig.rho_max_factor` times
 its start. Days do not interact: every quantity is batched over them and the KKT test is per day.
@@ -46,7 +46,8 @@ the augmented Lagrangian's gradient carries (it is the ordinary Lagrangian's gra
 - stationarity: the projected (orthant-wise) gradient of the Lagrangian in ``u``: per coordinate, the
   one-sided derivative along which the Lagrangian falls, 0 where none does (at a bound of [-1, 1] only the
   inward one counts; at a battery's ``u = 0`` both one-sided derivatives are taken), its largest magnitude
-  over the day's coordinates in $ per unit of ``u`` (``u`` spans 2 units);
+  over the day's coordinates in $ per unit of ``u`` (``u`` spans 2 units), and that relative to its value at
+  the day's starting point, which is what the tolerance bounds;
 - primal feasibility: the largest voltage excursion outside the tightened band (pu; a failed power flow
   counts every node at 0 pu, `gridedge_env.metrics.scored_voltages`), the largest device violation of any
   agent-step (kW or K);
@@ -113,8 +114,10 @@ class OracleConfig:
     did not fall to a quarter of the previous one."""
     rho_max_factor: float = 1e4
     """Penalty parameters stop growing at this multiple of their initial values."""
-    stationarity_tol: float = 1e-3
-    """KKT tolerance: largest projected derivative of the Lagrangian along any one ``u`` of a day, $ per unit."""
+    stationarity_rtol: float = 1e-2
+    """KKT tolerance: largest projected derivative of the Lagrangian along any one ``u`` of a day, relative to
+    its value at the day's starting point (which is the cost's own scale, $ per unit of ``u``: an absolute
+    tolerance would mean a different thing on every feeder, agent count and step length)."""
     complementarity_tol: float = 1e-4
     """KKT tolerance: complementary slackness of a day, relative to its |cost| (at least 1 $)."""
     voltage_tol_pu: float = 1e-4
@@ -132,7 +135,7 @@ class OracleConfig:
             "rho_voltage",
             "rho_device",
             "rho_terminal",
-            "stationarity_tol",
+            "stationarity_rtol",
             "complementarity_tol",
             "voltage_tol_pu",
             "device_tol",
@@ -225,6 +228,7 @@ class DayPlan:
         self.lam_terminal = zeros(state.batch_size, sim.n_agents)
         self.rho = {"voltage": config.rho_voltage, "device": config.rho_device, "terminal": config.rho_terminal}
         self.worst = {"voltage": float("inf"), "device": float("inf"), "terminal": float("inf")}
+        self.stationarity_start: torch.Tensor | None = None  # [B], the first residual measured, $ per unit
 
     @torch.no_grad()
     def start(self, rule: Policy) -> torch.Tensor:
@@ -242,16 +246,18 @@ class DayPlan:
         v = scored_voltages(r.v_mag_pu, r.converged)
         return torch.maximum(v - self.v_hi, self.v_lo - v)
 
-    def evaluate(self, u: torch.Tensor) -> dict:
+    def evaluate(self, u: torch.Tensor, derivatives: bool = True) -> dict:
         """The augmented Lagrangian at ``u`` [T, B, N], its one-sided derivatives and the constraints.
 
-        Returns a dict: ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N] (derivatives along ``+u`` and
-        ``-u``: equal except at a battery's ``u = 0``), ``actions`` [T, B, N], ``results`` (StepResults),
-        ``g`` [T, B, n], ``d`` [T, B, N], ``x`` [B, N] (terminal deficit, kWh) and ``cost`` [B] ($ per day).
+        With ``derivatives=False`` (the line search's trial points) only the forward rollout runs and the dict
+        holds ``objective`` alone. Otherwise it holds ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N]
+        (derivatives along ``+u`` and ``-u``: equal except at a battery's ``u = 0``), ``actions`` [T, B, N],
+        ``results`` (StepResults), ``g`` [T, B, n], ``d`` [T, B, N], ``x`` [B, N] (terminal deficit, kWh) and
+        ``cost`` [B] ($ per day).
         """
         sim = self.sim
-        with torch.enable_grad():
-            u = u.detach().requires_grad_(True)
+        with torch.set_grad_enabled(derivatives):
+            u = u.detach().requires_grad_(derivatives)
             s, total = self.state, u.new_zeros(())
             acts, socs, lows, highs, results, gs = [], [], [], [], [], []
             for k in range(sim.n_steps):
@@ -271,6 +277,8 @@ class DayPlan:
                 last, s = s, r.state
             _, x = sim.terminal_deficit(last, s.soc_kwh, s.t_indoor_c)
             total = total + _priced(x, self.lam_terminal, self.rho["terminal"], self.price).sum()
+            if not derivatives:
+                return {"objective": float(total)}
             grads = torch.autograd.grad(total, [u, *acts, *socs], allow_unused=True)
         grad_u = grads[0]
         grad_a = torch.stack(grads[1 : 1 + sim.n_steps])
@@ -324,9 +332,13 @@ class DayPlan:
         return mu_v, mu_d, mu_t
 
     def kkt(self, u: torch.Tensor, ev: dict) -> list[dict]:
-        """KKT residual of every day (module docstring) at ``u`` with its evaluation ``ev``."""
+        """KKT residual of every day (module docstring) at ``u`` with its evaluation ``ev``; the first call (at the
+        starting point) fixes the scale of the relative stationarity."""
         cfg = self.config
         pg = self.projected_gradient(u, ev["g_plus"], ev["g_minus"])
+        stationarity = pg.abs().amax(dim=(0, 2))
+        if self.stationarity_start is None:
+            self.stationarity_start = stationarity
         mu_v, mu_d, mu_t = self.multipliers(ev)
         g, d, x = ev["g"], ev["d"], ev["x"]
         slack = (
@@ -339,14 +351,15 @@ class DayPlan:
         for b in range(u.shape[1]):
             row = {
                 "day": int(self.state.day_idx[b]),
-                "stationarity": float(pg[:, b].abs().max()),
+                "stationarity": float(stationarity[b]),
+                "stationarity_relative": float(stationarity[b] / self.stationarity_start[b].clamp(min=1e-300)),
                 "complementarity": float(slack[b]) / max(abs(float(ev["cost"][b])), 1.0),
                 "voltage_infeasibility_pu": float(torch.relu(g[:, b]).max()),
                 "device_infeasibility": float(d[:, b].max()),
                 "pf_failures": int(failures[b]),
             }
             row["met"] = (
-                row["stationarity"] <= cfg.stationarity_tol
+                row["stationarity_relative"] <= cfg.stationarity_rtol
                 and row["complementarity"] <= cfg.complementarity_tol
                 and row["voltage_infeasibility_pu"] <= cfg.voltage_tol_pu
                 and row["device_infeasibility"] <= cfg.device_tol
@@ -429,9 +442,10 @@ def plan_days(
 
     Returns:
         ``(actions [T, B, N], metrics)``: the plan, and the standard metrics of its rollout plus ``kkt`` (one
-        dict per day: ``day``, ``stationarity``, ``complementarity``, ``voltage_infeasibility_pu``,
-        ``device_infeasibility``, ``pf_failures``, ``met``), ``met`` (every day), ``iterations``,
-        ``multiplier_updates``, ``objective_first``/``objective_last`` (augmented Lagrangian, $) and ``seconds``.
+        dict per day: ``day``, ``stationarity``, ``stationarity_relative``, ``complementarity``,
+        ``voltage_infeasibility_pu``, ``device_infeasibility``, ``pf_failures``, ``met``), ``met`` (every day),
+        ``iterations``, ``multiplier_updates``, ``objective_first``/``objective_last`` (augmented Lagrangian, $)
+        and ``seconds``.
     """
     if state.t != 0:
         raise ValueError(f"the oracle plans whole days from their first step, got a state at step {state.t}")
@@ -449,7 +463,7 @@ def plan_days(
         if all(day["met"] for day in kkt) or iterations >= cfg.iterations:
             break
         pg = plan.projected_gradient(u, ev["g_plus"], ev["g_minus"])
-        stationary = float(pg.abs().max()) <= cfg.stationarity_tol
+        stationary = all(day["stationarity_relative"] <= cfg.stationarity_rtol for day in kkt)
         moved = False
         if not stationary and inner < cfg.inner_iterations:
             d = solver.direction(pg)
@@ -459,8 +473,9 @@ def plan_days(
             step = 1.0
             for _ in range(30):
                 new = solver.point(u, d, pg, step)
-                trial = plan.evaluate(new)
+                trial = plan.evaluate(new, derivatives=False)
                 if trial["objective"] <= ev["objective"] + 1e-4 * float((pg * (new - u)).sum()):
+                    trial = plan.evaluate(new)
                     new_pg = plan.projected_gradient(new, trial["g_plus"], trial["g_minus"])
                     solver.remember(new - u, new_pg - pg)
                     u, ev, moved = new, trial, True
