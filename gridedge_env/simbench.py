@@ -3,8 +3,9 @@
 - `bench_sim`: simulated agent-steps per second of forward rollouts and of forward + backward
   (``gridedge bench sim``);
 - `rollout_objective(sim, state, actions, penalty)`: the summed cost of a rollout of given actions plus
-  constraint terms (`fixed_penalty` or any `StepPenalty`), differentiable w.r.t. the actions; the
-  perfect-foresight planner (`baselines.oracle`) minimises it.
+  constraint terms (`fixed_penalty` or any `StepPenalty`), differentiable w.r.t. the actions; what
+  ``bench_sim`` differentiates. A failed power flow is scored as the metrics score it (every node at 0 pu,
+  `gridedge_env.metrics.scored_voltages`), never masked.
 
 The calibration of the task (the price-seeking rule and the optimum on test days) is
 ``python -m gridedge_run.calibration``.
@@ -23,34 +24,38 @@ from pathlib import Path
 import torch
 
 from gridedge_env.core import Sim, State, StepResult, make_sim
+from gridedge_env.metrics import scored_voltages
 from gridedge_env.network.opendss import OpenDSSReference
 
 __all__ = ["StepPenalty", "bench_sim", "fixed_penalty", "rollout_objective"]
 
-#: ``penalty(k, result, ok) -> scalar``: the constraint terms of step ``k`` of a rollout (``result`` its
-#: StepResult with graph, ``ok`` [B, 1] the converged rows as 0/1), added to the rows' summed cost.
-StepPenalty = Callable[[int, StepResult, torch.Tensor], torch.Tensor]
+#: ``penalty(k, result) -> scalar``: the constraint terms of step ``k`` of a rollout (``result`` its StepResult
+#: with graph), added to the rows' summed cost.
+StepPenalty = Callable[[int, StepResult], torch.Tensor]
 
 
-def fixed_penalty(w_voltage: float, w_device: float) -> StepPenalty:
-    """Fixed weights: ``w_device * sum(device_violation) + w_voltage * sum(voltage_violation)`` of a step."""
+def fixed_penalty(sim: Sim, w_voltage: float, w_device: float) -> StepPenalty:
+    """Fixed weights: ``w_device * sum(device_violation) + w_voltage * sum(voltage excess)`` of a step, the
+    voltages of a failed power flow scored at 0 pu (`scored_voltages`)."""
+    v_min, v_max = sim.config.v_min_pu, sim.config.v_max_pu
 
-    def penalty(k: int, r: StepResult, ok: torch.Tensor) -> torch.Tensor:
-        return w_device * (ok * r.device_violation).sum() + w_voltage * (ok * r.voltage_violation).sum()
+    def penalty(k: int, r: StepResult) -> torch.Tensor:
+        v = scored_voltages(r.v_mag_pu, r.converged)
+        excess = torch.relu(v - v_max) + torch.relu(v_min - v)
+        return w_device * r.device_violation.sum() + w_voltage * excess.sum()
 
     return penalty
 
 
 def rollout_objective(sim: Sim, state: State, actions: torch.Tensor, penalty: StepPenalty):
     """Roll out ``actions`` [T, B, N] from ``state``; return ``(objective, [StepResult per step])``, the
-    objective being the converged rows' summed cost plus ``penalty``'s terms (with its autograd graph)."""
+    objective being every row's summed cost plus ``penalty``'s terms (with its autograd graph)."""
     total = actions.new_zeros(())
     results = []
     for k in range(sim.n_steps):
         r = sim.step(state, actions[k])
         state = r.state
-        ok = r.converged.to(actions.dtype)[:, None]
-        total = total + (ok * r.cost).sum() + penalty(k, r, ok)
+        total = total + r.cost.sum() + penalty(k, r)
         results.append(r)
     return total, results
 
@@ -132,7 +137,7 @@ def bench_sim(
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
         a = actions.clone().requires_grad_(True)
-        objective, _ = rollout_objective(sim, state0, a, fixed_penalty(w_voltage=1e4, w_device=10.0))
+        objective, _ = rollout_objective(sim, state0, a, fixed_penalty(sim, w_voltage=1e4, w_device=10.0))
         objective.backward()
         sync()
         if not bool(torch.isfinite(a.grad).all()):
