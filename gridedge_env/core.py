@@ -73,7 +73,8 @@ __all__ = [
 #: Device types in the order of the action/agent axis: all batteries, then heat pumps, then generators.
 AGENT_TYPES: tuple[str, ...] = tuple(DEVICE_TYPES)
 
-#: Observation features, the same layout for every agent type (``own_state`` depends on the type).
+#: Observation features, the same layout for every agent type (``own_state`` and ``own_reference`` depend on
+#: the type).
 OBS_NAMES: tuple[str, ...] = (
     "time_sin",
     "time_cos",
@@ -83,6 +84,7 @@ OBS_NAMES: tuple[str, ...] = (
     "node_load",
     "node_pv",
     "own_state",
+    "own_reference",
 )
 OBS_DIM: int = len(OBS_NAMES)
 
@@ -650,11 +652,14 @@ class Sim:
     def observe(self, state: State) -> torch.Tensor:
         """Local observation of every agent for step ``state.t``: [B, N, OBS_DIM] (layout in OBS_NAMES).
 
-        Features (the same for all types except ``own_state``): sin and cos of the time of day; import price
-        / 0.40 $/kWh; outdoor temperature / 20 C; (own node's voltage after the previous step - 1) / 0.05;
-        own node's household load and PV output of this step, each in kW per kW of the node's spot load;
-        own state: battery (soc - soc_min) / (soc_max - soc_min), heat pump (t_indoor - band centre) /
-        (half band width), generator previous output / p_max.
+        Features (the same for all types except ``own_state`` and ``own_reference``): sin and cos of the time
+        of day; import price / 0.40 $/kWh; outdoor temperature / 20 C; (own node's voltage after the previous
+        step - 1) / 0.05; own node's household load and PV output of this step, each in kW per kW of the node's
+        spot load; own state: battery (soc - soc_min) / (soc_max - soc_min), heat pump (t_indoor - band centre) /
+        (half band width), generator previous output / p_max; own reference: the terminal condition's
+        reference on the own-state scale (battery the initial state of charge, heat pump the initial indoor
+        temperature; 0 for generators, which have none). A local policy needs the reference to end its day
+        where the terminal condition asks: it is the device's own memory of the day's start.
         """
         t = state.t
         k = min(t, self.n_steps - 1)
@@ -665,14 +670,21 @@ class Sim:
         node_load = load_kw.new_zeros(batch, self.n_load_nodes).index_add_(1, self._share_node, load_kw)
         node_load = node_load / self._node_spot_safe  # [B, J]
         node_pv = state.pv_kw[:, k] / self._node_spot_safe
-        own = []
-        p = self.params["battery"]
-        own.append((state.soc_kwh - p.soc_min_kwh) / (p.soc_max_kwh - p.soc_min_kwh))
-        p = self.params["heatpump"]
-        own.append((state.t_indoor_c - 0.5 * (p.t_min_c + p.t_max_c)) / (0.5 * (p.t_max_c - p.t_min_c)))
-        p = self.params["generator"]
-        own.append(state.p_prev_kw / p.p_max_kw)
-        own = torch.cat(own, dim=1)
+        bat, hp = self.params["battery"], self.params["heatpump"]
+        soc_share = lambda soc_kwh: (soc_kwh - bat.soc_min_kwh) / (bat.soc_max_kwh - bat.soc_min_kwh)  # noqa: E731
+        band_position = lambda t_c: (t_c - 0.5 * (hp.t_min_c + hp.t_max_c)) / (0.5 * (hp.t_max_c - hp.t_min_c))  # noqa: E731
+        own = torch.cat(
+            [
+                soc_share(state.soc_kwh),
+                band_position(state.t_indoor_c),
+                state.p_prev_kw / self.params["generator"].p_max_kw,
+            ],
+            dim=1,
+        )
+        reference = torch.cat(
+            [soc_share(state.soc_init_kwh), band_position(state.t_indoor_init_c), torch.zeros_like(state.p_prev_kw)],
+            dim=1,
+        )
         per_row = lambda x: x[:, None].expand(batch, n)  # noqa: E731
         columns = [
             torch.full((batch, n), math.sin(angle), dtype=self.dtype, device=self.device),
@@ -683,6 +695,7 @@ class Sim:
             node_load[:, node],
             node_pv[:, node],
             own,
+            reference,
         ]
         return torch.stack(columns, dim=2)
 

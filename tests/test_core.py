@@ -531,6 +531,30 @@ def test_observation_spec(sim):
     assert prev.state.t == 2
 
 
+def test_observation_carries_the_terminal_reference(sim):
+    """Every battery and heat pump sees the terminal condition's reference (its initial state on the own-state
+    scale) at every step, not only at reset; generators, which have no terminal condition, see 0."""
+    state = sim.reset(2, seed=3, split="test")
+    actions = _random_actions(sim, 2, 4, seed=5)
+    ref_at_reset = state.obs[..., OBS_NAMES.index("own_reference")]
+    own_at_reset = state.obs[..., OBS_NAMES.index("own_state")]
+    assert torch.equal(
+        ref_at_reset[:, : sim.agent_slices["heatpump"].stop], own_at_reset[:, : sim.agent_slices["heatpump"].stop]
+    )
+    r = _rollout(sim, state, actions)[-1]
+    ref = r.obs[..., OBS_NAMES.index("own_reference")]
+    assert torch.equal(ref, ref_at_reset)
+    pb, ph = sim.params["battery"], sim.params["heatpump"]
+    soc_share = (r.state.soc_init_kwh - pb.soc_min_kwh) / (pb.soc_max_kwh - pb.soc_min_kwh)
+    assert torch.allclose(ref[:, sim.agent_slices["battery"]], soc_share)
+    band = (r.state.t_indoor_init_c - 0.5 * (ph.t_min_c + ph.t_max_c)) / (0.5 * (ph.t_max_c - ph.t_min_c))
+    assert torch.allclose(ref[:, sim.agent_slices["heatpump"]], band)
+    assert bool((ref[:, sim.agent_slices["generator"]] == 0).all())
+    # the state has moved, so the reference is not just the present state again
+    own = r.obs[..., OBS_NAMES.index("own_state")]
+    assert not torch.allclose(own[:, sim.agent_slices["battery"]], ref[:, sim.agent_slices["battery"]])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Gradients
 # ----------------------------------------------------------------------------------------------------------

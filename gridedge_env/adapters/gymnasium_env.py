@@ -11,7 +11,7 @@ obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 
 - Action: ``Box(-1, 1, (N,), float32)``, agent order ``env.unwrapped.agents`` (= the PettingZoo adapter's
   ``possible_agents``), the same normalised actions as there.
-- Observation: the global state of the PettingZoo adapter (``state()``: float32 ``[4 + 4N + J]``, layout in
+- Observation: the global state of the PettingZoo adapter (``state()``: float32 ``[4 + 5N + J]``, layout in
   `gridedge_env.adapters.pettingzoo_env`), always inside ``observation_space``.
 - Reward: ``-(sum_i cost_i + w_dev * sum_i device_violation_i + w_net * sum over feeder nodes of the voltage
   violation)`` — the design's Lagrangian with fixed weights; the network term counts once, not once per agent.

@@ -15,8 +15,8 @@ while env.agents:
 | Actions | continuous, ``Box(-1, 1, (1,), float32)`` per agent |
 | Parallel API | yes (native); AEC through PettingZoo's ``parallel_to_aec`` |
 | Agents | ``battery_<i>``, ``heatpump_<i>``, ``generator_<i>``; default 400 / 400 / 200 (1,000) |
-| Observations | ``Box(low, high, (8,), float32)`` per agent (bounds below) |
-| State | ``Box(low, high, (4 + 4N + J,), float32)`` (``state()``, ``state_space``) |
+| Observations | ``Box(low, high, (9,), float32)`` per agent (bounds below) |
+| State | ``Box(low, high, (4 + 5N + J,), float32)`` (``state()``, ``state_space``) |
 | Episode | one day: 48 steps of 30 minutes; no termination, all agents truncate together at the horizon |
 
 A three-phase unbalanced distribution feeder (IEEE-123 by default) with single-phase devices, each an agent
@@ -49,7 +49,7 @@ usable.** Stepping after the episode ended is a ``ValueError`` too.
 
 ## Observations
 
-float32, the same 8 features for every type (``gridedge_env.OBS_NAMES``); everything is local.
+float32, the same 9 features for every type (``gridedge_env.OBS_NAMES``); everything is local.
 
 | index | name | value | bounds |
 |---|---|---|---|
@@ -61,10 +61,14 @@ float32, the same 8 features for every type (``gridedge_env.OBS_NAMES``); everyt
 | 5 | ``node_load`` | household load at own node, kW per kW of the node's spot load | [0, 100] |
 | 6 | ``node_pv`` | rooftop PV at own node, kW per kW of the node's spot load | [0, 100] |
 | 7 | ``own_state`` | by type, below | [-10, 10] |
+| 8 | ``own_reference`` | by type, below | [-10, 10] |
 
 ``own_state``: battery, state of charge as a share of its usable range ([0, 1]); heat pump, (indoor
 temperature - comfort band centre) / half band width ([-1, 1] inside the band); generator, previous output /
-p_max ([0, 1]).
+p_max ([0, 1]). ``own_reference``: the terminal condition's reference on the same scale, fixed for the day:
+battery, the initial state of charge; heat pump, the initial indoor temperature; generator, 0 (no terminal
+condition). The device's own memory of the day's start: without it a local policy cannot tell how much it
+must put back before the day ends.
 
 The bounds are generous: a converged step stays well inside them. **Anything outside (e.g. after a power flow
 that did not converge) is clipped to the bounds, and NaN becomes 0**, so an observation is always inside its
@@ -72,10 +76,10 @@ space (``infos[a]["pf_converged"]`` flags such steps).
 
 ## State (centralised critics)
 
-``env.state()``: float32 ``[4 + 4N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
-each agent's 4 local features (v_node, node_load, node_pv, own_state) agent after agent in
+``env.state()``: float32 ``[4 + 5N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
+each agent's 5 local features (v_node, node_load, node_pv, own_state, own_reference) agent after agent in
 ``possible_agents`` order, then (v - 1) / 0.05 at each of the J load nodes (``env.sim.load_node_names``).
-IEEE-123 with 1,000 agents: 4,100 entries.
+IEEE-123 with 1,000 agents: 5,100 entries.
 
 ## Rewards
 
@@ -119,9 +123,10 @@ picks a day of the split. The environment pickles (``pickle``, ``cloudpickle``) 
 - v1: a well-posed task. Heat pumps sized for their buildings at the weather's design temperatures, the
   paper's device ranges (heat pumps consume [0, 1] of full load in a heating or cooling mode set by the
   outdoor temperature; generators run between 15 % and 100 %), batteries sized by storage duration, a terminal
-  condition priced into the last step's cost, days split by whole weeks into train/validation/test with
-  disjoint household profiles. v0 (reversible heat pumps drawn independently of their buildings, generators
-  that switch off, no terminal condition, every fifth day a test day) is no longer shipped.
+  condition priced into the last step's cost and observed as each device's ``own_reference``, days split by
+  whole weeks into train/validation/test with disjoint household profiles. v0 (reversible heat pumps drawn
+  independently of their buildings, generators that switch off, no terminal condition, every fifth day a test
+  day) is no longer shipped.
 - v0: first release (IEEE-123, 1,000 agents, 48 x 30-minute steps).
 """
 
@@ -346,7 +351,7 @@ class GridEdgeParallelEnv(ParallelEnv):
         return obs, rew, terminations, truncations, infos
 
     def state(self) -> np.ndarray:
-        """Global state, float32 [4 + 4N + J] (layout in the module docstring)."""
+        """Global state, float32 [4 + 5N + J] (layout in the module docstring)."""
         if self._core_state is None:
             raise ValueError("call reset() before state()")
         return global_state(self.sim, self._core_state, self._obs32)[0].cpu().numpy()
