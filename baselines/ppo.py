@@ -53,6 +53,7 @@ from gradmap_agent.losses import (
     MULTIPLIER_FIELDS,
     Multipliers,
     clip_grad_norm_per_agent_,
+    device_constraint_violation,
     dual_update,
     voltage_violation,
 )
@@ -132,7 +133,7 @@ class PPOConfig:
     pf_failure_penalty: float = 1e4
     """$ per agent and step of a row whose power flow failed, in place of the agent's network share (the
     voltages of a failed solve mean nothing; never 0, so a failure is never free). 1e4 x 1,000 agents is the
-    network term of IEEE-123's 278 nodes all 0.0085 pu outside the tightened band at the initial multipliers."""
+    network term of IEEE-123's 278 nodes all 0.084 pu outside the tightened band at the initial multipliers."""
     gamma: float = 0.99
     """Discount per 30-minute step. The day is the episode: no bootstrap after its last step."""
     gae_lambda: float = 0.95
@@ -284,9 +285,10 @@ def lagrangian_rewards(
     """Per-agent rewards of one step: minus each agent's share of GradMAP's Lagrangian.
 
     ``r[b,i] = -( c[b,i] + lam[i] d[b,i] + sum_n shares[n,i] (mu[t,n] w[b,n] + rho/2 w[b,n]^2) )`` with ``w``
-    the margin-tightened voltage violation (`gradmap_agent.losses.voltage_violation`). Summed over the agents
-    this is the row's term of GradMAP's Lagrangian. In a row whose power flow failed the network share is
-    ``pf_failure_penalty`` per agent instead.
+    the margin-tightened voltage violation (`gradmap_agent.losses.voltage_violation`) and ``d`` the
+    device-constraint violation (`gradmap_agent.losses.device_constraint_violation`: the terminal shortfall
+    included on the last step). Summed over the agents this is the row's term of GradMAP's Lagrangian. In a
+    row whose power flow failed the network share is ``pf_failure_penalty`` per agent instead.
 
     Args:
         result: The core's `StepResult` of step ``t``.
@@ -306,9 +308,9 @@ def lagrangian_rewards(
     w = voltage_violation(v, v_min_pu, v_max_pu, config.voltage_margin_pu)
     node_term = multipliers.voltage[t].to(w.dtype) * w + 0.5 * config.voltage_quadratic * w * w  # [B, n] $
     network = torch.where(ok, node_term @ shares, pf_failure_penalty)  # [B, N] $
-    device = multipliers.device.to(w.dtype) * result.device_violation
-    reward = -(result.cost + device + network)
-    return reward, result.device_violation, w
+    dev = device_constraint_violation(result, multipliers)
+    reward = -(result.cost + multipliers.device.to(w.dtype) * dev + network)
+    return reward, dev, w
 
 
 def _gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -219,10 +219,13 @@ class LagrangianConfig:
     # time of day 0.0021 pu. The rules are device-feasible by construction (0 device violation); their worst
     # node-steps reach 0.026-0.053 pu, and 5-11 % of (node, time of day) pairs exceed the voltage budget.
     battery_undelivered_kwh_budget: float = 0.1
-    """Allowed energy a battery's requests leave undelivered, kWh per battery and day (metric
-    ``battery_undelivered_kwh``): its multiplier falls when the battery stays below it."""
+    """Allowed energy a battery's requests leave undelivered plus what it ends the day short of its initial
+    charge, kWh per battery and day (metrics ``battery_undelivered_kwh`` + ``battery_terminal_shortfall_kwh``;
+    `gradmap_agent.losses.device_constraint_violation`): its multiplier falls when the battery stays below it."""
     heatpump_comfort_k_steps_budget: float = 0.1
-    """Allowed comfort violation, K-steps per heat pump and day (metric ``heatpump_comfort_k_steps``)."""
+    """Allowed comfort violation plus terminal shortfall (K below the initial indoor temperature when heating,
+    above it when cooling, counted as K-steps), per heat pump and day (metric ``heatpump_comfort_k_steps`` + the
+    shortfall)."""
     generator_undelivered_kwh_budget: float = 0.05
     """Allowed energy a generator's requests leave undelivered, kWh per generator and day (metric
     ``generator_undelivered_kwh``)."""
@@ -233,7 +236,7 @@ class LagrangianConfig:
     voltage_margin_pu: float = 0.01
     """Training constraint uses [v_min + margin, v_max - margin] (metrics always use the true band); the margin
     absorbs the deterministic policy's and the test days' difference from the training rollouts."""
-    voltage_quadratic: float = 1e8
+    voltage_quadratic: float = 1e7
     """rho of the augmented Lagrangian's (rho / 2) w^2 per node-step, $ per pu^2 of margin-tightened voltage
     violation w: a gradient that grows with the excursion, so the worst nodes weigh most (0: off)."""
     max_multiplier: float = 1e6

@@ -2,7 +2,8 @@
 per-agent gradient clipping.
 
 Notation (``docs/gradmap.md``): B days, T steps, N agents, n feeder nodes; ``c[b,t,i]`` cost ($),
-``d[b,t,i]`` device violation (kW for batteries and generators, K for heat pumps), ``v[b,t,n]`` node voltage
+``d[b,t,i]`` device-constraint violation (kW for batteries and generators, K for heat pumps; on the last step
+it includes the terminal shortfall: `device_constraint_violation`), ``v[b,t,n]`` node voltage
 (pu), where every node of a row-step whose power flow failed is scored at 0 pu (voltage collapse:
 `gridedge_env.metrics.scored_voltages`). With device multipliers ``lam`` ([N]) and network multipliers ``mu``
 ([T, n], per node and time of day)
@@ -27,6 +28,7 @@ __all__ = [
     "MULTIPLIER_FIELDS",
     "Multipliers",
     "device_budgets",
+    "device_constraint_violation",
     "clip_grad_norm_per_agent_",
     "dual_update",
     "proximal_surrogate",
@@ -111,6 +113,24 @@ def voltage_violation(v_mag_pu: torch.Tensor, v_min_pu: float, v_max_pu: float, 
     return torch.relu(v_mag_pu - (v_max_pu - margin_pu)) + torch.relu((v_min_pu + margin_pu) - v_mag_pu)
 
 
+def device_constraint_violation(result, multipliers: Multipliers) -> torch.Tensor:
+    """[B, N] violation of each agent's device constraint in one step, in the step's unit (kW for batteries and
+    generators, K for heat pumps): the step's ``device_violation`` plus, on the day's last step, the terminal
+    shortfall (`gridedge_env.core.StepResult.terminal_shortfall`) converted into the same unit, so that one
+    kWh a battery ends short counts as one kWh undelivered and one K a heat pump ends short of its initial
+    temperature as one K-step of comfort violation (zero on other steps and for generators).
+
+    Why a constraint and not only the terminal price in ``cost``: the price (0.50 $/kWh) is three orders of
+    magnitude below the network terms' marginal value in the evening, so a learner that sees only the price
+    sells the stored energy for a little voltage support and ends the day short (``docs/gradmap.md``, The
+    terminal condition as a constraint). As part of the device constraint it is priced by the agent's own
+    multiplier, which rises until the budget holds.
+    """
+    return result.device_violation + result.terminal_shortfall / multipliers.violation_units.to(
+        result.terminal_shortfall.dtype
+    )
+
+
 def step_lagrangian(
     result,
     t: int,
@@ -138,7 +158,7 @@ def step_lagrangian(
     """
     v = scored_voltages(result.v_mag_pu, result.converged)
     w = voltage_violation(v, v_min_pu, v_max_pu, margin_pu)
-    dev = result.device_violation
+    dev = device_constraint_violation(result, multipliers)
     total = result.cost.sum() + (multipliers.device * dev).sum() + (multipliers.voltage[t] * w).sum()
     if voltage_quadratic:
         total = total + 0.5 * voltage_quadratic * (w * w).sum()

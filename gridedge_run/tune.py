@@ -38,7 +38,7 @@ _GRADIENT_SHARED = {
     "lr": [1e-3, 3e-3, 1e-2],
     "lr_schedule": ["constant", "cosine"],
     "voltage_margin_pu": [0.005, 0.01, 0.015],
-    "voltage_quadratic": [0.0, 1e8, 1e9],
+    "voltage_quadratic": [0.0, 1e7, 1e8],
     "normalize_obs": [True, False],
     "max_grad_norm": [0.5, 1.0, None],
     "init_log_std": [-2.0, -1.5],

@@ -393,6 +393,7 @@ def test_step_lagrangian_quadratic_term():
     result = SimpleNamespace(
         converged=torch.tensor([True]),
         device_violation=torch.zeros(1, 2, dtype=torch.float64),
+        terminal_shortfall=torch.zeros(1, 2, dtype=torch.float64),
         v_mag_pu=v,
         cost=torch.tensor([[1.0, 2.0]], dtype=torch.float64),
     )
@@ -413,7 +414,13 @@ def test_failed_power_flow_raises_the_lagrangian():
         v = torch.tensor([[1.0, 1.0, 1.0], [float("nan"), 1.0, 1.0]], dtype=torch.float64, requires_grad=True)
         cost = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
         device = torch.tensor([[0.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
-        return SimpleNamespace(converged=torch.tensor(converged), device_violation=device, v_mag_pu=v, cost=cost)
+        return SimpleNamespace(
+            converged=torch.tensor(converged),
+            device_violation=device,
+            terminal_shortfall=torch.zeros_like(device),
+            v_mag_pu=v,
+            cost=cost,
+        )
 
     mu, lam, rho, margin = 10.0, 2.0, 100.0, 0.01
     mult = Multipliers({"battery": slice(0, 2)}, torch.ones(2), 1, 3, device_init=lam, voltage_init=mu)
@@ -457,6 +464,43 @@ def test_dual_update_uses_per_type_budgets_in_their_units():
     assert list(summary) == list(MULTIPLIER_FIELDS)
     assert summary["battery_multiplier_max"] == pytest.approx(expected[0])
     assert summary["heatpump_multiplier_mean"] == pytest.approx(expected[1])
+
+
+def test_terminal_shortfall_is_part_of_the_device_constraint(sim13):
+    """A day of feasible battery discharges (nothing projected away) that ends short of the initial charge
+    violates the learner's device constraint on the last step by the shortfall (kWh / step hours), its
+    gradient reaches the last step's battery actions through the agents' own multipliers, and the dual step
+    raises those multipliers although no request was ever cut."""
+    from gridedge_env.core import feasible_action_bounds
+
+    sim = sim13
+    bat, hp = sim.agent_slices["battery"], sim.agent_slices["heatpump"]
+    mult = Multipliers.for_sim(sim, device_init=10.0)
+    state = sim.reset(2, seed=0, split="train")
+    devs = []
+    for t in range(sim.n_steps):
+        low, _ = feasible_action_bounds(sim, state)
+        actions = torch.zeros(2, sim.n_agents, dtype=sim.dtype)
+        actions[:, bat] = 0.5 * low[:, bat]  # discharge half of what is available: never cut, never empty
+        actions.requires_grad_(t == sim.n_steps - 1)
+        result = sim.step(state, actions)
+        total, dev, _ = step_lagrangian(result, t, mult, 0.95, 1.05, 0.01)
+        devs.append(dev)
+        state = result.state
+    assert float(result.device_violation[:, bat].detach().abs().max()) < 1e-12
+    shortfall_kwh = result.terminal_shortfall[:, bat]
+    assert float(shortfall_kwh.min()) > 0.0
+    torch.testing.assert_close(dev[:, bat], shortfall_kwh / sim.dt_h)
+    torch.testing.assert_close(dev[:, hp], result.device_violation[:, hp] + result.terminal_shortfall[:, hp])
+    assert all(float(d[:, bat].abs().max()) < 1e-12 for d in devs[:-1])
+    # the last step's battery actions: the price and the multiplier (10 $ per kW-step) both pull towards charging
+    (grad,) = torch.autograd.grad(total, actions)
+    p = sim.params["battery"]
+    price_only = -sim.config.terminal_price_per_kwh * p.p_max_kw * sim.dt_h / p.eta_discharge
+    assert bool((grad[:, bat] < 2 * price_only).all())
+    before = mult.device[bat].clone()
+    dual_update(mult, torch.stack(devs), torch.zeros(sim.n_steps, 2, sim.n_nodes, dtype=sim.dtype), LagrangianConfig())
+    assert bool((mult.device[bat] > before).all())
 
 
 def test_dual_step_decays_with_the_number_of_steps():
