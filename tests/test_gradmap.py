@@ -488,7 +488,7 @@ def test_terminal_shortfall_is_part_of_the_device_constraint(sim13):
         devs.append(dev)
         state = result.state
     assert float(result.device_violation[:, bat].detach().abs().max()) < 1e-12
-    shortfall_kwh = result.terminal_shortfall[:, bat]
+    shortfall_kwh = result.terminal_shortfall[:, bat].detach()
     assert float(shortfall_kwh.min()) > 0.0
     torch.testing.assert_close(dev[:, bat], shortfall_kwh / sim.dt_h)
     torch.testing.assert_close(dev[:, hp], result.device_violation[:, hp] + result.terminal_shortfall[:, hp])
