@@ -1,5 +1,5 @@
-"""The perfect-foresight planner (`baselines.oracle.plan_days`) against a general nonlinear solver: scipy's
-``trust-constr`` on the same problem.
+"""The perfect-foresight planner (`baselines.oracle.plan_days`) against general nonlinear solvers: scipy's
+``trust-constr`` and ``SLSQP`` on the same problem.
 
 Same variables and bounds (the planner's ``u`` in [-1, 1] on each device's feasible range, `FeasibleMap`, plus
 one terminal slack ``s >= 0`` per agent), same objective (the simulator's cost without its terminal part, plus
@@ -41,7 +41,7 @@ DAY = 102
 V_SCALE = 1e3
 #: trust-constr's barrier settings: its default initial barrier parameter (0.1 $ per log-unit of slack over
 #: about a thousand constraints) outweighs this day's cost of a few $
-OPTIONS = {"initial_barrier_parameter": 1e-4, "initial_barrier_tolerance": 1e-4}
+TRUST_CONSTR_OPTIONS = {"initial_barrier_parameter": 1e-4, "initial_barrier_tolerance": 1e-4}
 #: distance of the starting point from its bounds
 INTERIOR = 1e-2
 
@@ -102,7 +102,7 @@ class ScipyProblem:
         zt, u, s = self.split(z, 1)
         f, _ = self.rollout(self.state, u, s)
         (grad,) = torch.autograd.grad(f.sum(), zt)
-        return float(f), grad[0].numpy()
+        return float(f.detach()), grad[0].numpy()
 
     def constraints(self, z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -127,33 +127,36 @@ class ScipyProblem:
         return np.concatenate([u[:, 0].flatten().numpy(), s.numpy() + INTERIOR])
 
 
-def solve_with_trust_constr(sim, state, config: OracleConfig, maxiter: int, verbose: int = 0) -> dict:
-    """scipy's ``trust-constr`` from the planner's starting point; its plan's simulator cost and feasibility."""
+def solve_with_scipy(sim, state, config: OracleConfig, method: str, maxiter: int) -> dict:
+    """scipy's ``method`` (``"trust-constr"`` or ``"SLSQP"``) from the planner's starting point; the simulator's
+    cost and the feasibility of its plan."""
     problem = ScipyProblem(sim, state, config)
     z0 = problem.start(config.init)
     lower = np.r_[-np.ones(problem.n_u), np.zeros(sim.n_agents)]
     upper = np.r_[np.ones(problem.n_u), np.full(sim.n_agents, np.inf)]
     t0 = time.perf_counter()
+    if method == "trust-constr":
+        constraints = [NonlinearConstraint(problem.constraints, -np.inf, 0.0, jac=problem.jacobian)]
+        options = {"maxiter": maxiter, "gtol": 1e-8, "xtol": 1e-10, **TRUST_CONSTR_OPTIONS}
+        bounds = Bounds(lower, upper, keep_feasible=True)
+    else:  # SLSQP writes inequalities as fun(z) >= 0
+        constraints = [
+            {"type": "ineq", "fun": lambda z: -problem.constraints(z), "jac": lambda z: -problem.jacobian(z)}
+        ]
+        options = {"maxiter": maxiter, "ftol": 1e-9}
+        bounds = Bounds(lower, upper)
     result = minimize(
-        problem.objective,
-        z0,
-        jac=True,
-        method="trust-constr",
-        bounds=Bounds(lower, upper, keep_feasible=True),
-        constraints=[NonlinearConstraint(problem.constraints, -np.inf, 0.0, jac=problem.jacobian)],
-        options={"maxiter": maxiter, "gtol": 1e-8, "xtol": 1e-10, "verbose": verbose, **OPTIONS},
+        problem.objective, z0, jac=True, method=method, bounds=bounds, constraints=constraints, options=options
     )
-    u = torch.as_tensor(result.x[: problem.n_u], dtype=sim.dtype).reshape(sim.n_steps, 1, sim.n_agents)
+    u = torch.as_tensor(result.x[: problem.n_u], dtype=sim.dtype).clamp(-1.0, 1.0)
     c = problem.constraints(result.x)
     n_voltage = sim.n_steps * sim.n_nodes
     return {
-        "cost": simulator_cost(sim, state, problem.plan, u),
+        "cost": simulator_cost(sim, state, problem.plan, u.reshape(sim.n_steps, 1, sim.n_agents)),
         "voltage_infeasibility_pu": max(float(c[:n_voltage].max()) / V_SCALE, 0.0),
         "device_infeasibility": max(float(c[n_voltage : -sim.n_agents].max()) + problem.device_tol, 0.0),
-        "status": result.status,
         "message": result.message,
         "iterations": result.nit,
-        "optimality": result.optimality,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -171,28 +174,39 @@ def simulator_cost(sim, state, plan: DayPlan, u: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.xfail(
     strict=True,
     reason="trust-constr does not reach feasibility on this piecewise-smooth problem: from the droop start it "
     "stops after 176 iterations (about 380 s) with the start's voltage excess of 1.29e-4 pu (docs/baselines.md)",
 )
-def test_planner_matches_trust_constr_within_one_percent():
-    """Both solvers start from the droop rule's mapped actions; scipy's plan keeps every constraint (to the
-    planner's tolerances) and the planner's cost (300 iterations) is within 1 % of it."""
+def test_trust_constr_reaches_a_feasible_plan():
+    """scipy's ``trust-constr`` keeps every constraint (to the planner's tolerances) at its end."""
+    torch.set_num_threads(1)
+    sim = make_sim(**CASE)
+    config = OracleConfig()
+    ref = solve_with_scipy(sim, reset_days(sim, "test", [DAY]), config, "trust-constr", maxiter=400)
+    assert ref["voltage_infeasibility_pu"] <= config.voltage_tol_pu and ref["device_infeasibility"] <= config.device_tol
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.xfail(
+    strict=True,
+    reason="the planner stops far above SLSQP's local optimum: -2.46 $/day (300 iterations) against -3.93 $/day "
+    "(docs/baselines.md)",
+)
+def test_planner_matches_slsqp_within_one_percent():
+    """scipy's ``SLSQP`` from the same start reaches a feasible plan (this part holds: -3.93 $/day in 125
+    iterations, about 6 minutes); the planner's cost (300 iterations) must be within 1 % of it."""
     torch.set_num_threads(1)
     sim = make_sim(**CASE)
     state = reset_days(sim, "test", [DAY])
-    config = OracleConfig(iterations=300)
-    ref = solve_with_trust_constr(sim, state, config, maxiter=400)
+    config = OracleConfig(iterations=300, inner_iterations=60)
+    ref = solve_with_scipy(sim, state, config, "SLSQP", maxiter=300)
     assert ref["voltage_infeasibility_pu"] <= config.voltage_tol_pu and ref["device_infeasibility"] <= config.device_tol
+    assert "successfully" in ref["message"], ref["message"]
     _, metrics = plan_days(sim, state, config)
     (day,) = metrics["kkt"]
-    print(
-        f"trust-constr: {ref['cost']:.4f} $/day, voltage infeasibility {ref['voltage_infeasibility_pu']:.2e} pu, "
-        f"device infeasibility {ref['device_infeasibility']:.2e}, "
-        f"{ref['iterations']} iterations, optimality {ref['optimality']:.2e}, {ref['seconds']:.0f} s, "
-        f"{ref['message']}; planner: {metrics['cost']:.4f} $/day, {metrics['iterations']} iterations, "
-        f"{metrics['seconds']:.0f} s, {day}"
-    )
     assert day["voltage_infeasibility_pu"] <= config.voltage_tol_pu and day["device_infeasibility"] == 0.0
     assert metrics["cost"] == pytest.approx(ref["cost"], rel=0.01)
