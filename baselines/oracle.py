@@ -75,6 +75,7 @@ from baselines.rules import RULES
 from gridedge_env.core import feasible_action_bounds
 from gridedge_env.devices import heatpump_comfort_limits
 from gridedge_env.metrics import RolloutMetrics, scored_voltages
+from gridedge_env.simbench import fixed_penalty, rollout_objective
 
 __all__ = ["DayPlan", "FeasibleMap", "OracleConfig", "PerfectForesightPolicy", "optimise_actions", "plan_days"]
 
@@ -541,18 +542,7 @@ def optimise_actions(
         plus ``objective_first``, ``objective_last`` and ``seconds``.
     """
     t0 = time.perf_counter()
-    v_min, v_max = sim.config.v_min_pu, sim.config.v_max_pu
-
-    def rollout(actions: torch.Tensor) -> tuple[torch.Tensor, list]:
-        s, total, results = state, actions.new_zeros(()), []
-        for k in range(sim.n_steps):
-            r = sim.step(s, actions[k])
-            v = scored_voltages(r.v_mag_pu, r.converged)
-            excess = torch.relu(v - v_max) + torch.relu(v_min - v)
-            total = total + r.cost.sum() + w_device * r.device_violation.sum() + w_voltage * excess.sum()
-            s = r.state
-            results.append(r)
-        return total, results
+    penalty = fixed_penalty(sim, w_voltage=w_voltage, w_device=w_device)
 
     if init is None:
         start = torch.zeros((sim.n_steps, state.batch_size, sim.n_agents), dtype=sim.dtype, device=sim.device)
@@ -569,7 +559,7 @@ def optimise_actions(
     history = []
     for it in range(iterations):
         opt.zero_grad()
-        objective, _ = rollout(actions)
+        objective, _ = rollout_objective(sim, state, actions, penalty)
         objective.backward()
         history.append(float(objective.detach()))
         opt.step()
@@ -579,7 +569,7 @@ def optimise_actions(
         if progress is not None:
             progress(it + 1, iterations)
     with torch.no_grad():
-        _, results = rollout(actions)
+        _, results = rollout_objective(sim, state, actions, penalty)
     summary = RolloutMetrics(sim)
     for r in results:
         summary.add(r)

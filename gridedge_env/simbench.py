@@ -4,7 +4,8 @@
   (``gridedge bench sim``);
 - `rollout_objective(sim, state, actions, penalty)`: the summed cost of a rollout of given actions plus
   constraint terms (`fixed_penalty` or any `StepPenalty`), differentiable w.r.t. the actions; what
-  ``bench_sim`` differentiates. A failed power flow is scored as the metrics score it (every node at 0 pu,
+  ``bench_sim`` differentiates and the plain penalty method (`baselines.oracle.optimise_actions`) minimises.
+  A failed power flow is scored as the metrics score it (every node at 0 pu,
   `gridedge_env.metrics.scored_voltages`), never masked.
 
 The calibration of the task (the price-seeking rule and the optimum on test days) is
