@@ -12,7 +12,8 @@ What differs from GradMAP:
    rollout's Lagrangian therefore gives ``dL/dtheta`` including how each action changes later observations
    and through them later actions: BPTT over T steps through devices, power flow and policies.
 2. **One policy update per rollout**: per-agent gradient clipping and one Adam step on that gradient; no
-   stored-rollout reuse, no trust region.
+   stored-rollout reuse, no trust region. Hard-scenario replay and parameter averaging are GradMAP's
+   (`gradmap_agent.replay`, the same ``replay`` settings, off by default).
 3. **Constraint weights.** ``ssl``: GradMAP's primal-dual ascent on the same multipliers
    (`gradmap_agent.losses.dual_update`). ``ssl-penalty``: fixed penalty weights (`SSLConfig.device_penalty`,
    `SSLConfig.voltage_penalty`), no dual ascent.
@@ -33,6 +34,7 @@ from gradmap_agent.config import (
     NormalizerConfig,
     OptimConfig,
     PolicyConfig,
+    ReplayConfig,
     RunConfig,
     build_config,
     section,
@@ -53,13 +55,14 @@ from gradmap_agent.losses import (
     step_lagrangian,
 )
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
+from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gradmap_agent.train import DivergenceError, update_stats
 from gridedge_env.core import OBS_DIM
 from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
 
 __all__ = ["METRIC_FIELDS", "SSLConfig", "SSLTrainer", "ssl_config", "ssl_penalty_config"]
 
-CHECKPOINT_FORMAT = "gridedge-ssl-checkpoint/1"
+CHECKPOINT_FORMAT = "gridedge-ssl-checkpoint/2"
 
 #: Columns of an SSL run's metrics.csv, in order.
 METRIC_FIELDS = (
@@ -93,6 +96,8 @@ class SSLConfig:
     """Every agent's network."""
     lagrangian: LagrangianConfig = section(LagrangianConfig)
     """Multipliers and dual ascent (``ssl``; ``ssl-penalty`` keeps the multipliers at its two penalties)."""
+    replay: ReplayConfig = section(ReplayConfig)
+    """Hard-scenario replay and parameter averaging (GradMAP's; off by default)."""
     batch_days: int = 8
     """B: training days per rollout."""
     bptt_window: int | None = 4
@@ -164,6 +169,8 @@ class SSLTrainer:
             device_init=config.device_penalty if fixed else config.lagrangian.device_multiplier_init,
             voltage_init=config.voltage_penalty if fixed else config.lagrangian.voltage_multiplier_init,
         )
+        self.average = PolicyAverage(self.policy, config.replay.policy_average)
+        self.pool = HardScenarioPool(config.replay)
         self.iteration = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -185,12 +192,15 @@ class SSLTrainer:
         self.optimizer.zero_grad(set_to_none=True)  # the next rollout's backward accumulates from zero
         upd = update_stats(self, norms, roll["x0"])
         if not cfg.fixed_penalties:
+            # fresh rows only: replayed hard scenarios would bias the expectation upwards (`gradmap_agent.replay`)
+            fresh = roll["fresh"]
             dual_update(
                 self.multipliers,
-                *sum_dual_statistics(roll["device_violation"], roll["voltage_violation"]),
+                *sum_dual_statistics(roll["device_violation"][:, fresh], roll["voltage_violation"][:, fresh]),
                 cfg.lagrangian,
             )
         fold_observations(self.normalizer, roll["raw_obs"])
+        self.average.step(self.policy)
         t2 = time.perf_counter()
         return {
             "iteration": self.iteration + 1,
@@ -209,10 +219,8 @@ class SSLTrainer:
         sim, cfg, lag = self.sim, self.config, self.config.lagrangian
         batch, n_steps = cfg.batch_days, sim.n_steps
         rows = rank_rows(batch)
-        reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
-        noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
+        state, noise, scenarios = start_rollout(sim, self.pool, batch, rows, self.gen)
         noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
-        state = sim.reset(batch, seed=reset_seed, split="train").select(rows)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         raw_obs, dev_viol, volt_viol = [], [], []
         x0 = None
@@ -235,6 +243,8 @@ class SSLTrainer:
             dev_viol.append(dev)
             volt_viol.append(w)
             metrics.add(r)
+        voltage_violation = torch.stack(volt_viol)  # [T, b, n] (b: this rank's rows)
+        fresh = self.pool.record(scenarios, voltage_violation, rows)
         (total / batch).backward()  # this rank's rows' share of the batch's Lagrangian
         total = all_sum(total.detach().to(torch.float64))  # every rank checks the same sum
         sum_metrics(metrics)
@@ -250,7 +260,8 @@ class SSLTrainer:
             "x0": x0,
             "raw_obs": torch.stack(raw_obs),
             "device_violation": torch.stack(dev_viol),
-            "voltage_violation": torch.stack(volt_viol),
+            "voltage_violation": voltage_violation,
+            "fresh": fresh,
             "stats": {"lagrangian": lagrangian, **metrics.standard(batch)},
         }
 
@@ -259,22 +270,28 @@ class SSLTrainer:
     def state_dict(self) -> dict:
         return {
             **common_state(self, CHECKPOINT_FORMAT),
-            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "policy": current_weights(self.policy),
+            "policy_average": clone_tree(self.average.weights),
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
+            "hard_scenarios": self.pool.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         restore_common(self, state, CHECKPOINT_FORMAT)
         self.policy.load_state_dict(state["policy"])
+        if self.average.weights is not None:
+            self.average.weights = clone_tree(state["policy_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.multipliers.load_state_dict(state["multipliers"])
+        self.pool.load_state_dict(state["hard_scenarios"])
 
     def params(self) -> dict:
-        """The trained policies: stacked weights and the normaliser (what `make_policy` takes)."""
+        """The trained policies: stacked weights (their moving average when `policy_average` is set) and the
+        normaliser (what `make_policy` takes)."""
         return {
-            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "policy": self.average.exported(self.policy),
             "normalizer": self.normalizer.state_dict(),
         }

@@ -8,7 +8,9 @@ holds its own algorithm's fields and these sections:
 - `OptimConfig` (``optim``): Adam, the learning-rate schedule over iterations, per-agent gradient clipping;
 - `NormalizerConfig` (``normalizer``): the running observation statistics (`gradmap_agent.ObsNormalizer`);
 - `PolicyConfig` (``policy``): every agent's network (`gradmap_agent.StackedMLPPolicy`);
-- `LagrangianConfig` (``lagrangian``, gradient-based methods): multipliers and dual ascent.
+- `LagrangianConfig` (``lagrangian``, gradient-based methods): multipliers and dual ascent;
+- `ReplayConfig` (``replay``, gradient-based methods): hard-scenario replay and parameter averaging
+  (`gradmap_agent.replay`).
 
 `build_config(cls, fields)` builds any of them from flat names (``lr=1e-3``, ``eval_days=8``: each name
 belongs to exactly one section or to the config itself), dotted names (``optim.lr=1e-3``) or whole sections
@@ -29,6 +31,7 @@ __all__ = [
     "NormalizerConfig",
     "OptimConfig",
     "PolicyConfig",
+    "ReplayConfig",
     "RunConfig",
     "build_config",
     "flatten_config",
@@ -253,6 +256,34 @@ class LagrangianConfig:
                     f"{name} ({getattr(self, name)}) must be at most max_multiplier ({self.max_multiplier})"
                 )
         _raise(LagrangianConfig, problems)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Hard-scenario replay and parameter averaging (`gradmap_agent.replay`), off by default."""
+
+    hard_scenario_share: float = 0.0
+    """Share of each rollout's B rows that re-run, with the current policy, scenarios from a pool of the
+    hardest seen so far: a scenario is a training day together with its household load draws and initial
+    device states (its reset seed), scored by its largest margin-tightened voltage violation when it was last
+    rolled out (0: every row is a fresh scenario)."""
+    hard_scenario_pool: int = 32
+    """Size of the hard-scenario pool: the scenarios with the highest scores among those rolled out so far
+    (a replayed scenario's score is refreshed, so one the policy has learned to hold leaves the pool)."""
+    policy_average: float = 0.0
+    """Decay beta of an exponential moving average of every agent's policy parameters, updated after each
+    iteration (``avg <- beta avg + (1 - beta) theta``, over about 1 / (1 - beta) iterations); the periodic
+    evaluations, the exported policies and the returned params use the average (0: the last iterate)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.hard_scenario_share <= 1:
+            problems.append(f"hard_scenario_share must be in [0, 1], got {self.hard_scenario_share}")
+        if self.hard_scenario_pool < 1:
+            problems.append(f"hard_scenario_pool must be >= 1, got {self.hard_scenario_pool}")
+        if not 0 <= self.policy_average < 1:
+            problems.append(f"policy_average must be in [0, 1), got {self.policy_average}")
+        _raise(ReplayConfig, problems)
 
 
 def section(cls: type, **defaults):

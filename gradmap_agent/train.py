@@ -16,7 +16,8 @@
    updates), and, with ``policy_average``, the moving average of the parameters takes a step.
 
 With ``hard_scenario_share``, part of every rollout re-runs the hardest scenarios seen so far (a training
-day with its household draws: its reset seed) with the current policy.
+day with its household draws: its reset seed) with the current policy (`gradmap_agent.replay`, which SSL
+uses too).
 
 Under data parallelism (`gradmap_agent.distributed`: ``torchrun`` or ``gridedge train --nproc``) every rank
 draws the whole batch's scenarios and noise, rolls out its share of the rows, and the ranks sum the policy
@@ -40,12 +41,12 @@ from gradmap_agent.config import (
     NormalizerConfig,
     OptimConfig,
     PolicyConfig,
+    ReplayConfig,
     RunConfig,
     build_config,
     section,
 )
 from gradmap_agent.distributed import (
-    all_gather_rows,
     all_sum,
     all_sum_grads,
     fold_observations,
@@ -64,10 +65,9 @@ from gradmap_agent.losses import (
     step_lagrangian,
 )
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
+from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gridedge_env.core import OBS_DIM
-from gridedge_env.episodes import reset_scenarios
 from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
-from gridedge_env.scenarios import split_days
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -122,21 +122,11 @@ class GradMAPConfig:
     """Every agent's network."""
     lagrangian: LagrangianConfig = section(LagrangianConfig)
     """Multipliers and dual ascent."""
+    replay: ReplayConfig = section(ReplayConfig)
+    """Hard-scenario replay and parameter averaging (off by default)."""
     # --- rollout ------------------------------------------------------------------------------------------
     batch_days: int = 8
     """B: training days per rollout (one environment gradient covers B x T x N actions)."""
-    hard_scenario_share: float = 0.0
-    """Share of each rollout's B rows that re-run, with the current policy, scenarios from a pool of the
-    hardest seen so far: a scenario is a training day together with its household load draws and initial
-    device states (its reset seed), scored by its largest margin-tightened voltage violation when it was last
-    rolled out (0: every row is a fresh scenario)."""
-    hard_scenario_pool: int = 32
-    """Size of the hard-scenario pool: the scenarios with the highest scores among those rolled out so far
-    (a replayed scenario's score is refreshed, so one the policy has learned to hold leaves the pool)."""
-    policy_average: float = 0.0
-    """Decay beta of an exponential moving average of every agent's policy parameters, updated after each
-    iteration (``avg <- beta avg + (1 - beta) theta``, over about 1 / (1 - beta) iterations); the periodic
-    evaluations, the exported policies and the returned params use the average (0: the last iterate)."""
     # --- GradMAP: reuse and trust region -------------------------------------------------------------------
     reuse: int = 4
     """K: policy updates per environment gradient (1 with no trust region = GradMA)."""
@@ -147,15 +137,11 @@ class GradMAPConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("batch_days", "reuse", "minibatches", "hard_scenario_pool"):
+        for name in ("batch_days", "reuse", "minibatches"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.hard_scenario_share <= 1:
-            problems.append(f"hard_scenario_share must be in [0, 1], got {self.hard_scenario_share}")
         if self.clip_radius is not None and not self.clip_radius > 0:
             problems.append(f"clip_radius must be > 0 or None, got {self.clip_radius}")
-        if not 0 <= self.policy_average < 1:
-            problems.append(f"policy_average must be in [0, 1), got {self.policy_average}")
         if self.minibatches > self.batch_days * 24:
             problems.append(f"minibatches must be at most the number of rollout rows, got {self.minibatches}")
         if problems:
@@ -206,14 +192,8 @@ class GradMAPTrainer:
             sim, device_init=lag.device_multiplier_init, voltage_init=lag.voltage_multiplier_init
         )
         self.gen = gen  # continues after the initialisation: rollout seeds and exploration noise
-        self.policy_avg = self.policy_weights() if config.policy_average else None
-        """Moving average of the policy parameters (`GradMAPConfig.policy_average`; None when off)."""
-        self.train_days = torch.as_tensor(split_days("train"), dtype=torch.int64)
-        self.pool_day = torch.zeros(0, dtype=torch.int64)
-        self.pool_seed = torch.zeros(0, dtype=torch.int64)
-        self.pool_score = torch.zeros(0, dtype=torch.float64)
-        """Hard-scenario pool (`hard_scenario_share`): day, reset seed and last score (pu) of each scenario,
-        highest score first."""
+        self.average = PolicyAverage(self.policy, config.replay.policy_average)
+        self.pool = HardScenarioPool(config.replay)
         self.iteration = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -230,7 +210,7 @@ class GradMAPTrainer:
         upd = self.update_policy(roll, lr)
         self.dual_step(roll)
         fold_observations(self.normalizer, roll["raw_obs"])
-        self.average_policy()
+        self.average.step(self.policy)
         t2 = time.perf_counter()
         return {
             "iteration": self.iteration + 1,
@@ -251,15 +231,7 @@ class GradMAPTrainer:
         sim, cfg, lag = self.sim, self.config, self.config.lagrangian
         batch, n_steps = cfg.batch_days, sim.n_steps
         rows = rank_rows(batch)
-        if cfg.hard_scenario_share > 0:
-            scenarios = self.draw_scenarios(batch)
-            noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
-            state = reset_scenarios(sim, "train", scenarios["day"][rows].tolist(), scenarios["seed"][rows].tolist())
-        else:
-            reset_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
-            noise = torch.randn((n_steps, batch, sim.n_agents), generator=self.gen, dtype=torch.float64)
-            # the whole batch's draws (one reset of B rows), then this rank's rows
-            state = sim.reset(batch, seed=reset_seed, split="train").select(rows)
+        state, noise, scenarios = start_rollout(sim, self.pool, batch, rows, self.gen)
         noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
         xs, raw_obs, acts, leaves, dev_viol, volt_viol = [], [], [], [], [], []
@@ -285,11 +257,7 @@ class GradMAPTrainer:
             volt_viol.append(w)
             metrics.add(r)
         voltage_violation = torch.stack(volt_viol)  # [T, b, n] (b: this rank's rows)
-        fresh = torch.ones(rows.stop - rows.start, dtype=torch.bool, device=sim.device)
-        if cfg.hard_scenario_share > 0:
-            row_worst = voltage_violation.detach().amax(dim=(0, 2)).to(torch.float64)  # [b] pu
-            self.update_pool(scenarios, all_gather_rows(row_worst).cpu())
-            fresh = (scenarios["pooled"][rows] < 0).to(sim.device)
+        fresh = self.pool.record(scenarios, voltage_violation, rows)
         (total / batch).backward()  # this rank's rows' share of the batch's Lagrangian: dL/da of those rows
         grad = torch.stack(
             [(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).detach() for leaf in leaves]
@@ -389,89 +357,36 @@ class GradMAPTrainer:
             self.config.lagrangian,
         )
 
-    def average_policy(self) -> None:
-        """One step of the parameters' moving average (no-op when `policy_average` is 0)."""
-        if self.policy_avg is None:
-            return
-        beta = self.config.policy_average
-        with torch.no_grad():
-            for name, value in self.policy.state_dict().items():
-                self.policy_avg[name].mul_(beta).add_(value.detach(), alpha=1.0 - beta)
-
-    # --- hard-scenario replay ----------------------------------------------------------------------------
-
-    def draw_scenarios(self, batch: int) -> dict[str, torch.Tensor]:
-        """Day and reset seed of each of the next rollout's rows: ``round(hard_scenario_share * B)`` (at
-        most the pool's size) drawn without replacement from the hard-scenario pool, the others fresh
-        (uniform days, new random seeds), at least one. ``pooled`` [B] holds each row's pool index (-1 for a
-        fresh row)."""
-        # at least one fresh row, so that the dual step always has an unbiased sample (`dual_step`)
-        n_hard = min(round(self.config.hard_scenario_share * batch), len(self.pool_day), batch - 1)
-        n_fresh = batch - n_hard
-        days = self.train_days[torch.randint(0, len(self.train_days), (n_fresh,), generator=self.gen)]
-        seeds = torch.randint(0, 2**62, (n_fresh,), generator=self.gen)
-        pooled = torch.randperm(len(self.pool_day), generator=self.gen)[:n_hard]
-        return {
-            "day": torch.cat([days, self.pool_day[pooled]]),
-            "seed": torch.cat([seeds, self.pool_seed[pooled]]),
-            "pooled": torch.cat([torch.full((n_fresh,), -1, dtype=torch.int64), pooled]),
-        }
-
-    def update_pool(self, scenarios: dict[str, torch.Tensor], worst: torch.Tensor) -> None:
-        """Refresh the scores of the replayed scenarios, add the fresh ones, and keep the
-        `hard_scenario_pool` highest (``worst`` [B]: every row's largest margin-tightened voltage violation, pu,
-        float64 on the CPU)."""
-        pooled = scenarios["pooled"]
-        replayed = pooled >= 0
-        score = self.pool_score.clone()
-        score[pooled[replayed]] = worst[replayed]
-        fresh = ~replayed
-        day = torch.cat([self.pool_day, scenarios["day"][fresh].cpu()])
-        seed = torch.cat([self.pool_seed, scenarios["seed"][fresh].cpu()])
-        score = torch.cat([score, worst[fresh]])
-        keep = torch.sort(score, descending=True, stable=True).indices[: self.config.hard_scenario_pool]
-        self.pool_day, self.pool_seed, self.pool_score = day[keep], seed[keep], score[keep]
-
     # --- checkpoints -------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         return {
             **common_state(self, CHECKPOINT_FORMAT),
-            "policy": self.policy_weights(),
-            "policy_average": clone_tree(self.policy_avg),
+            "policy": current_weights(self.policy),
+            "policy_average": clone_tree(self.average.weights),
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
-            "hard_scenarios": {
-                "day": self.pool_day.clone(),
-                "seed": self.pool_seed.clone(),
-                "score": self.pool_score.clone(),
-            },
+            "hard_scenarios": self.pool.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         restore_common(self, state, CHECKPOINT_FORMAT)
         self.policy.load_state_dict(state["policy"])
-        if self.policy_avg is not None:
-            self.policy_avg = clone_tree(state["policy_average"])
+        if self.average.weights is not None:
+            self.average.weights = clone_tree(state["policy_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.multipliers.load_state_dict(state["multipliers"])
-        pool = state["hard_scenarios"]
-        self.pool_day, self.pool_seed = pool["day"].clone(), pool["seed"].clone()
-        self.pool_score = pool["score"].clone()
+        self.pool.load_state_dict(state["hard_scenarios"])
 
     def params(self) -> dict:
         """The trained policies: stacked weights (their moving average when `policy_average` is set) and the
         normaliser (what `make_policy` takes)."""
         return {
-            "policy": clone_tree(self.policy_avg) if self.policy_avg is not None else self.policy_weights(),
+            "policy": self.average.exported(self.policy),
             "normalizer": self.normalizer.state_dict(),
         }
-
-    def policy_weights(self) -> dict:
-        """A copy of the current policy parameters (the last iterate)."""
-        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
 
 
 def update_stats(trainer, norms: torch.Tensor, x: torch.Tensor) -> dict:

@@ -58,7 +58,7 @@ def _one_iteration(trainer) -> dict[str, float]:
     trainer.dual_step(roll)
     t3 = time.perf_counter()
     fold_observations(trainer.normalizer, roll["raw_obs"])
-    trainer.average_policy()
+    trainer.average.step(trainer.policy)
     t4 = time.perf_counter()
     trainer.iteration += 1
     return {

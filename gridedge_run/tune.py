@@ -33,7 +33,8 @@ from gridedge_run.rundir import atomic_write_text
 
 __all__ = ["SEARCH_SPACES", "chosen_settings", "draw_configs", "run_tune"]
 
-#: Tricks every gradient-based learner supports (GradMAP, GradMA, SSL, SSL-penalty): field -> candidate values.
+#: Tricks every gradient-based learner supports (GradMAP, GradMA, SSL, SSL-penalty; replay and averaging are
+#: `gradmap_agent.replay`): field -> candidate values.
 _GRADIENT_SHARED = {
     "lr": [1e-3, 3e-3, 1e-2],
     "lr_schedule": ["constant", "cosine"],
@@ -42,14 +43,14 @@ _GRADIENT_SHARED = {
     "normalize_obs": [True, False],
     "max_grad_norm": [0.5, 1.0, None],
     "init_log_std": [-2.0, -1.5],
+    "hard_scenario_share": [0.0, 0.5],
+    "policy_average": [0.0, 0.99],
 }
-#: Hard-scenario replay and parameter averaging (the GradMAP trainer's; GradMA runs the same code).
-_REPLAY_AVERAGING = {"hard_scenario_share": [0.0, 0.5], "policy_average": [0.0, 0.99]}
 
 #: method -> field -> candidate values (the fields of `gridedge train METHOD --set`).
 SEARCH_SPACES: dict[str, dict[str, list]] = {
-    "gradmap": {**_GRADIENT_SHARED, **_REPLAY_AVERAGING, "reuse": [2, 4, 8], "clip_radius": [0.05, 0.1, 0.2]},
-    "gradma": {**_GRADIENT_SHARED, **_REPLAY_AVERAGING},
+    "gradmap": {**_GRADIENT_SHARED, "reuse": [2, 4, 8], "clip_radius": [0.05, 0.1, 0.2]},
+    "gradma": _GRADIENT_SHARED,
     "ssl": {**_GRADIENT_SHARED, "bptt_window": [2, 4, 8]},
     "ssl-penalty": {**_GRADIENT_SHARED, "bptt_window": [2, 4, 8], "voltage_penalty": [1e3, 1e4, 1e5]},
     "ippo": {

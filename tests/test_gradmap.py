@@ -33,6 +33,7 @@ from gradmap_agent.losses import (
     step_lagrangian,
 )
 from gradmap_agent.networks import hidden_tanh
+from gradmap_agent.replay import current_weights
 from gridedge_env import make_sim
 from gridedge_env.metrics import DEVICE_METRIC_NAMES
 from gridedge_run import EVAL_KEYS, evaluate_policy, load_policies, obs_policy, train
@@ -102,6 +103,28 @@ def test_resume_gives_identical_continuation(sim13, tmp_path, options):
     assert len(csv_b) == 5  # header + 4 iterations, no duplicates after the resume
 
 
+@pytest.mark.parametrize("options", [{"policy_average": 0.7}, {"hard_scenario_share": 0.5, "hard_scenario_pool": 3}])
+def test_ssl_replay_and_averaging_resume_exactly(sim13, tmp_path, options):
+    """SSL composes GradMAP's replay and averaging (`gradmap_agent.replay`): they change its training, and a
+    resumed run continues bit for bit (the pool and the average are in its checkpoint)."""
+    from baselines.ssl import ssl_config
+
+    fields = {"iterations": 4, "batch_days": 4, "hidden": 8, "checkpoint_every": 1}
+    _, plain, _ = train(sim13, ssl_config(**fields), out_dir=tmp_path / "plain")
+    _, params_a, metrics_a = train(sim13, ssl_config(**fields, **options), out_dir=tmp_path / "a")
+    assert not params_equal(plain, params_a)
+
+    def stop_after_two(row):
+        if row["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(sim13, ssl_config(**fields, **options), progress_fn=stop_after_two, out_dir=tmp_path / "b")
+    _, params_b, metrics_b = train(sim13, ssl_config(**fields, **options), out_dir=tmp_path / "b", resume=True)
+    assert params_equal(params_a, params_b)
+    assert strip_times(metrics_a["history"]) == strip_times(metrics_b["history"])
+
+
 def test_policy_average_is_the_moving_average_of_the_iterates(sim13, tmp_path):
     """With `policy_average` beta, the returned and exported policies hold avg_k = beta avg_(k-1) + (1 - beta)
     theta_k over the iterates theta_k (avg_0 = the initial weights), while the checkpoint keeps the last iterate
@@ -111,11 +134,12 @@ def test_policy_average_is_the_moving_average_of_the_iterates(sim13, tmp_path):
     train_module = importlib.import_module("gradmap_agent.train")
 
     class Recording(train_module.GradMAPTrainer):
-        def average_policy(self):
-            iterates.append({k: v.detach().clone() for k, v in self.policy.state_dict().items()})
-            super().average_policy()
+        def iterate(self):
+            row = super().iterate()
+            iterates.append(current_weights(self.policy))
+            return row
 
-    initial = train_module.GradMAPTrainer(sim13, tiny(policy_average=beta)).policy_weights()
+    initial = current_weights(train_module.GradMAPTrainer(sim13, tiny(policy_average=beta)).policy)
     _, params, _ = train(sim13, tiny(policy_average=beta), out_dir=tmp_path, trainer_cls=Recording)
     assert len(iterates) == 3
     exported = torch.load(tmp_path / "policies.pt", weights_only=True)["params"]["policy"]
@@ -330,19 +354,20 @@ def test_hard_scenarios_are_replayed_with_their_households(sim13):
     from gridedge_env.episodes import reset_scenarios
 
     trainer = GradMAPTrainer(sim13, tiny(batch_days=4, hard_scenario_share=0.5, hard_scenario_pool=3))
-    first = trainer.draw_scenarios(4)
+    pool = trainer.pool
+    first = pool.draw(4, trainer.gen)
     assert first["pooled"].tolist() == [-1] * 4  # empty pool: every row fresh
     roll = trainer.rollout()
     per_row = roll["voltage_violation"].amax(dim=(0, 2)).to(torch.float64)
-    assert trainer.pool_score.tolist() == sorted(per_row.tolist(), reverse=True)[:3]
-    assert len(trainer.pool_day) == 3
+    assert pool.score.tolist() == sorted(per_row.tolist(), reverse=True)[:3]
+    assert len(pool.day) == 3
 
-    scenarios = trainer.draw_scenarios(4)
+    scenarios = pool.draw(4, trainer.gen)
     pooled = scenarios["pooled"]
     assert (pooled[:2] == -1).all() and (pooled[2:] >= 0).all()
     assert len(set(pooled[2:].tolist())) == 2  # without replacement
     i = int(pooled[2])
-    day, seed = int(trainer.pool_day[i]), int(trainer.pool_seed[i])
+    day, seed = int(pool.day[i]), int(pool.seed[i])
     assert int(scenarios["day"][2]) == day and int(scenarios["seed"][2]) == seed
     again = reset_scenarios(sim13, "train", [day, day], [seed, seed + 1])
     original = reset_scenarios(sim13, "train", [day], [seed])
@@ -352,9 +377,9 @@ def test_hard_scenarios_are_replayed_with_their_households(sim13):
 
     # a replayed scenario that is now held (score 0) leaves the pool when fresh ones score higher
     worst = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)  # the two fresh rows: 1 pu
-    trainer.update_pool(scenarios, worst)
-    assert trainer.pool_score.tolist()[:2] == [1.0, 1.0] and len(trainer.pool_score) == 3
-    assert set(trainer.pool_seed[:2].tolist()) == set(scenarios["seed"][:2].tolist())
+    pool.update(scenarios, worst)
+    assert pool.score.tolist()[:2] == [1.0, 1.0] and len(pool.score) == 3
+    assert set(pool.seed[:2].tolist()) == set(scenarios["seed"][:2].tolist())
 
 
 def test_replayed_scenarios_do_not_move_the_multipliers(sim13):
