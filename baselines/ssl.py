@@ -8,9 +8,10 @@ What differs from GradMAP:
 
 1. **The graph runs through the policies.** At every step the policy's action (reparameterised, with
    the stored noise) enters ``sim.step`` with its graph, and the observation the policy reads comes from the
-   simulator with its graph (not detached, unlike GradMAP's environment gradient). One ``backward()`` of the
-   rollout's Lagrangian therefore gives ``dL/dtheta`` including how each action changes later observations
-   and through them later actions: BPTT over T steps through devices, power flow and policies.
+   simulator with its graph (GradMAP's environment gradient keeps the same graph, without the parameters).
+   One ``backward()`` of the rollout's Lagrangian therefore gives ``dL/dtheta`` including how each action
+   changes later observations and through them later actions: BPTT over T steps through devices, power flow
+   and policies.
 2. **One policy update per rollout**: per-agent gradient clipping and one Adam step on that gradient; no
    stored-rollout reuse, no trust region. Hard-scenario replay and parameter averaging are GradMAP's
    (`gradmap_agent.replay`, the same ``replay`` settings, off by default).
@@ -54,7 +55,7 @@ from gradmap_agent.losses import (
     dual_update,
     step_lagrangian,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input
 from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gradmap_agent.train import DivergenceError, update_stats
 from gridedge_env.core import OBS_DIM
@@ -109,7 +110,7 @@ class SSLConfig:
     """True: ``ssl-penalty`` (the multipliers stay at the two penalties below; no dual ascent)."""
     # GradMAP's dual ascent starts from these weights (its initial multipliers), so they are defined once.
     device_penalty: float = LagrangianConfig.device_multiplier_init
-    """(ssl-penalty) $ per unit of device violation (kW or K) per agent-step (10)."""
+    """(ssl-penalty) $ per unit of device violation (kW or K) per agent-step (100)."""
     voltage_penalty: float = LagrangianConfig.voltage_multiplier_init
     """(ssl-penalty) $ per pu of voltage violation per node-step (outside the margin-tightened band; 1e4)."""
 
@@ -228,9 +229,7 @@ class SSLTrainer:
         metrics = RolloutMetrics(sim)
         for t in range(n_steps):
             raw_obs.append(state.obs.detach())
-            obs = state.obs
-            if cfg.bptt_window is not None and t % cfg.bptt_window == 0:
-                obs = obs.detach()  # truncated BPTT: no gradient into earlier steps' policies from here
+            obs = policy_input(state.obs, t, cfg.bptt_window)  # truncated BPTT
             x = self.normalizer.normalize(obs).to(self.pdtype)
             x0 = x.detach() if x0 is None else x0
             a = self.policy.act(x, noise[t])

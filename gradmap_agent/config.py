@@ -202,10 +202,12 @@ class PolicyConfig:
 class LagrangianConfig:
     """Multipliers of the device and network constraints and their projected dual ascent."""
 
-    device_multiplier_init: float = 10.0
+    device_multiplier_init: float = 100.0
     """Initial device multiplier, $ per unit of device violation per step ($/kW for batteries and generators,
-    $/K for heat pumps; the scale of ssl-penalty's fixed weight: dual ascent then starts where a penalty already
-    works, instead of at 0)."""
+    $/K for heat pumps; also ssl-penalty's fixed weight). About where a default 15-minute GradMAP run's battery
+    and generator multipliers settle (108 and 99 $ per kW-step; heat pumps 305 $ per K-step): from 10 the
+    decaying dual step raised the battery multipliers to only 36-42 in 15 minutes while their constraint stayed
+    violated (docs/gradmap.md#budgets)."""
     device_dual_lr: float = 0.1
     """Dual step of the device multipliers per kWh (battery, generator) or K-step (heat pump) of an agent's
     daily violation above its budget."""

@@ -19,7 +19,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LOG_STD_RANGE", "ObsNormalizer", "StackedMLPPolicy", "clone_tree", "hidden_tanh", "make_policy"]
+__all__ = [
+    "LOG_STD_RANGE",
+    "ObsNormalizer",
+    "StackedMLPPolicy",
+    "clone_tree",
+    "hidden_tanh",
+    "make_policy",
+    "policy_input",
+]
 
 #: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
@@ -300,3 +308,13 @@ def clone_tree(obj):
     if isinstance(obj, tuple):
         return tuple(clone_tree(v) for v in obj)
     return obj
+
+
+def policy_input(obs: torch.Tensor, t: int, bptt_window: int | None) -> torch.Tensor:
+    """The observation of step ``t`` as a policy reads it during a differentiated rollout: with its graph (so a
+    gradient reaches earlier actions through this step's policy), cut at the start of every ``bptt_window``
+    steps (truncated backpropagation through time: a gradient passes through at most that many policies in a
+    row; 1 cuts every step, None never). GradMAP's environment gradient and SSL's BPTT share this rule."""
+    if bptt_window is not None and t % bptt_window == 0:
+        return obs.detach()
+    return obs

@@ -2,11 +2,13 @@
 
 1. **Rollout** (`GradMAPTrainer.rollout`). Reset B training days. At every step each agent's policy maps
    its own (normalised) observation and a stored standard-normal noise to ``a = tanh(mean + std * noise)``;
-   the actions enter the differentiable core as leaf tensors (``requires_grad``), the observations are
-   policy inputs (no gradient flows back through them into the policy), and the Lagrangian
-   (`losses.step_lagrangian`) is summed.
-2. **Exact environment gradient.** One ``backward()`` gives ``g = dL/da`` for every step and agent: the
-   total derivative through costs, device dynamics, the implicit power-flow gradient, and all later states.
+   the actions enter the differentiable core as leaf tensors (``requires_grad``) plus, within a
+   ``bptt_window``, the policy's reaction to its observation (value zero, parameters out of the graph), and
+   the Lagrangian (`losses.step_lagrangian`) is summed.
+2. **Exact environment gradient.** One ``backward()`` with respect to the leaves gives ``g = dL/da`` for every
+   step and agent: the total derivative through costs, device dynamics, the implicit power-flow gradient, all
+   later states, and the later policies' reactions to the observations the action changes (truncated every
+   ``bptt_window`` steps, as ssl truncates its BPTT).
 3. **Policy updates** (`GradMAPTrainer.update_policy`). K Adam steps on the proximal surrogate
    `losses.proximal_surrogate` over the stored observations, noise, old actions and ``g``, with per-agent
    gradient clipping. K = 1 without trust region is GradMA (one update on the chain rule
@@ -64,7 +66,7 @@ from gradmap_agent.losses import (
     proximal_surrogate,
     step_lagrangian,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input
 from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gridedge_env.core import OBS_DIM
 from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
@@ -134,6 +136,13 @@ class GradMAPConfig:
     """Trust-region radius on each action's change |a_new - a_old| (None: no clipping)."""
     minibatches: int = 2
     """The K updates cycle through this many random minibatches of the rollout's (step, day) rows."""
+    bptt_window: int | None = 4
+    """The environment gradient ``dL/da`` includes the later policies' reactions to the observations an action
+    changes (its own device state, its node's voltage), through at most this many policies in a row: the
+    observations' graph is cut at the start of every this many steps (`gradmap_agent.networks.policy_input`;
+    the same truncation as ssl's). 1: every observation is cut, later actions are held fixed (the paper's
+    environment gradient); None: the whole day. Without it a policy cannot see that reacting strongly to its
+    own state makes it oscillate (docs/gradmap.md, The policies' reactions)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -142,6 +151,8 @@ class GradMAPConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.clip_radius is not None and not self.clip_radius > 0:
             problems.append(f"clip_radius must be > 0 or None, got {self.clip_radius}")
+        if self.bptt_window is not None and self.bptt_window < 1:
+            problems.append(f"bptt_window must be >= 1 or None, got {self.bptt_window}")
         if self.minibatches > self.batch_days * 24:
             problems.append(f"minibatches must be at most the number of rollout rows, got {self.minibatches}")
         if problems:
@@ -239,12 +250,20 @@ class GradMAPTrainer:
         metrics = RolloutMetrics(sim)
         for t in range(n_steps):
             raw_obs.append(state.obs.detach())
-            # the observations are inputs, the actions leaves of the environment graph: the backward stops there
-            x = self.normalizer.normalize(state.obs.detach()).to(self.pdtype)
+            # the actions are leaves of the environment graph; the observations keep their graph within a window
+            obs = policy_input(state.obs, t, cfg.bptt_window)
+            x = self.normalizer.normalize(obs).to(self.pdtype)
             with torch.no_grad():
-                a = self.policy.act(x, noise[t])
+                a = self.policy.act(x.detach(), noise[t])
             leaf = a.to(sim.dtype).requires_grad_(True)
-            r = sim.step(state, leaf)
+            action = leaf
+            if x.requires_grad:
+                # the same value as the leaf, plus the policy's reaction to its observation: dL/dleaf of an
+                # earlier step then runs through this step's policy (parameters held fixed: only the leaves
+                # are differentiated)
+                reaction = self.policy.act(x, noise[t]).to(sim.dtype)
+                action = leaf + (reaction - reaction.detach())
+            r = sim.step(state, action)
             term, dev, w = step_lagrangian(
                 r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu, lag.voltage_quadratic
             )
@@ -258,7 +277,8 @@ class GradMAPTrainer:
             metrics.add(r)
         voltage_violation = torch.stack(volt_viol)  # [T, b, n] (b: this rank's rows)
         fresh = self.pool.record(scenarios, voltage_violation, rows)
-        (total / batch).backward()  # this rank's rows' share of the batch's Lagrangian: dL/da of those rows
+        # this rank's rows' share of the batch's Lagrangian: dL/da of those rows (the leaves only, never the policy)
+        (total / batch).backward(inputs=leaves)
         grad = torch.stack(
             [(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).detach() for leaf in leaves]
         )  # [T, b, N]

@@ -7,6 +7,7 @@ a feasible 1,000-agent IEEE-13 task is marked slow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import json
@@ -32,7 +33,7 @@ from gradmap_agent.losses import (
     dual_update,
     step_lagrangian,
 )
-from gradmap_agent.networks import hidden_tanh
+from gradmap_agent.networks import hidden_tanh, policy_input
 from gradmap_agent.replay import current_weights
 from gridedge_env import make_sim
 from gridedge_env.metrics import DEVICE_METRIC_NAMES
@@ -278,9 +279,13 @@ def test_learning_rate_at_iteration_k_does_not_depend_on_the_budget(sim13, metho
     assert lrs[1][2] == pytest.approx(0.1 * lrs[1][0])  # the final rate from the horizon on
 
 
-def test_gradma_update_direction_is_the_chain_rule(sim13):
-    """The surrogate's parameter gradient equals dL/dtheta of a rollout with the policy in the graph, with the
-    network terms of the Lagrangian switched on (linear multipliers and the augmented quadratic term)."""
+@pytest.mark.parametrize("window", [1, 4])
+def test_gradma_update_direction_is_the_chain_rule(sim13, window):
+    """The surrogate's parameter gradient equals dL/dtheta of a rollout with the policy in the graph, truncated
+    as ssl truncates it (the observations' graph cut every ``window`` steps), with the network terms of the
+    Lagrangian switched on (linear multipliers and the augmented quadratic term). With window 4 the
+    environment gradient must carry the later policies' reactions to the observations an action changes: an
+    environment gradient that holds later actions fixed (window 1) fails the check at 4."""
     from gradmap_agent.train import GradMAPTrainer
 
     config = gradma_config(
@@ -290,6 +295,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
         policy_dtype="float64",
         voltage_multiplier_init=100.0,
         voltage_quadratic=1e5,
+        bptt_window=window,
     )
     trainer = GradMAPTrainer(sim13, config)
     rng = trainer.gen.get_state()
@@ -306,7 +312,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     state = sim13.reset(batch, seed=seed, split="train")
     total, violated = 0.0, False
     for t in range(n_steps):
-        a = trainer.policy.act(trainer.normalizer.normalize(state.obs.detach()), noise[t])
+        a = trainer.policy.act(trainer.normalizer.normalize(policy_input(state.obs, t, window)), noise[t])
         r = sim13.step(state, a)
         term, _, w = step_lagrangian(
             r,
@@ -324,6 +330,11 @@ def test_gradma_update_direction_is_the_chain_rule(sim13):
     g_direct = torch.autograd.grad(total / batch, params)
     for gs, gd in zip(g_surrogate, g_direct, strict=True):
         torch.testing.assert_close(gs, gd, rtol=1e-6, atol=1e-9)
+    if window > 1:  # the reactions matter here: without them the direction differs
+        held = GradMAPTrainer(sim13, dataclasses.replace(config, bptt_window=1))
+        held.gen.set_state(rng)
+        roll1 = held.rollout()
+        assert not torch.allclose(roll1["grad"], roll["grad"], rtol=1e-3, atol=0.0)
 
 
 @pytest.mark.parametrize(
