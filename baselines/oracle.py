@@ -31,14 +31,17 @@ minimised out in closed form (its multiplier lies in [0, price]):
     psi(g, lam, rho) = (relu(lam + rho g)^2 - lam^2) / (2 rho)
     h(x, lam, rho)   = psi(x, lam, rho) where lam + rho x <= price, else price x + const (slope price)
 
-Its inner minimiser is a projected, orthant-wise L-BFGS (OWL-QN with bounds): the costs have a kink where a
-battery is idle (``|p|`` of its degradation cost, its charge and discharge efficiencies), which the map puts
-at ``u = 0``; a step that would cross 0 stops there, and at ``u = 0`` the one-sided derivatives decide
-whether to leave (`DayPlan.evaluate`). After every `OracleConfig.inner_iterations` iterations, or sooner once
-the inner problem is stationary to `OracleConfig.stationarity_rtol`, the multipliers take the exact step
-``lam <- relu(lam + rho g)`` (``lam_T`` clipped to [0, price]); each ``rho`` grows by `OracleConfig.rho_growth`
-where its constraints' worst violation did not fall to a quarter, up to `OracleConfig.rho_max_factor` times
-its start. Days do not interact: every quantity is batched over them and the KKT test is per day.
+Its inner minimiser is scipy's L-BFGS-B on the box [-1, 1]. The costs have a kink where a battery is idle
+(``|p|`` of its degradation cost, its charge and discharge efficiencies), which the map puts at ``u = 0``: each
+battery coordinate is held to one side of it, [0, 1] or [-1, 0] (its orthant), where the objective is smooth,
+and L-BFGS-B takes ``0`` as a bound like any other; after each inner solve a coordinate that sits at ``0`` moves
+to the side along which the one-sided derivatives say the Lagrangian falls (`DayPlan.evaluate`,
+`DayPlan.sides`). An inner solve ends after `OracleConfig.inner_iterations` iterations, or sooner once its
+largest projected derivative is below the stationarity tolerance of the day with the smallest scale; then the
+multipliers take the exact step ``lam <- relu(lam + rho g)`` (``lam_T`` clipped to [0, price]); each ``rho``
+grows by `OracleConfig.rho_growth` where its constraints' worst violation is above its tolerance and did not
+fall to a quarter, up to `OracleConfig.rho_max_factor` times its start. Days do not interact: every quantity
+is batched over them (one L-BFGS-B problem holds all of them) and the KKT test is per day.
 
 **KKT residual** (`DayPlan.kkt`), per day, at the plan ``u`` and the multipliers ``mu = relu(lam + rho g)`` that
 the augmented Lagrangian's gradient carries (it is the ordinary Lagrangian's gradient at them):
@@ -69,7 +72,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.optimize import Bounds, minimize
 
 from baselines.rules import RULES
 from gridedge_env.core import feasible_action_bounds
@@ -82,9 +87,17 @@ __all__ = ["DayPlan", "FeasibleMap", "OracleConfig", "PerfectForesightPolicy", "
 #: ``policy(sim, state) -> actions [B, N]``
 Policy = Callable[..., torch.Tensor]
 
-#: `FeasibleMap` keeps every request this far (in action units) inside the device's limits: exactly at a limit
-#: the simulator's projection ties, and torch's minimum/maximum then split the gradient between the request
-#: and the limit; and a battery charged to its bound exactly would tie with its idle request 0 ever after.
+#: `FeasibleMap` keeps every request inside the device's limits: exactly at a limit the simulator's projection
+#: ties, and torch's minimum/maximum then split the gradient between the request and the limit. Other agents'
+#: ranges shrink by this many action units, a battery's by this share: then a battery charged (or discharged)
+#: to its limit keeps a range that is smooth in its state of charge, with slope 1 - INSIDE_ACTION, and the
+#: derivative of every later step carries what an earlier step leaves room for. (Cut by a constant, as
+#: ``relu(m - INSIDE_ACTION)``, a battery filled with ``u = 1`` sits at the relu's kink, where the derivative is
+#: 0, and a plan that fills it early can never learn to fill it later; a range with a smooth floor, such as
+#: ``m^2 / (m + INSIDE_ACTION)``, bends within INSIDE_ACTION of the limit, where L-BFGS-B's line search cannot
+#: follow: scipy's SLSQP reaches -4.61 $/day with it on the small case of tests/test_oracle_scipy.py, against
+#: -6.19 $/day with the share.) After two or more fills in a row the room left underflows to exactly 0;
+#: an idle request then ties with its limit (see `DayPlan.evaluate`).
 INSIDE_ACTION = 1e-9
 
 
@@ -93,12 +106,12 @@ class OracleConfig:
     """Settings of the perfect-foresight planner (defaults: IEEE-123 with 1,000 agents)."""
 
     iterations: int = 1500
-    """Iteration cap: L-BFGS iterations per batch of days (one forward and backward rollout each, plus the
-    line search's forward rollouts), unless every day meets the KKT tolerances first."""
-    inner_iterations: int = 15
-    """L-BFGS iterations between multiplier updates (fewer once the inner problem is stationary)."""
+    """Iteration cap: L-BFGS-B iterations per batch of days (one forward and backward rollout each, more where
+    its line search tries several points), unless every day meets the KKT tolerances first."""
+    inner_iterations: int = 100
+    """L-BFGS-B iterations between multiplier updates (fewer once the inner problem is stationary)."""
     memory: int = 20
-    """L-BFGS memory (pairs of steps and gradient changes)."""
+    """L-BFGS-B memory (pairs of steps and gradient changes, scipy's ``maxcor``)."""
     init: str = "droop"
     """Rule whose actions along its own rollout, mapped onto the feasible ranges, are the starting point (a name
     in `baselines.rules.RULES`)."""
@@ -112,6 +125,7 @@ class OracleConfig:
     """Initial penalty parameter of the terminal condition, $ per kWh^2 per device."""
     rho_growth: float = 10.0
     """A penalty parameter is multiplied by this at a multiplier update where its constraints' worst violation
+    is above its tolerance (`voltage_tol_pu`, `device_tol`; `device_tol` kWh for the terminal condition) and
     did not fall to a quarter of the previous one."""
     rho_max_factor: float = 1e4
     """Penalty parameters stop growing at this multiple of their initial values."""
@@ -166,7 +180,7 @@ class FeasibleMap:
     def ranges(self, state) -> tuple[torch.Tensor, torch.Tensor]:
         """``(low, high)`` [B, N]: the actions without device violation at ``state``
         (`gridedge_env.core.feasible_action_bounds`), heat pumps cut to their comfort band, each
-        `INSIDE_ACTION` inside (a battery's ``low <= 0 <= high``)."""
+        shrunk by `INSIDE_ACTION` (a battery's range by that share, ``low <= 0 <= high``)."""
         sim = self.sim
         low, high = feasible_action_bounds(sim, state)
         sl = sim.agent_slices["heatpump"]
@@ -175,8 +189,8 @@ class FeasibleMap:
         low, high = low.clone(), high.clone()
         low[:, sl], high[:, sl] = 2.0 * u_lo - 1.0, 2.0 * u_hi - 1.0
         margin = torch.clamp(0.5 * (high - low), max=INSIDE_ACTION)
-        low = torch.where(self.battery, -torch.relu(-low - INSIDE_ACTION), low + margin)
-        high = torch.where(self.battery, torch.relu(high - INSIDE_ACTION), high - margin)
+        low = torch.where(self.battery, low * (1.0 - INSIDE_ACTION), low + margin)
+        high = torch.where(self.battery, high * (1.0 - INSIDE_ACTION), high - margin)
         return low, high
 
     def actions(self, low: torch.Tensor, high: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -247,18 +261,17 @@ class DayPlan:
         v = scored_voltages(r.v_mag_pu, r.converged)
         return torch.maximum(v - self.v_hi, self.v_lo - v)
 
-    def evaluate(self, u: torch.Tensor, derivatives: bool = True) -> dict:
+    def evaluate(self, u: torch.Tensor) -> dict:
         """The augmented Lagrangian at ``u`` [T, B, N], its one-sided derivatives and the constraints.
 
-        With ``derivatives=False`` (the line search's trial points) only the forward rollout runs and the dict
-        holds ``objective`` alone. Otherwise it holds ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N]
+        The dict holds ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N]
         (derivatives along ``+u`` and ``-u``: equal except at a battery's ``u = 0``), ``actions`` [T, B, N],
         ``results`` (StepResults), ``g`` [T, B, n], ``d`` [T, B, N], ``x`` [B, N] (terminal deficit, kWh) and
         ``cost`` [B] ($ per day).
         """
         sim = self.sim
-        with torch.set_grad_enabled(derivatives):
-            u = u.detach().requires_grad_(derivatives)
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
             s, total = self.state, u.new_zeros(())
             acts, socs, lows, highs, results, gs = [], [], [], [], [], []
             for k in range(sim.n_steps):
@@ -278,8 +291,6 @@ class DayPlan:
                 last, s = s, r.state
             _, x = sim.terminal_deficit(last, s.soc_kwh, s.t_indoor_c)
             total = total + _priced(x, self.lam_terminal, self.rho["terminal"], self.price).sum()
-            if not derivatives:
-                return {"objective": float(total)}
             grads = torch.autograd.grad(total, [u, *acts, *socs], allow_unused=True)
         grad_u = grads[0]
         grad_a = torch.stack(grads[1 : 1 + sim.n_steps])
@@ -324,6 +335,46 @@ class DayPlan:
         down = (g_minus > 0) & (u > -1)
         take_up = up & (~down | (-g_plus >= g_minus))
         return torch.where(take_up, g_plus, torch.where(down, g_minus, torch.zeros_like(u)))
+
+    def sides(self, u: torch.Tensor, ev: dict, side: torch.Tensor | None = None) -> torch.Tensor:
+        """``side`` [T, B, N]: ``-1`` where a battery's ``u`` is held to [-1, 0], ``+1`` elsewhere (a battery
+        held to [0, 1], every other agent on [-1, 1]): the sign of ``u``, and at a battery's ``u = 0`` the side
+        along which the Lagrangian falls (the steeper one where both do; the previous ``side`` where neither
+        does, so that a coordinate stationary at 0 stays put)."""
+        g_plus, g_minus = ev["g_plus"], ev["g_minus"]
+        up, down = g_plus < 0, g_minus > 0
+        keep = torch.ones_like(u) if side is None else side
+        at_zero = torch.where(down & (~up | (g_minus > -g_plus)), -1.0, torch.where(up, 1.0, keep))
+        new = torch.where(u > 0, 1.0, torch.where(u < 0, -1.0, at_zero))
+        return torch.where(self.map.battery, new, torch.ones_like(new))
+
+    def minimise(
+        self, u: torch.Tensor, side: torch.Tensor, iterations: int, gtol: float, callback: Callable[[], None]
+    ) -> torch.Tensor:
+        """The inner solve: scipy's L-BFGS-B on the augmented Lagrangian from ``u`` [T, B, N], every battery
+        coordinate held to its ``side`` of 0 (`sides`), where the derivative is that side's. Stops after
+        ``iterations`` iterations, or once the largest projected derivative is below ``gtol`` ($ per unit of
+        ``u``); ``callback()`` after every iteration."""
+        battery = self.map.battery.expand_as(u)
+        lower = torch.where(battery & (side > 0), 0.0, -1.0).flatten().cpu().numpy()
+        upper = torch.where(battery & (side < 0), 0.0, 1.0).flatten().cpu().numpy()
+
+        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+            ev = self.evaluate(torch.from_numpy(x).view(u.shape).to(u))
+            grad = torch.where(side < 0, ev["g_minus"], ev["g_plus"])
+            return ev["objective"], grad.flatten().cpu().numpy().astype(np.float64)
+
+        result = minimize(
+            objective,
+            u.detach().cpu().flatten().numpy(),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=Bounds(lower, upper),
+            callback=lambda _: callback(),
+            # no stop on a small decrease: the window and the stationarity tolerance end the inner solve
+            options={"maxiter": iterations, "maxcor": self.config.memory, "gtol": gtol, "ftol": 0.0},
+        )
+        return torch.from_numpy(result.x).view(u.shape).to(u)
 
     def multipliers(self, ev: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The Lagrange multipliers that the augmented Lagrangian's gradient at ``ev`` carries."""
@@ -371,7 +422,8 @@ class DayPlan:
 
     def update_multipliers(self, ev: dict) -> None:
         """The exact step ``lam <- relu(lam + rho g)`` (terminal: clipped to [0, price]); a ``rho`` grows where
-        its constraints' worst violation did not fall to a quarter of the previous update's."""
+        its constraints' worst violation is above its tolerance and did not fall to a quarter of the previous
+        update's."""
         cfg = self.config
         mu_v, mu_d, mu_t = self.multipliers(ev)
         knee = (self.price - self.lam_terminal) / self.rho["terminal"]
@@ -383,51 +435,11 @@ class DayPlan:
         }
         self.lam_voltage, self.lam_device, self.lam_terminal = mu_v, mu_d, mu_t
         start = {"voltage": cfg.rho_voltage, "device": cfg.rho_device, "terminal": cfg.rho_terminal}
+        tolerance = {"voltage": cfg.voltage_tol_pu, "device": cfg.device_tol, "terminal": cfg.device_tol}
         for name, value in worst.items():
-            if value > 0.25 * self.worst[name]:
+            if value > tolerance[name] and value > 0.25 * self.worst[name]:
                 self.rho[name] = min(self.rho[name] * cfg.rho_growth, start[name] * cfg.rho_max_factor)
             self.worst[name] = value
-
-
-class _LBFGS:
-    """Projected, orthant-wise L-BFGS steps (OWL-QN with bounds) on ``u`` in [-1, 1] with kinks at 0 in the
-    coordinates ``kink`` [N]: directions from the projected gradient, steps that stop at a bound or at 0,
-    Armijo backtracking."""
-
-    def __init__(self, kink: torch.Tensor, memory: int):
-        self.kink, self.memory = kink, memory
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
-
-    def direction(self, pg: torch.Tensor) -> torch.Tensor:
-        """``-H pg`` by the two-loop recursion, cut to the coordinates where it descends."""
-        q, alphas = pg.clone(), []
-        for s, y, rho in reversed(self.pairs):
-            alpha = rho * float((s * q).sum())
-            q -= alpha * y
-            alphas.append(alpha)
-        if self.pairs:
-            s, y, _ = self.pairs[-1]
-            q *= float((s * y).sum()) / float((y * y).sum())
-        else:
-            q *= 0.1 / max(float(pg.abs().max()), 1e-300)  # first step: at most 0.1 in any coordinate
-        for (s, y, rho), alpha in zip(self.pairs, reversed(alphas), strict=True):
-            beta = rho * float((y * q).sum())
-            q += (alpha - beta) * s
-        d = -q
-        return torch.where(d * pg < 0, d, torch.zeros_like(d))
-
-    def point(self, u: torch.Tensor, d: torch.Tensor, pg: torch.Tensor, step: float) -> torch.Tensor:
-        """``u + step d`` clipped to [-1, 1]; a kink coordinate that would cross 0 stops at 0."""
-        new = (u + step * d).clamp(-1.0, 1.0)
-        side = torch.where(u != 0, torch.sign(u), -torch.sign(pg))
-        crossed = self.kink & (torch.sign(new) * side < 0)
-        return torch.where(crossed, torch.zeros_like(new), new)
-
-    def remember(self, s: torch.Tensor, y: torch.Tensor) -> None:
-        sy = float((s * y).sum())
-        if sy > 1e-10 * float(s.norm()) * float(y.norm()):
-            self.pairs.append((s, y, 1.0 / sy))
-            del self.pairs[: -self.memory]
 
 
 def plan_days(
@@ -456,42 +468,30 @@ def plan_days(
     u = plan.start(RULES[cfg.init])
     ev = plan.evaluate(u)
     first = ev["objective"]
-    kink = plan.map.battery
-    solver = _LBFGS(kink, cfg.memory)
-    iterations = inner = updates = 0
+    side = plan.sides(u, ev)
+    iterations = updates = 0
+
+    def step() -> None:
+        nonlocal iterations
+        iterations += 1
+        if progress is not None:
+            progress(iterations, cfg.iterations)
+
     while True:
         kkt = plan.kkt(u, ev)
         if all(day["met"] for day in kkt) or iterations >= cfg.iterations:
             break
-        pg = plan.projected_gradient(u, ev["g_plus"], ev["g_minus"])
-        stationary = all(day["stationarity_relative"] <= cfg.stationarity_rtol for day in kkt)
-        moved = False
-        if not stationary and inner < cfg.inner_iterations:
-            d = solver.direction(pg)
-            if float((d * pg).sum()) >= 0:
-                solver.pairs.clear()
-                d = solver.direction(pg)
-            step = 1.0
-            for _ in range(30):
-                new = solver.point(u, d, pg, step)
-                trial = plan.evaluate(new, derivatives=False)
-                if trial["objective"] <= ev["objective"] + 1e-4 * float((pg * (new - u)).sum()):
-                    trial = plan.evaluate(new)
-                    new_pg = plan.projected_gradient(new, trial["g_plus"], trial["g_minus"])
-                    solver.remember(new - u, new_pg - pg)
-                    u, ev, moved = new, trial, True
-                    break
-                step *= 0.5
-            iterations += 1
-            inner += 1
-            if progress is not None:
-                progress(iterations, cfg.iterations)
-        if not moved:  # stationary for these multipliers, the window is over, or no descent: next multipliers
+        if iterations:  # after an inner solve: the multipliers of its point
             plan.update_multipliers(ev)
             updates += 1
-            solver.pairs.clear()
-            inner = 0
-            ev = plan.evaluate(u)
+        # the inner solve is stationary enough once every day is (the day with the smallest scale sets gtol)
+        gtol = cfg.stationarity_rtol * float(plan.stationarity_start.min())
+        done = iterations
+        u = plan.minimise(u, side, min(cfg.inner_iterations, cfg.iterations - iterations), gtol, step)
+        # an inner solve that could not move counts as one iteration, so that the cap always ends the loop
+        iterations = max(iterations, done + 1)
+        ev = plan.evaluate(u)
+        side = plan.sides(u, ev, side)
     summary = RolloutMetrics(sim)
     for r in ev["results"]:
         summary.add(r)
