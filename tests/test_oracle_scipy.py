@@ -178,7 +178,8 @@ def simulator_cost(sim, state, plan: DayPlan, u: torch.Tensor) -> float:
 @pytest.mark.xfail(
     strict=True,
     reason="trust-constr does not reach feasibility on this piecewise-smooth problem: from the droop start it "
-    "stops after 176 iterations (about 380 s) with the start's voltage excess of 1.29e-4 pu (docs/baselines.md)",
+    "stopped after 176 iterations (about 380 s) with the start's voltage excess of 1.29e-4 pu (measured with the "
+    "earlier range cut relu(m - 1e-9), not yet with the share; docs/baselines.md)",
 )
 def test_trust_constr_reaches_a_feasible_plan():
     """scipy's ``trust-constr`` keeps every constraint (to the planner's tolerances) at its end."""
@@ -190,23 +191,25 @@ def test_trust_constr_reaches_a_feasible_plan():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2400)
 @pytest.mark.xfail(
     strict=True,
-    reason="the planner stops far above SLSQP's local optimum: -2.46 $/day (300 iterations) against -3.93 $/day "
-    "(docs/baselines.md)",
+    reason="the planner stops far above SLSQP's local optimum: -2.41 $/day after 800 iterations (11 multiplier "
+    "updates, 850 s), stationarity 0.126 of its start, against SLSQP's -6.195 $/day (docs/baselines.md)",
 )
 def test_planner_matches_slsqp_within_one_percent():
-    """scipy's ``SLSQP`` from the same start reaches a feasible plan (this part holds: -3.93 $/day in 125
-    iterations, about 6 minutes); the planner's cost (300 iterations) must be within 1 % of it."""
+    """scipy's ``SLSQP`` from the same start reaches a feasible plan (this part holds: -6.195 $/day in 92
+    iterations, about 2 minutes); the planner's cost (800 iterations) must be at most 1 % above it, feasible, at
+    its KKT tolerance."""
     torch.set_num_threads(1)
     sim = make_sim(**CASE)
     state = reset_days(sim, "test", [DAY])
-    config = OracleConfig(iterations=300, inner_iterations=60)
+    config = OracleConfig(iterations=800)
     ref = solve_with_scipy(sim, state, config, "SLSQP", maxiter=300)
     assert ref["voltage_infeasibility_pu"] <= config.voltage_tol_pu and ref["device_infeasibility"] <= config.device_tol
     assert "successfully" in ref["message"], ref["message"]
     _, metrics = plan_days(sim, state, config)
     (day,) = metrics["kkt"]
     assert day["voltage_infeasibility_pu"] <= config.voltage_tol_pu and day["device_infeasibility"] == 0.0
-    assert metrics["cost"] == pytest.approx(ref["cost"], rel=0.01)
+    assert metrics["cost"] <= ref["cost"] + 0.01 * abs(ref["cost"])
+    assert metrics["met"], day
