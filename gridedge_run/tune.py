@@ -12,8 +12,8 @@ method with its chosen settings.
     DIR/runs/<method>/config<i>/seed<s>/   the training runs (+ validation.json when scored; reruns skip them)
 
 The search spaces hold every trick each learner supports that is not proximal reuse (margins, replay,
-averaging, the quadratic term, normalisation, clipping, learning rate and its schedule); GradMAP's adds K and
-the trust region.
+averaging, the quadratic term, normalisation, clipping, learning rate and its schedule, the BPTT window);
+GradMAP's adds K and the trust region.
 """
 
 from __future__ import annotations
@@ -45,14 +45,16 @@ _GRADIENT_SHARED = {
     "init_log_std": [-2.0, -1.5],
     "hard_scenario_share": [0.0, 0.5],
     "policy_average": [0.0, 0.99],
+    # how many policies in a row a gradient passes through (1: later actions held fixed)
+    "bptt_window": [1, 2, 4, 8],
 }
 
 #: method -> field -> candidate values (the fields of `gridedge train METHOD --set`).
 SEARCH_SPACES: dict[str, dict[str, list]] = {
     "gradmap": {**_GRADIENT_SHARED, "reuse": [2, 4, 8], "clip_radius": [0.05, 0.1, 0.2]},
     "gradma": _GRADIENT_SHARED,
-    "ssl": {**_GRADIENT_SHARED, "bptt_window": [2, 4, 8]},
-    "ssl-penalty": {**_GRADIENT_SHARED, "bptt_window": [2, 4, 8], "voltage_penalty": [1e3, 1e4, 1e5]},
+    "ssl": _GRADIENT_SHARED,
+    "ssl-penalty": {**_GRADIENT_SHARED, "voltage_penalty": [1e3, 1e4, 1e5]},
     "ippo": {
         "lr": [3e-4, 1e-3, 3e-3],
         "voltage_margin_pu": [0.005, 0.01, 0.015],

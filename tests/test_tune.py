@@ -30,7 +30,7 @@ def test_every_learner_has_a_search_space_its_config_accepts():
 
 def test_shared_tricks_are_tuned_for_every_gradient_learner():
     shared = {"lr", "voltage_margin_pu", "voltage_quadratic", "normalize_obs", "max_grad_norm", "lr_schedule"}
-    shared |= {"init_log_std", "hard_scenario_share", "policy_average"}
+    shared |= {"init_log_std", "hard_scenario_share", "policy_average", "bptt_window"}
     for method in ("gradmap", "gradma", "ssl", "ssl-penalty"):
         assert shared <= set(SEARCH_SPACES[method]), method
     assert set(SEARCH_SPACES["gradmap"]) - set(SEARCH_SPACES["gradma"]) == {"reuse", "clip_radius"}
