@@ -103,12 +103,13 @@ INSIDE_ACTION = 1e-9
 
 @dataclass(frozen=True)
 class OracleConfig:
-    """Settings of the perfect-foresight planner (defaults: IEEE-123 with 1,000 agents)."""
+    """Settings of the perfect-foresight planner (defaults: what docs/baselines.md measured on IEEE-123 with 1,000
+    agents, 8 test days in one batch)."""
 
-    iterations: int = 1500
+    iterations: int = 300
     """Iteration cap: L-BFGS-B iterations per batch of days (one forward and backward rollout each, more where
     its line search tries several points), unless every day meets the KKT tolerances first."""
-    inner_iterations: int = 100
+    inner_iterations: int = 30
     """L-BFGS-B iterations between multiplier updates (fewer once the inner problem is stationary)."""
     memory: int = 20
     """L-BFGS-B memory (pairs of steps and gradient changes, scipy's ``maxcor``)."""

@@ -204,7 +204,7 @@ def test_planner_matches_slsqp_within_one_percent():
     torch.set_num_threads(1)
     sim = make_sim(**CASE)
     state = reset_days(sim, "test", [DAY])
-    config = OracleConfig(iterations=800)
+    config = OracleConfig(iterations=800, inner_iterations=100)
     ref = solve_with_scipy(sim, state, config, "SLSQP", maxiter=300)
     assert ref["voltage_infeasibility_pu"] <= config.voltage_tol_pu and ref["device_infeasibility"] <= config.device_tol
     assert "successfully" in ref["message"], ref["message"]
