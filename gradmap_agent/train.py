@@ -253,15 +253,19 @@ class GradMAPTrainer:
             # the actions are leaves of the environment graph; the observations keep their graph within a window
             obs = policy_input(state.obs, t, cfg.bptt_window)
             x = self.normalizer.normalize(obs).to(self.pdtype)
-            with torch.no_grad():
-                a = self.policy.act(x.detach(), noise[t])
+            if x.requires_grad:
+                reaction = self.policy.act(x, noise[t])
+                a = reaction.detach()
+            else:
+                with torch.no_grad():
+                    a = self.policy.act(x, noise[t])
             leaf = a.to(sim.dtype).requires_grad_(True)
             action = leaf
             if x.requires_grad:
                 # the same value as the leaf, plus the policy's reaction to its observation: dL/dleaf of an
                 # earlier step then runs through this step's policy (parameters held fixed: only the leaves
                 # are differentiated)
-                reaction = self.policy.act(x, noise[t]).to(sim.dtype)
+                reaction = reaction.to(sim.dtype)
                 action = leaf + (reaction - reaction.detach())
             r = sim.step(state, action)
             term, dev, w = step_lagrangian(
