@@ -112,6 +112,13 @@ class PolicyAverage:
             for name, value in policy.state_dict().items():
                 self.weights[name].mul_(self.beta).add_(value.detach(), alpha=1.0 - self.beta)
 
+    def state_dict(self) -> dict | None:
+        return None if self.weights is None else {k: v.clone() for k, v in self.weights.items()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.weights is not None:
+            self.weights = {k: v.clone() for k, v in state.items()}
+
     def exported(self, policy: torch.nn.Module) -> dict:
         """A copy of the weights to evaluate and export: the average when on, else the current parameters."""
         if self.weights is None:

@@ -387,7 +387,7 @@ class GradMAPTrainer:
         return {
             **common_state(self, CHECKPOINT_FORMAT),
             "policy": current_weights(self.policy),
-            "policy_average": clone_tree(self.average.weights),
+            "policy_average": self.average.state_dict(),
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "normalizer": self.normalizer.state_dict(),
             "multipliers": self.multipliers.state_dict(),
@@ -397,8 +397,7 @@ class GradMAPTrainer:
     def load_state_dict(self, state: dict) -> None:
         restore_common(self, state, CHECKPOINT_FORMAT)
         self.policy.load_state_dict(state["policy"])
-        if self.average.weights is not None:
-            self.average.weights = clone_tree(state["policy_average"])
+        self.average.load_state_dict(state["policy_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.multipliers.load_state_dict(state["multipliers"])
