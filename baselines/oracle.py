@@ -332,10 +332,15 @@ class DayPlan:
         """Per coordinate, the one-sided derivative along which the objective falls inside [-1, 1] (the
         steeper one where both do), else 0: the orthant-wise projected gradient, zero exactly at a
         (directionally) stationary point."""
-        up = (g_plus < 0) & (u < 1)
-        down = (g_minus > 0) & (u > -1)
+        take_up, take_down = DayPlan.falling_side(g_plus, g_minus, (g_plus < 0) & (u < 1), (g_minus > 0) & (u > -1))
+        return torch.where(take_up, g_plus, torch.where(take_down, g_minus, torch.zeros_like(u)))
+
+    @staticmethod
+    def falling_side(g_plus, g_minus, up, down) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(take_up, take_down)``: the side along which the objective falls where ``up`` (along ``+u``) or
+        ``down`` (along ``-u``) does, the steeper one where both do; neither elsewhere."""
         take_up = up & (~down | (-g_plus >= g_minus))
-        return torch.where(take_up, g_plus, torch.where(down, g_minus, torch.zeros_like(u)))
+        return take_up, down & ~take_up
 
     def sides(self, u: torch.Tensor, ev: dict, side: torch.Tensor | None = None) -> torch.Tensor:
         """``side`` [T, B, N]: ``-1`` where a battery's ``u`` is held to [-1, 0], ``+1`` elsewhere (a battery
@@ -343,9 +348,9 @@ class DayPlan:
         along which the Lagrangian falls (the steeper one where both do; the previous ``side`` where neither
         does, so that a coordinate stationary at 0 stays put)."""
         g_plus, g_minus = ev["g_plus"], ev["g_minus"]
-        up, down = g_plus < 0, g_minus > 0
+        take_up, take_down = self.falling_side(g_plus, g_minus, g_plus < 0, g_minus > 0)
         keep = torch.ones_like(u) if side is None else side
-        at_zero = torch.where(down & (~up | (g_minus > -g_plus)), -1.0, torch.where(up, 1.0, keep))
+        at_zero = torch.where(take_down, -1.0, torch.where(take_up, 1.0, keep))
         new = torch.where(u > 0, 1.0, torch.where(u < 0, -1.0, at_zero))
         return torch.where(self.map.battery, new, torch.ones_like(new))
 
