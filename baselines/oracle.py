@@ -36,8 +36,8 @@ Its inner minimiser is scipy's L-BFGS-B on the box [-1, 1]. The costs have a kin
 battery coordinate is held to one side of it, [0, 1] or [-1, 0] (its orthant), where the objective is smooth,
 and L-BFGS-B takes ``0`` as a bound like any other; after each inner solve a coordinate that sits at ``0`` moves
 to the side along which the one-sided derivatives say the Lagrangian falls (`DayPlan.evaluate`,
-`DayPlan.sides`). An inner solve ends after `OracleConfig.inner_iterations` iterations, or sooner once its
-largest projected derivative is below the stationarity tolerance of the day with the smallest scale; then the
+`DayPlan.sides`). An inner solve ends after `OracleConfig.inner_iterations` iterations, or sooner once
+L-BFGS-B's projected gradient is below the stationarity tolerance times the smallest day's scale (below); then the
 multipliers take the exact step ``lam <- relu(lam + rho g)`` (``lam_T`` clipped to [0, price]); each ``rho``
 grows by `OracleConfig.rho_growth` where its constraints' worst violation is above its tolerance and did not
 fall to a quarter, up to `OracleConfig.rho_max_factor` times its start. Days do not interact: every quantity
@@ -46,11 +46,19 @@ is batched over them (one L-BFGS-B problem holds all of them) and the KKT test i
 **KKT residual** (`DayPlan.kkt`), per day, at the plan ``u`` and the multipliers ``mu = relu(lam + rho g)`` that
 the augmented Lagrangian's gradient carries (it is the ordinary Lagrangian's gradient at them):
 
-- stationarity: the projected (orthant-wise) gradient of the Lagrangian in ``u``: per coordinate, the
-  one-sided derivative along which the Lagrangian falls, 0 where none does (at a bound of [-1, 1] only the
-  inward one counts; at a battery's ``u = 0`` both one-sided derivatives are taken), its largest magnitude
-  over the day's coordinates in $ per unit of ``u`` (``u`` spans 2 units), and that relative to its value at
-  the day's starting point, which is what the tolerance bounds;
+- stationarity: the projected gradient of the Lagrangian, scaled as in Knitro's termination test
+  (https://www.artelys.com/docs/knitro/2_userGuide/termination.html: for a constrained problem the optimality
+  error is bounded by ``opttol * max(1, ||grad f(x_k)||_inf)``). With the scale ``tau = max(1, ||grad_u
+  f||_inf)`` ($ per unit of ``u``; ``f`` the cost at the current plan without its terminal part, which the
+  terminal constraint carries), ``stationarity_relative`` is the largest move of one projected-gradient step
+  of ``L / tau``, ``|P(u - grad L / tau) - u|`` on each coordinate's piece (a battery's orthant, at its ``u =
+  0`` both, each with its one-sided derivative; `DayPlan.projected_step`): zero exactly where no one-sided
+  derivative falls inside the bounds, and continuous up to a bound (a coordinate ``s`` from the bound it is
+  pushed against counts ``min(s, |grad L| / tau)``, the residual of stationarity and bound complementarity
+  with the bound multiplier that minimises it). It is scipy's L-BFGS-B projected gradient of ``L / tau``.
+  ``stationarity`` is it times ``tau``. The cost gradient is the scale
+  of the two terms that cancel in ``grad L = grad f + J^T mu`` at a KKT point; a residual relative to its value
+  at the start, where the multipliers are 0, would compare gradients of different Lagrangians;
 - primal feasibility: the largest voltage excursion outside the tightened band (pu; a failed power flow
   counts every node at 0 pu, `gridedge_env.metrics.scored_voltages`), the largest device violation of any
   agent-step (kW or K);
@@ -131,9 +139,10 @@ class OracleConfig:
     rho_max_factor: float = 1e4
     """Penalty parameters stop growing at this multiple of their initial values."""
     stationarity_rtol: float = 1e-2
-    """KKT tolerance: largest projected derivative of the Lagrangian along any one ``u`` of a day, relative to
-    its value at the day's starting point (which is the cost's own scale, $ per unit of ``u``: an absolute
-    tolerance would mean a different thing on every feeder, agent count and step length)."""
+    """KKT tolerance: largest move of a projected-gradient step of the day's Lagrangian divided by
+    ``max(1, ||cost gradient||_inf)`` at the same plan, in units of ``u`` (module docstring; Knitro's scaling:
+    an absolute tolerance in $ per unit of ``u`` would mean a different thing on every feeder, agent count and
+    step length)."""
     complementarity_tol: float = 1e-4
     """KKT tolerance: complementary slackness of a day, relative to its |cost| (at least 1 $)."""
     voltage_tol_pu: float = 1e-4
@@ -244,7 +253,7 @@ class DayPlan:
         self.lam_terminal = zeros(state.batch_size, sim.n_agents)
         self.rho = {"voltage": config.rho_voltage, "device": config.rho_device, "terminal": config.rho_terminal}
         self.worst = {"voltage": float("inf"), "device": float("inf"), "terminal": float("inf")}
-        self.stationarity_start: torch.Tensor | None = None  # [B], the first residual measured, $ per unit
+        self.stationarity_scale = torch.ones(state.batch_size, dtype=sim.dtype, device=sim.device)  # set by `kkt`
 
     @torch.no_grad()
     def start(self, rule: Policy) -> torch.Tensor:
@@ -262,8 +271,9 @@ class DayPlan:
         v = scored_voltages(r.v_mag_pu, r.converged)
         return torch.maximum(v - self.v_hi, self.v_lo - v)
 
-    def evaluate(self, u: torch.Tensor) -> dict:
-        """The augmented Lagrangian at ``u`` [T, B, N], its one-sided derivatives and the constraints.
+    def evaluate(self, u: torch.Tensor, constraints: bool = True) -> dict:
+        """The augmented Lagrangian at ``u`` [T, B, N], its one-sided derivatives and the constraints; with
+        ``constraints=False`` the cost alone (without its terminal part, which the terminal constraint carries).
 
         The dict holds ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N]
         (derivatives along ``+u`` and ``-u``: equal except at a battery's ``u = 0``), ``actions`` [T, B, N],
@@ -281,8 +291,9 @@ class DayPlan:
                 r = sim.step(s, a)
                 g = self.voltage_constraint(r)
                 total = total + (r.cost - r.terminal_cost).sum()
-                total = total + _psi(g, self.lam_voltage[k], self.rho["voltage"]).sum()
-                total = total + _psi(r.device_violation, self.lam_device[k], self.rho["device"]).sum()
+                if constraints:
+                    total = total + _psi(g, self.lam_voltage[k], self.rho["voltage"]).sum()
+                    total = total + _psi(r.device_violation, self.lam_device[k], self.rho["device"]).sum()
                 acts.append(a)
                 socs.append(r.state.soc_kwh)
                 lows.append(low.detach())
@@ -291,7 +302,8 @@ class DayPlan:
                 gs.append(g.detach())
                 last, s = s, r.state
             _, x = sim.terminal_deficit(last, s.soc_kwh, s.t_indoor_c)
-            total = total + _priced(x, self.lam_terminal, self.rho["terminal"], self.price).sum()
+            if constraints:
+                total = total + _priced(x, self.lam_terminal, self.rho["terminal"], self.price).sum()
             grads = torch.autograd.grad(total, [u, *acts, *socs], allow_unused=True)
         grad_u = grads[0]
         grad_a = torch.stack(grads[1 : 1 + sim.n_steps])
@@ -327,13 +339,20 @@ class DayPlan:
         g_minus[..., sl] = torch.where(idle, left, grad_u[..., sl])
         return g_plus, g_minus
 
-    @staticmethod
-    def projected_gradient(u, g_plus, g_minus) -> torch.Tensor:
-        """Per coordinate, the one-sided derivative along which the objective falls inside [-1, 1] (the
-        steeper one where both do), else 0: the orthant-wise projected gradient, zero exactly at a
-        (directionally) stationary point."""
-        take_up, take_down = DayPlan.falling_side(g_plus, g_minus, (g_plus < 0) & (u < 1), (g_minus > 0) & (u > -1))
-        return torch.where(take_up, g_plus, torch.where(take_down, g_minus, torch.zeros_like(u)))
+    def projected_step(self, u: torch.Tensor, g_plus: torch.Tensor, g_minus: torch.Tensor) -> torch.Tensor:
+        """Per coordinate, how far a unit projected-gradient step moves ``u`` [T, B, N]: ``|P(u - g) - u|`` on the
+        coordinate's piece (a battery's orthant, [0, 1] or [-1, 0], every other agent's [-1, 1]) with the
+        one-sided derivative along the way it moves, ``min(hi - u, relu(-g_plus))`` up and ``min(u - lo,
+        relu(g_minus))`` down, the larger of the two; at a battery's ``u = 0`` both pieces, on [-1, 1]. Zero
+        exactly where no one-sided derivative falls inside the bounds (directional stationarity), and continuous
+        up to a bound: a coordinate ``s`` from the bound it is pushed against counts ``min(s, |g|)``, which is
+        the residual of stationarity and bound complementarity with the bound multiplier that minimises it."""
+        battery = self.map.battery
+        lo = torch.where(battery & (u > 0), 0.0, -1.0)
+        hi = torch.where(battery & (u < 0), 0.0, 1.0)
+        up = torch.minimum(hi - u, torch.relu(-g_plus))
+        down = torch.minimum(u - lo, torch.relu(g_minus))
+        return torch.maximum(up, down)
 
     @staticmethod
     def falling_side(g_plus, g_minus, up, down) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,8 +378,8 @@ class DayPlan:
     ) -> torch.Tensor:
         """The inner solve: scipy's L-BFGS-B on the augmented Lagrangian from ``u`` [T, B, N], every battery
         coordinate held to its ``side`` of 0 (`sides`), where the derivative is that side's. Stops after
-        ``iterations`` iterations, or once the largest projected derivative is below ``gtol`` ($ per unit of
-        ``u``); ``callback()`` after every iteration."""
+        ``iterations`` iterations, or once scipy's projected gradient (on the box, the `projected_step`) is
+        below ``gtol`` ($ per unit of ``u``); ``callback()`` after every iteration."""
         battery = self.map.battery.expand_as(u)
         lower = torch.where(battery & (side > 0), 0.0, -1.0).flatten().cpu().numpy()
         upper = torch.where(battery & (side < 0), 0.0, 1.0).flatten().cpu().numpy()
@@ -390,13 +409,14 @@ class DayPlan:
         return mu_v, mu_d, mu_t
 
     def kkt(self, u: torch.Tensor, ev: dict) -> list[dict]:
-        """KKT residual of every day (module docstring) at ``u`` with its evaluation ``ev``; the first call (at the
-        starting point) fixes the scale of the relative stationarity."""
+        """KKT residual of every day (module docstring) at ``u`` with its evaluation ``ev``; also keeps the days'
+        stationarity scales (``stationarity_scale`` [B]) for the inner solve's tolerance."""
         cfg = self.config
-        pg = self.projected_gradient(u, ev["g_plus"], ev["g_minus"])
-        stationarity = pg.abs().amax(dim=(0, 2))
-        if self.stationarity_start is None:
-            self.stationarity_start = stationarity
+        cost = self.evaluate(u, constraints=False)
+        scale = torch.maximum(cost["g_plus"].abs(), cost["g_minus"].abs()).amax(dim=(0, 2)).clamp(min=1.0)
+        self.stationarity_scale = scale
+        relative = self.projected_step(u, ev["g_plus"] / scale[:, None], ev["g_minus"] / scale[:, None])
+        relative = relative.amax(dim=(0, 2))
         mu_v, mu_d, mu_t = self.multipliers(ev)
         g, d, x = ev["g"], ev["d"], ev["x"]
         slack = (
@@ -409,8 +429,9 @@ class DayPlan:
         for b in range(u.shape[1]):
             row = {
                 "day": int(self.state.day_idx[b]),
-                "stationarity": float(stationarity[b]),
-                "stationarity_relative": float(stationarity[b] / self.stationarity_start[b].clamp(min=1e-300)),
+                "stationarity": float(relative[b] * scale[b]),
+                "stationarity_scale": float(scale[b]),
+                "stationarity_relative": float(relative[b]),
                 "complementarity": float(slack[b]) / max(abs(float(ev["cost"][b])), 1.0),
                 "voltage_infeasibility_pu": float(torch.relu(g[:, b]).max()),
                 "device_infeasibility": float(d[:, b].max()),
@@ -490,8 +511,8 @@ def plan_days(
         if iterations:  # after an inner solve: the multipliers of its point
             plan.update_multipliers(ev)
             updates += 1
-        # the inner solve is stationary enough once every day is (the day with the smallest scale sets gtol)
-        gtol = cfg.stationarity_rtol * float(plan.stationarity_start.min())
+        # the inner solve's tolerance in $ per unit: the stationarity tolerance of the day with the smallest scale
+        gtol = cfg.stationarity_rtol * float(plan.stationarity_scale.min())
         done = iterations
         u = plan.minimise(u, side, min(cfg.inner_iterations, cfg.iterations - iterations), gtol, step)
         # an inner solve that could not move counts as one iteration, so that the cap always ends the loop

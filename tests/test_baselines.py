@@ -179,6 +179,7 @@ def test_cli_evaluates_oracle():
     for day in plan["kkt"]:
         for key in (
             "stationarity",
+            "stationarity_scale",
             "stationarity_relative",
             "complementarity",
             "voltage_infeasibility_pu",
@@ -211,7 +212,8 @@ def test_oracle_stops_when_the_kkt_tolerances_are_met():
 def test_oracle_one_sided_derivatives_match_finite_differences():
     """At a battery's ``u = 0`` (idle) the planner's derivatives along ``+u`` and ``-u`` add the kinks that torch
     gives 0 (degradation, efficiencies) through the state of charge's costate; elsewhere they are torch's. Both
-    must match one-sided finite differences of the augmented Lagrangian."""
+    must match one-sided finite differences of the augmented Lagrangian, and of the cost alone (without its
+    terminal part: the scale of the KKT test's stationarity)."""
     sim = make_sim(feeder="ieee13", n_agents=5, step_minutes=60)
     state = reset_days(sim, "test", [102])
     plan = DayPlan(sim, state, OracleConfig())
@@ -220,19 +222,69 @@ def test_oracle_one_sided_derivatives_match_finite_differences():
     u[:6, :, sl] = 0.3  # charged part of the way (a battery filled to the last bit would tie with its limit)
     u[6:9, :, sl] = 0.0  # idle batteries with a full day ahead
     u[12, :, sl] = 0.5
-    ev = plan.evaluate(u)
     h = 1e-6
     checked = 0
-    for k, i in ((6, sl.start), (8, sl.start + 1), (12, sl.start)):
-        for sign, key in ((1.0, "g_plus"), (-1.0, "g_minus")):
-            v = u.clone()
-            v[k, 0, i] += sign * h
-            fd = (plan.evaluate(v)["objective"] - ev["objective"]) / (sign * h)
-            assert float(ev[key][k, 0, i]) == pytest.approx(fd, rel=1e-4, abs=1e-6), (k, i, key)
-            checked += 1
-    # the kink is real: at u = 0 the two sides differ (degradation cost alone adds 2 deg dt p_max)
-    assert float(ev["g_plus"][6, 0, sl.start]) != pytest.approx(float(ev["g_minus"][6, 0, sl.start]))
-    assert checked == 6
+    for constraints in (True, False):
+        ev = plan.evaluate(u, constraints=constraints)
+        for k, i in ((6, sl.start), (8, sl.start + 1), (12, sl.start)):
+            for sign, key in ((1.0, "g_plus"), (-1.0, "g_minus")):
+                v = u.clone()
+                v[k, 0, i] += sign * h
+                fd = (plan.evaluate(v, constraints=constraints)["objective"] - ev["objective"]) / (sign * h)
+                assert float(ev[key][k, 0, i]) == pytest.approx(fd, rel=1e-4, abs=1e-6), (k, i, key, constraints)
+                checked += 1
+        # the kink is real: at u = 0 the two sides differ (degradation cost alone adds 2 deg dt p_max)
+        assert float(ev["g_plus"][6, 0, sl.start]) != pytest.approx(float(ev["g_minus"][6, 0, sl.start]))
+    assert checked == 12
+    # the cost alone is the simulator's cost without its terminal part
+    with torch.no_grad():
+        s, cost = state, 0.0
+        for t in range(sim.n_steps):
+            r = sim.step(s, ev["actions"][t])
+            s, cost = r.state, cost + float((r.cost - r.terminal_cost).sum())
+    assert ev["objective"] == pytest.approx(cost, rel=1e-12)
+
+
+def test_oracle_stationarity_is_the_projected_gradient_step():
+    """The KKT test's stationarity per coordinate is how far a unit projected-gradient step moves it on its
+    piece: a coordinate pushed against a bound it sits a rounding error from counts that distance, not its
+    derivative (so a plan a rounding error inside its bounds can be stationary); a battery inside its orthant
+    counts at most its distance to 0; at a battery's u = 0 the side along which it falls counts, 0 where
+    neither does. The KKT test takes that step on the Lagrangian divided by max(1, the largest magnitude of the
+    cost gradient)."""
+    sim = make_sim(feeder="ieee13", n_agents=5, step_minutes=60)
+    state = reset_days(sim, "test", [102])
+    plan = DayPlan(sim, state, OracleConfig())
+    b, h = sim.agent_slices["battery"].start, sim.agent_slices["heatpump"].start
+    just_inside = -1.0 + 2.0**-52
+    #          (agent, u, g_plus, g_minus, step)
+    cases = [
+        (h, just_inside, 0.5, 0.5, 2.0**-52),  # pushed against -1, a rounding error away
+        (h, just_inside, -0.5, -0.5, 0.5),  # pulled inside
+        (h, 0.2, -3.0, -3.0, 0.8),  # up to the bound at most
+        (b, 0.3, 0.5, 0.5, 0.3),  # down to the battery's kink at most
+        (b, -0.4, -2.0, -2.0, 0.4),
+        (b, 0.0, 0.1, -0.2, 0.0),  # a kink minimum: neither side falls
+        (b, 0.0, -0.3, 0.2, 0.3),  # both fall: the steeper
+        (b, 0.0, 0.1, 0.2, 0.2),
+    ]
+    shape = (len(cases), 1, sim.n_agents)
+    u, g_plus, g_minus = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
+    for k, (i, value, gp, gm, _) in enumerate(cases):
+        u[k, 0, i], g_plus[k, 0, i], g_minus[k, 0, i] = value, gp, gm
+    step = plan.projected_step(u, g_plus, g_minus)
+    assert step[:, 0].sum(dim=1).tolist() == pytest.approx([c[-1] for c in cases], rel=1e-12, abs=0.0)
+    # at a plan: the step of the Lagrangian over max(1, |cost gradient|_inf), the scale from the cost alone
+    u = plan.start(RULES["droop"])
+    ev = plan.evaluate(u)
+    (day,) = plan.kkt(u, ev)
+    cost = plan.evaluate(u, constraints=False)
+    scale = max(1.0, float(torch.maximum(cost["g_plus"].abs(), cost["g_minus"].abs()).max()))
+    relative = float(plan.projected_step(u, ev["g_plus"] / scale, ev["g_minus"] / scale).max())
+    assert day["stationarity_scale"] == pytest.approx(scale, rel=1e-12)
+    assert day["stationarity_relative"] == pytest.approx(relative, rel=1e-12)
+    assert day["stationarity"] == pytest.approx(relative * scale, rel=1e-12)
+    assert OracleConfig.stationarity_rtol < relative <= 2.0  # the start is not stationary
 
 
 def test_feasible_map_keeps_batteries_and_generators_inside_their_limits():
