@@ -36,6 +36,7 @@ def counter(desc: str, show: bool, unit: str = "it") -> Callable[[int, int], Non
             bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
         bar.update(done - bar.n)
         if done >= total:
+            bar.refresh()  # draw the final count even when it came within tqdm's refresh interval
             bar.close()
 
     return update
