@@ -52,10 +52,14 @@ the augmented Lagrangian's gradient carries (it is the ordinary Lagrangian's gra
   f||_inf)`` ($ per unit of ``u``; ``f`` the cost at the current plan without its terminal part, which the
   terminal constraint carries), ``stationarity_relative`` is the largest move of one projected-gradient step
   of ``L / tau``, ``|P(u - grad L / tau) - u|`` on each coordinate's piece (a battery's orthant, at its ``u =
-  0`` both, each with its one-sided derivative; `DayPlan.projected_step`): zero exactly where no one-sided
-  derivative falls inside the bounds, and continuous up to a bound (a coordinate ``s`` from the bound it is
-  pushed against counts ``min(s, |grad L| / tau)``, the residual of stationarity and bound complementarity
-  with the bound multiplier that minimises it). It is scipy's L-BFGS-B projected gradient of ``L / tau``.
+  0`` both; `DayPlan.projected_step`), the move up with the derivative along ``+u`` and the move down with the
+  one along ``-u``: zero exactly where no one-sided derivative falls inside the bounds, and continuous up to a
+  bound (a coordinate ``s`` from the bound it is pushed against counts ``min(s, |grad L| / tau)``, the residual
+  of stationarity and bound complementarity with the bound multiplier that minimises it). The two one-sided
+  derivatives differ at a battery's ``u = 0`` and, for a generator's earlier coordinates, where its ramp window
+  ties with its output limits (`FeasibleMap.ranges`); each comes from its own rollout. Elsewhere (a heat pump's
+  comfort range at the clip to [0, 1], which no plan reaches but by chance) it is torch's derivative. It is
+  scipy's L-BFGS-B projected gradient of ``L / tau``.
   ``stationarity`` is it times ``tau``. The cost gradient is the scale
   of the two terms that cancel in ``grad L = grad f + J^T mu`` at a KKT point; a residual relative to its value
   at the start, where the multipliers are 0, would compare gradients of different Lagrangians;
@@ -107,6 +111,10 @@ Policy = Callable[..., torch.Tensor]
 #: -6.19 $/day with the share.) After two or more fills in a row the room left underflows to exactly 0;
 #: an idle request then ties with its limit (see `DayPlan.evaluate`).
 INSIDE_ACTION = 1e-9
+
+#: A generator's ramp window ties with an output limit where its previous output lies within this share of its
+#: ``p_max_kw`` of a ramp from that limit (`FeasibleMap.ranges`): rounding, not a distance.
+TIE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -187,12 +195,22 @@ class FeasibleMap:
         self.battery = torch.zeros(sim.n_agents, dtype=torch.bool, device=sim.device)
         self.battery[sim.agent_slices["battery"]] = True
 
-    def ranges(self, state) -> tuple[torch.Tensor, torch.Tensor]:
+    def ranges(self, state, along: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(low, high)`` [B, N]: the actions without device violation at ``state``
         (`gridedge_env.core.feasible_action_bounds`), heat pumps cut to their comfort band, each
-        shrunk by `INSIDE_ACTION` (a battery's range by that share, ``low <= 0 <= high``)."""
+        shrunk by `INSIDE_ACTION` (a battery's range by that share, ``low <= 0 <= high``).
+
+        A generator's window is its ramp window around the previous output clipped to its output limits, with a
+        kink where the two tie; a step at the minimum followed by one at full ramp up (``u = 1``, then ``u =
+        -1``) puts the next window exactly there (the margins cancel), and so does the mirror image from the
+        maximum. There torch's derivative is the two pieces' mean, neither side's. With ``along`` (``+1`` or
+        ``-1``) a tied bound takes the derivative of the piece that the previous output enters as the
+        generator's earlier ``u`` move along ``along`` (each of them lowers it as it rises): the one-sided
+        derivatives of `DayPlan.kkt`. The values do not change."""
         sim = self.sim
         low, high = feasible_action_bounds(sim, state)
+        if along is not None:
+            low, high = self._tied_generators(state, low, high, rising=along < 0)
         sl = sim.agent_slices["heatpump"]
         t_out = state.t_outdoor_c[:, state.t : state.t + 1]
         u_lo, u_hi = heatpump_comfort_limits(sim.params["heatpump"], state.t_indoor_c, t_out, sim.dt_h)
@@ -201,6 +219,25 @@ class FeasibleMap:
         margin = torch.clamp(0.5 * (high - low), max=INSIDE_ACTION)
         low = torch.where(self.battery, low * (1.0 - INSIDE_ACTION), low + margin)
         high = torch.where(self.battery, high * (1.0 - INSIDE_ACTION), high - margin)
+        return low, high
+
+    def _tied_generators(self, state, low, high, rising: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)`` with each generator bound that ties (`TIE`) carrying the derivative of its ramp piece
+        (``prev -+ ramp``) where the previous output enters that piece (as it rises for the bound at the least
+        output, as it falls for the one at the most), of its output limit (0) where it enters that one."""
+        sl, p = self.sim.agent_slices["generator"], self.sim.params["generator"]
+        prev, ramp = state.p_prev_kw, p.ramp_kw_per_h * self.sim.dt_h
+        per_kw = -2.0 / (p.p_max_kw - p.p_min_kw)  # action units per kW of output (more output is a lower action)
+        low, high = low.clone(), high.clone()
+        # low is the action of the most output, min(p_max, prev + ramp); high of the least, max(p_min, prev - ramp)
+        for bound, gap, enters_ramp in (
+            (low, prev + ramp - p.p_max_kw, not rising),
+            (high, prev - ramp - p.p_min_kw, rising),
+        ):
+            value = bound[:, sl]
+            slope = per_kw * prev if enters_ramp else torch.zeros_like(prev)
+            tied = value.detach() + slope - slope.detach()
+            bound[:, sl] = torch.where(gap.abs() <= TIE * p.p_max_kw, tied, value)
         return low, high
 
     def actions(self, low: torch.Tensor, high: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -271,9 +308,12 @@ class DayPlan:
         v = scored_voltages(r.v_mag_pu, r.converged)
         return torch.maximum(v - self.v_hi, self.v_lo - v)
 
-    def evaluate(self, u: torch.Tensor, constraints: bool = True) -> dict:
+    def evaluate(self, u: torch.Tensor, constraints: bool = True, along: float | None = None) -> dict:
         """The augmented Lagrangian at ``u`` [T, B, N], its one-sided derivatives and the constraints; with
-        ``constraints=False`` the cost alone (without its terminal part, which the terminal constraint carries).
+        ``constraints=False`` the cost alone (without its terminal part, which the terminal constraint carries);
+        with ``along`` (``+1`` or ``-1``) a generator's window that ties with its output limits has the derivative
+        of that side (`FeasibleMap.ranges`), so ``g_plus`` (``along=1``) or ``g_minus`` (``along=-1``) is exact
+        there too.
 
         The dict holds ``objective`` (float), ``g_plus``/``g_minus`` [T, B, N]
         (derivatives along ``+u`` and ``-u``: equal except at a battery's ``u = 0``), ``actions`` [T, B, N],
@@ -286,7 +326,7 @@ class DayPlan:
             s, total = self.state, u.new_zeros(())
             acts, socs, lows, highs, results, gs = [], [], [], [], [], []
             for k in range(sim.n_steps):
-                low, high = self.map.ranges(s)
+                low, high = self.map.ranges(s, along)
                 a = self.map.actions(low, high, u[k])
                 r = sim.step(s, a)
                 g = self.voltage_constraint(r)
@@ -410,12 +450,16 @@ class DayPlan:
 
     def kkt(self, u: torch.Tensor, ev: dict) -> list[dict]:
         """KKT residual of every day (module docstring) at ``u`` with its evaluation ``ev``; also keeps the days'
-        stationarity scales (``stationarity_scale`` [B]) for the inner solve's tolerance."""
+        stationarity scales (``stationarity_scale`` [B]) for the inner solve's tolerance. The stationarity takes
+        each one-sided derivative from its own rollout (``evaluate(u, along=+-1)``), two more than the inner
+        solve's one per iteration."""
         cfg = self.config
         cost = self.evaluate(u, constraints=False)
         scale = torch.maximum(cost["g_plus"].abs(), cost["g_minus"].abs()).amax(dim=(0, 2)).clamp(min=1.0)
         self.stationarity_scale = scale
-        relative = self.projected_step(u, ev["g_plus"] / scale[:, None], ev["g_minus"] / scale[:, None])
+        # each side its own rollout: a generator's window that ties with its output limits is a kink in its earlier u
+        g_plus, g_minus = self.evaluate(u, along=1.0)["g_plus"], self.evaluate(u, along=-1.0)["g_minus"]
+        relative = self.projected_step(u, g_plus / scale[:, None], g_minus / scale[:, None])
         relative = relative.amax(dim=(0, 2))
         mu_v, mu_d, mu_t = self.multipliers(ev)
         g, d, x = ev["g"], ev["d"], ev["x"]

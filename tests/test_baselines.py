@@ -245,6 +245,37 @@ def test_oracle_one_sided_derivatives_match_finite_differences():
     assert ev["objective"] == pytest.approx(cost, rel=1e-12)
 
 
+def test_oracle_one_sided_derivatives_at_a_generator_window_tie():
+    """A generator at its minimum (``u = 1``) and then at full ramp up (``u = -1``) ends exactly a ramp above
+    its minimum output, where the next window's lower bound ``max(p_min, prev - ramp)`` ties: a kink in both
+    earlier coordinates, at their bounds, where torch's derivative is the mean of the two pieces. The KKT test's
+    derivative along the one direction each can move (``-u`` from 1, ``+u`` from -1) must be that side's."""
+    sim = make_sim(feeder="ieee13", n_agents=5, step_minutes=30)
+    state = reset_days(sim, "test", [102])
+    plan = DayPlan(sim, state, OracleConfig())
+    g, p = sim.agent_slices["generator"].start, sim.params["generator"]
+    u = plan.start(RULES["droop"])
+    k = 10
+    u[:k, :, g], u[k, :, g], u[k + 1 :, :, g] = 1.0, -1.0, 0.0
+    ev = plan.evaluate(u)
+    prev = ev["results"][k].state.p_prev_kw
+    assert float((prev - p.ramp_kw_per_h * sim.dt_h - p.p_min_kw).abs().max()) <= 1e-12  # the tie
+    plus, minus = plan.evaluate(u, along=1.0), plan.evaluate(u, along=-1.0)
+    h = 1e-6
+    for t, sign, side in ((k - 1, -1.0, minus["g_minus"]), (k, 1.0, plus["g_plus"])):
+        v = u.clone()
+        v[t, 0, g] += sign * h
+        fd = (plan.evaluate(v)["objective"] - ev["objective"]) / h  # the derivative along sign * u
+        assert sign * float(side[t, 0, g]) == pytest.approx(fd, rel=1e-4), t
+        assert sign * float(ev["g_plus"][t, 0, g]) != pytest.approx(fd, rel=1e-2), t  # torch's is neither side's
+    # every other derivative and every value is torch's
+    assert plus["objective"] == minus["objective"] == ev["objective"]
+    others = torch.ones(sim.n_agents, dtype=torch.bool)
+    others[g] = False
+    assert torch.equal(plus["g_plus"][..., others], ev["g_plus"][..., others])
+    assert torch.equal(minus["g_minus"][..., others], ev["g_minus"][..., others])
+
+
 def test_oracle_stationarity_is_the_projected_gradient_step():
     """The KKT test's stationarity per coordinate is how far a unit projected-gradient step moves it on its
     piece: a coordinate pushed against a bound it sits a rounding error from counts that distance, not its
@@ -280,7 +311,8 @@ def test_oracle_stationarity_is_the_projected_gradient_step():
     (day,) = plan.kkt(u, ev)
     cost = plan.evaluate(u, constraints=False)
     scale = max(1.0, float(torch.maximum(cost["g_plus"].abs(), cost["g_minus"].abs()).max()))
-    relative = float(plan.projected_step(u, ev["g_plus"] / scale, ev["g_minus"] / scale).max())
+    g_plus, g_minus = plan.evaluate(u, along=1.0)["g_plus"], plan.evaluate(u, along=-1.0)["g_minus"]
+    relative = float(plan.projected_step(u, g_plus / scale, g_minus / scale).max())
     assert day["stationarity_scale"] == pytest.approx(scale, rel=1e-12)
     assert day["stationarity_relative"] == pytest.approx(relative, rel=1e-12)
     assert day["stationarity"] == pytest.approx(relative * scale, rel=1e-12)
