@@ -258,7 +258,7 @@ def test_oracle_one_sided_derivatives_at_a_generator_window_tie():
     k = 10
     u[:k, :, g], u[k, :, g], u[k + 1 :, :, g] = 1.0, -1.0, 0.0
     ev = plan.evaluate(u)
-    prev = ev["results"][k].state.p_prev_kw
+    prev = ev["results"][k].state.p_prev_kw.detach()
     assert float((prev - p.ramp_kw_per_h * sim.dt_h - p.p_min_kw).abs().max()) <= 1e-12  # the tie
     plus, minus = plan.evaluate(u, along=1.0), plan.evaluate(u, along=-1.0)
     h = 1e-6
