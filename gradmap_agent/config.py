@@ -204,17 +204,24 @@ class LagrangianConfig:
 
     device_multiplier_init: float = 100.0
     """Initial device multiplier, $ per unit of device violation per step ($/kW for batteries and generators,
-    $/K for heat pumps; also ssl-penalty's fixed weight). About where a default 15-minute GradMAP run's battery
-    and generator multipliers settle (108 and 99 $ per kW-step; heat pumps 305 $ per K-step): from 10 the
-    decaying dual step raised the battery multipliers to only 36-42 in 15 minutes while their constraint stayed
-    violated (docs/gradmap.md#budgets)."""
+    $/K for heat pumps; also ssl-penalty's fixed weight). With the default dual steps (at most
+    ``device_dual_lr * dual_excess_clip * budget``, 0.01 $ per iteration) the device multipliers stay within a
+    few $ of it: it acts as the device price. Steps that let them find their level (``device_dual_lr`` 10-100)
+    cost more on the validation days (docs/gradmap.md#the-dual-steps-scale)."""
     device_dual_lr: float = 0.1
     """Dual step of the device multipliers per kWh (battery, generator) or K-step (heat pump) of an agent's
     daily violation above its budget."""
     voltage_multiplier_init: float = 1e4
     """Initial network multiplier, $ per pu of voltage violation per node and step (ssl-penalty's weight)."""
-    voltage_dual_lr: float = 2e3
-    """Dual step of the network multipliers per pu of violation (node, time of day; mean over days)."""
+    voltage_dual_lr: float = 2e4
+    """Dual step of the network multipliers per pu of violation (node, time of day; mean over days). With
+    ``dual_excess_clip`` 1 a step moves a multiplier by at most 60 $ per pu-step (0.6 % of its start), so the
+    (node, time) pairs that stay inside fall from 1e4 to near 0 within a 5-minute run and the violated ones rise
+    (docs/gradmap.md#the-dual-steps-scale)."""
+    dual_excess_clip: float = 1.0
+    """Each dual step's excess (violation - budget) is clipped to +- this times the budget (per agent, per node
+    and time of day), so that one step moves a multiplier by at most ``dual_lr * dual_excess_clip * budget``
+    however far the early rollouts overshoot (0: no clip; a zero budget is not clipped)."""
     dual_lr_decay_iterations: float = 25.0
     """Both dual steps shrink as 1 / sqrt(1 + k / this) after k dual steps (iterations), so that the
     multipliers settle on noisy rollouts (0: constant steps)."""

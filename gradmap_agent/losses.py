@@ -182,7 +182,8 @@ def dual_update(
     config,
 ) -> None:
     """Projected dual ascent: ``lam <- clip(lam + rho_k * (violation - budget), 0, max)`` (in place), with the
-    step ``rho_k = rho / sqrt(1 + k / k_0)`` after ``k`` earlier steps (``k_0``: ``dual_lr_decay_iterations``).
+    step ``rho_k = rho / sqrt(1 + k / k_0)`` after ``k`` earlier steps (``k_0``: ``dual_lr_decay_iterations``)
+    and the excess ``violation - budget`` clipped to ``+- dual_excess_clip * budget`` (where that is > 0).
 
     The rollouts' violations are noisy estimates of their expectations, so a constant step keeps the
     multipliers moving; the decaying one (sum of steps unbounded, a standard stochastic-approximation
@@ -200,7 +201,7 @@ def dual_update(
         config: `gradmap_agent.config.LagrangianConfig`: the dual steps (``device_dual_lr`` per kWh or K-step
             of an agent's daily violation, ``voltage_dual_lr`` per pu of violation, mean over days), the
             per-type budgets (per device and day, `device_budgets`) and ``voltage_violation_budget`` (per node
-            and step), and the upper bound ``max_multiplier``.
+            and step), ``dual_excess_clip`` and the upper bound ``max_multiplier``.
 
     The device step uses each agent's violation summed over the day in its budget's unit and averaged over the
     rows; the network step the violation of node ``n`` at step ``t`` averaged over the rows.
@@ -209,13 +210,19 @@ def dual_update(
     if config.dual_lr_decay_iterations:
         decay = (1.0 + multipliers.updates / config.dual_lr_decay_iterations) ** -0.5
     day_dev = device_violation.to(torch.float64).sum(dim=0).mean(dim=0) * multipliers.violation_units  # [N]
-    multipliers.device = (
-        multipliers.device + decay * config.device_dual_lr * (day_dev - device_budgets(multipliers, config))
-    ).clamp(0.0, config.max_multiplier)
+    budget = device_budgets(multipliers, config)
+    excess = day_dev - budget
     mean_w = voltage_violation_.to(torch.float64).mean(dim=1)  # [T, n]
-    multipliers.voltage = (
-        multipliers.voltage + decay * config.voltage_dual_lr * (mean_w - config.voltage_violation_budget)
-    ).clamp(0.0, config.max_multiplier)
+    v_excess = mean_w - config.voltage_violation_budget
+    if config.dual_excess_clip:  # relative to the budget: a zero budget is not clipped
+        c = config.dual_excess_clip
+        excess = torch.where(budget > 0, torch.maximum(torch.minimum(excess, c * budget), -c * budget), excess)
+        if config.voltage_violation_budget > 0:
+            v_excess = v_excess.clamp(-c * config.voltage_violation_budget, c * config.voltage_violation_budget)
+    multipliers.device = (multipliers.device + decay * config.device_dual_lr * excess).clamp(0.0, config.max_multiplier)
+    multipliers.voltage = (multipliers.voltage + decay * config.voltage_dual_lr * v_excess).clamp(
+        0.0, config.max_multiplier
+    )
     multipliers.updates += 1
 
 

@@ -489,6 +489,7 @@ def test_dual_update_uses_per_type_budgets_in_their_units():
     dev = torch.tensor([[[1.0, 0.2, 0.0], [0.0, 0.0, 0.0]], [[1.0, 0.2, 0.0], [0.0, 0.2, 0.0]]], dtype=torch.float64)
     config = LagrangianConfig(
         device_dual_lr=2.0,
+        dual_excess_clip=0.0,
         battery_undelivered_kwh_budget=0.2,
         heatpump_comfort_k_steps_budget=0.5,
         generator_undelivered_kwh_budget=1.0,
@@ -500,6 +501,34 @@ def test_dual_update_uses_per_type_budgets_in_their_units():
     assert list(summary) == list(MULTIPLIER_FIELDS)
     assert summary["battery_multiplier_max"] == pytest.approx(expected[0])
     assert summary["heatpump_multiplier_mean"] == pytest.approx(expected[1])
+
+
+def test_dual_excess_clip_bounds_each_step_by_the_budget():
+    """With ``dual_excess_clip`` c a dual step moves a multiplier by at most ``lr * c * budget`` either way (per
+    agent against its type's budget, per node and step against the voltage budget); within the clip it is the
+    plain step."""
+    slices = {"battery": slice(0, 1), "heatpump": slice(1, 3)}
+    mult = Multipliers(slices, torch.tensor([0.25, 1.0, 1.0]), 2, 1, device_init=100.0, voltage_init=1e4)
+    # per day: battery 100 kWh (far above 0.1), heat pumps 245 K-steps (far above) and 0.15 K-steps (within)
+    dev = torch.tensor([[[200.0, 122.5, 0.075]]], dtype=torch.float64).expand(2, 1, 3)
+    w = torch.tensor([[[0.05]], [[0.0]]], dtype=torch.float64)  # [T=2, B=1, n=1]
+    config = LagrangianConfig(
+        device_dual_lr=100.0,
+        voltage_dual_lr=2e5,
+        dual_excess_clip=1.0,
+        dual_lr_decay_iterations=0.0,
+        battery_undelivered_kwh_budget=0.1,
+        heatpump_comfort_k_steps_budget=0.1,
+        voltage_violation_budget=3e-3,
+    )
+    dual_update(mult, dev, w, config)
+    torch.testing.assert_close(mult.device, torch.tensor([110.0, 110.0, 105.0], dtype=torch.float64))
+    torch.testing.assert_close(mult.voltage, torch.tensor([[1e4 + 600.0], [1e4 - 600.0]], dtype=torch.float64))
+    # a zero budget is not clipped (its clip would stop the dual ascent)
+    zero = dataclasses.replace(config, battery_undelivered_kwh_budget=0.0, voltage_violation_budget=0.0)
+    dual_update(mult, dev, w, zero)
+    assert float(mult.device[0]) == pytest.approx(110.0 + 100.0 * 100.0)
+    assert float(mult.voltage[0, 0]) == pytest.approx(1e4 + 600.0 + 2e5 * 0.05)
 
 
 def test_terminal_shortfall_is_part_of_the_device_constraint(sim13):
