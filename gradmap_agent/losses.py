@@ -210,20 +210,22 @@ def dual_update(
     if config.dual_lr_decay_iterations:
         decay = (1.0 + multipliers.updates / config.dual_lr_decay_iterations) ** -0.5
     day_dev = device_violation.to(torch.float64).sum(dim=0).mean(dim=0) * multipliers.violation_units  # [N]
-    budget = device_budgets(multipliers, config)
-    excess = day_dev - budget
+    excess = _clipped_excess(day_dev, device_budgets(multipliers, config), config.dual_excess_clip)
     mean_w = voltage_violation_.to(torch.float64).mean(dim=1)  # [T, n]
-    v_excess = mean_w - config.voltage_violation_budget
-    if config.dual_excess_clip:  # relative to the budget: a zero budget is not clipped
-        c = config.dual_excess_clip
-        excess = torch.where(budget > 0, torch.maximum(torch.minimum(excess, c * budget), -c * budget), excess)
-        if config.voltage_violation_budget > 0:
-            v_excess = v_excess.clamp(-c * config.voltage_violation_budget, c * config.voltage_violation_budget)
+    v_excess = _clipped_excess(mean_w, mean_w.new_tensor(config.voltage_violation_budget), config.dual_excess_clip)
     multipliers.device = (multipliers.device + decay * config.device_dual_lr * excess).clamp(0.0, config.max_multiplier)
     multipliers.voltage = (multipliers.voltage + decay * config.voltage_dual_lr * v_excess).clamp(
         0.0, config.max_multiplier
     )
     multipliers.updates += 1
+
+
+def _clipped_excess(violation: torch.Tensor, budget: torch.Tensor, clip: float) -> torch.Tensor:
+    """``violation - budget`` clipped to ``+- clip * budget`` where that bound is > 0 (a zero budget, or
+    ``clip`` 0, leaves it unclipped: its clip would stop the dual ascent)."""
+    excess = violation - budget
+    bound = clip * budget
+    return torch.where(bound > 0, torch.minimum(torch.maximum(excess, -bound), bound), excess)
 
 
 def proximal_surrogate(
