@@ -57,7 +57,7 @@ from gradmap_agent.losses import (
     dual_update,
     voltage_violation,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy, rule_of, squash
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
 from gradmap_agent.train import DivergenceError
 from gridedge_env import powerflow
@@ -153,7 +153,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     """Weight of the value loss."""
     ent_coef: float = 1e-3
-    """Weight of the entropy bonus (entropy of the Gaussian before the tanh)."""
+    """Weight of the entropy bonus (entropy of the Gaussian before the squash)."""
     normalize_advantages: bool = True
     """Standardise each agent's advantages over the rollout."""
 
@@ -314,8 +314,8 @@ def lagrangian_rewards(
 
 
 def _gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(u; mean, exp(log_std)^2) of the pre-squash sample ``u``. The tanh's log-Jacobian is the same
-    for the old and new policy at the same ``u``, so it cancels in the ratio and is left out."""
+    """log N(u; mean, exp(log_std)^2) of the pre-squash sample ``u``. The squash's log-Jacobian depends on ``u``
+    and the observation only, the same for the old and new policy, so it cancels in the ratio and is left out."""
     return -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - _HALF_LOG_2PI
 
 
@@ -522,7 +522,7 @@ class PPOTrainer:
                 xs.append(x)
                 us.append(u)
                 logps.append(_gaussian_log_prob(u, mean, log_std))
-                obs, _, _, _, info = env.step(torch.tanh(u))
+                obs, _, _, _, info = env.step(squash(u, rule_of(obs).to(u.dtype)))
                 reward, dev, w = lagrangian_rewards(
                     info["result"],
                     t,

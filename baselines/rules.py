@@ -20,14 +20,20 @@ from dataclasses import dataclass
 
 import torch
 
-from gridedge_env.core import OBS_NAMES, OBS_SCALES, Sim, State, feasible_action_bounds, heatpump_target_actions
+from gridedge_env.core import (
+    OBS_NAMES,
+    OBS_SCALES,
+    THERMOSTAT_MARGIN_K,
+    Sim,
+    State,
+    builtin_actions,
+    feasible_action_bounds,
+    heatpump_target_actions,
+    thermostat_actions,
+)
 from gridedge_env.devices import heatpump_heating
 
-__all__ = ["HEATPUMP_RULE_MARGIN_K", "RULES", "DroopCurves", "droop_actions", "noop_actions", "price_seeking_actions"]
-
-
-#: Margin inside the comfort band that the price-seeking heat-pump rule aims for, K.
-HEATPUMP_RULE_MARGIN_K = 0.25
+__all__ = ["RULES", "DroopCurves", "droop_actions", "noop_actions", "price_seeking_actions"]
 
 
 def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
@@ -39,10 +45,11 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
       otherwise; the request is cut to what its state of charge allows in this step (no device violation);
     - generator: full output in expensive hours, minimum output otherwise, moving towards that target as fast as its
       ramp limit allows (no device violation);
-    - heat pump: a thermostat that preheats (precools) in cheap hours. In heating mode (outdoor below the
-      band centre) it aims at the top of its comfort band (minus a 0.25 K margin) in cheap hours and at
-      the bottom (plus the margin) otherwise; in cooling mode the other way round. The action is the one
-      that reaches that temperature at the end of the step in the 1R1C model, clipped to [-1, 1].
+    - heat pump: its thermostat (`gridedge_env.core.thermostat_actions`), which preheats (precools) in cheap
+      hours. In heating mode (outdoor below the band centre) it aims at the top of its comfort band (minus a
+      0.25 K margin) in cheap hours and at the bottom (plus the margin) otherwise; in cooling mode the other
+      way round. The action is the one that reaches that temperature at the end of the step in the 1R1C
+      model, clipped to [-1, 1].
     """
     t = min(state.t, sim.n_steps - 1)
     price = state.price_per_kwh
@@ -54,26 +61,17 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
     sl = sim.agent_slices["battery"]
     want = torch.where(cheap, 1.0, torch.where(dear, -1.0, 0.0)).to(sim.dtype)
     battery = torch.clamp(want, low[:, sl], high[:, sl])
-
-    p = sim.params["heatpump"]
-    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
-    top, bottom = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
-    target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
-    heatpump = heatpump_target_actions(sim, state, target)
-
     # generator: full output (-1) in expensive hours, minimum (+1) otherwise, as fast as its ramp limit allows
     sl = sim.agent_slices["generator"]
     want = torch.where(dear, -1.0, 1.0).to(sim.dtype)
     generator = torch.clamp(want, low[:, sl], high[:, sl])
-    return torch.cat([battery, heatpump, generator], dim=1).detach()
+    return torch.cat([battery, thermostat_actions(sim, state), generator], dim=1).detach()
 
 
 def noop_actions(sim: Sim, state: State) -> torch.Tensor:
-    """Doing nothing: batteries idle, generators at their minimum output, heat pumps on the price-seeking thermostat."""
-    a = price_seeking_actions(sim, state).clone()
-    a[:, sim.agent_slices["battery"]] = 0.0
-    a[:, sim.agent_slices["generator"]] = 1.0
-    return a
+    """Doing nothing: what every device does on its own (`gridedge_env.core.builtin_actions`): batteries idle,
+    generators at their minimum output, heat pumps on the price-seeking thermostat."""
+    return builtin_actions(sim, state).detach()
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ def droop_actions(sim, state, curves: DroopCurves = DroopCurves()) -> torch.Tens
     p = sim.params["heatpump"]
     t = min(state.t, sim.n_steps - 1)
     heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
-    warm_end, cool_end = p.t_max_c - HEATPUMP_RULE_MARGIN_K, p.t_min_c + HEATPUMP_RULE_MARGIN_K
+    warm_end, cool_end = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K
     least = heatpump_target_actions(sim, state, torch.where(heating, cool_end, warm_end))
     most = heatpump_target_actions(sim, state, torch.where(heating, warm_end, cool_end))
     hp = base[:, sl]

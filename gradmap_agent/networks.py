@@ -3,8 +3,9 @@
 N agents, each with its own small MLP (no parameter sharing), are one set of tensors with a leading agent
 dimension: `torch.baddbmm` evaluates all of them at once, so nothing loops over agents in Python. Each
 policy is a Gaussian whose mean and log standard deviation come from the agent's own network; samples use
-the reparameterisation trick and are squashed into [-1, 1] with tanh. Agent ``i``'s action depends only on
-agent ``i``'s observation row and on slice ``i`` of every parameter tensor.
+the reparameterisation trick and are squashed into [-1, 1] around the device's own rule action (`squash`).
+Agent ``i``'s action depends only on agent ``i``'s observation row and on slice ``i`` of every parameter
+tensor.
 
 `ObsNormalizer` keeps a running mean and variance per agent and feature ([N, d], float64, Chan et al.'s
 parallel update); the trainer freezes it during each round of policy updates and folds in the rollout's
@@ -19,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gridedge_env.core import OBS_DIM, OBS_NAMES
+
 __all__ = [
     "LOG_STD_RANGE",
     "ObsNormalizer",
@@ -27,7 +30,11 @@ __all__ = [
     "hidden_tanh",
     "make_policy",
     "policy_input",
+    "rule_of",
+    "squash",
 ]
+
+_RULE = OBS_NAMES.index("rule_action")
 
 #: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
@@ -53,6 +60,22 @@ class _HiddenTanh(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
         return torch.ops.aten.tanh_backward(grad_y, y)
+
+
+def squash(u: torch.Tensor, rule: torch.Tensor) -> torch.Tensor:
+    """The action in [-1, 1] of a pre-squash value ``u``: a residual around the device's own rule action
+    ``rule`` (in [-1, 1], same shape), ``rule + tanh(u) (1 - rule)`` for ``u >= 0`` and
+    ``rule + tanh(u) (1 + rule)`` below.
+
+    Why: ``u = 0`` is the device's built-in controller (the observation's ``rule_action``: batteries idle,
+    generators at their minimum, heat pumps on their thermostat), so every policy starts from a controller
+    that keeps its comfort band, and learns what to change. The thermostat needs the building's resistance,
+    capacitance and COP, which a policy would otherwise have to infer from its rewards. Each side is tanh
+    scaled to the room left, so the slope at ``u = 0`` stays 1 - |rule| or more on the side with room, where
+    ``tanh(u + atanh(rule))`` would vanish at a rule of +-1 (a generator at its minimum).
+    """
+    t = torch.tanh(u)
+    return rule + t * torch.where(t >= 0, 1.0 - rule, 1.0 + rule)
 
 
 def hidden_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -146,12 +169,14 @@ class StackedMLPPolicy(nn.Module):
         out = h.transpose(0, 1)  # [B, N, 2]
         return out[..., 0], out[..., 1].clamp(*LOG_STD_RANGE)
 
-    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Actions in [-1, 1], [B, N]: ``tanh(mean + std * noise)``; ``noise=None`` gives ``tanh(mean)``."""
+    def act(self, obs: torch.Tensor, rule: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions in [-1, 1], [B, N]: ``squash(mean + std * noise, rule)`` for normalised observations ``obs``
+        and the rule actions ``rule`` [B, N] (the raw observation's ``rule_action``); ``noise=None`` gives
+        ``squash(mean, rule)``."""
         mean, log_std = self(obs)
-        if noise is None:
-            return torch.tanh(mean)
-        return torch.tanh(mean + log_std.exp() * noise.to(mean.dtype))
+        if noise is not None:
+            mean = mean + log_std.exp() * noise.to(mean.dtype)
+        return squash(mean, rule.to(mean.dtype))
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> StackedMLPPolicy:
@@ -282,6 +307,10 @@ def make_policy(params: dict, deterministic: bool = True) -> Callable[[torch.Ten
         ``i``'s action depends only on ``obs[:, i]``.
     """
     net = StackedMLPPolicy.from_state_dict(params["policy"])
+    if net.obs_dim != OBS_DIM:
+        raise ValueError(
+            f"the policies read {net.obs_dim} observation features, this task has {OBS_DIM} ({', '.join(OBS_NAMES)})"
+        )
     norm = ObsNormalizer.from_state_dict(params["normalizer"])
     net.requires_grad_(False)
 
@@ -289,11 +318,16 @@ def make_policy(params: dict, deterministic: bool = True) -> Callable[[torch.Ten
         with torch.no_grad():
             x = norm.normalize(obs.to(torch.float64)).to(net.weights[0].dtype)
             noise = None if deterministic else torch.randn(obs.shape[:2], dtype=x.dtype, device=x.device)
-            return net.act(x, noise).to(obs.dtype)
+            return net.act(x, rule_of(obs), noise).to(obs.dtype)
 
     policy.n_agents = net.n_agents  # type: ignore[attr-defined]
     policy.obs_dim = net.obs_dim  # type: ignore[attr-defined]
     return policy
+
+
+def rule_of(obs: torch.Tensor) -> torch.Tensor:
+    """The rule actions [..., N] of raw observations [..., N, d] (their ``rule_action`` feature)."""
+    return obs[..., _RULE]
 
 
 def clone_tree(obj):

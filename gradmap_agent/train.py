@@ -66,7 +66,7 @@ from gradmap_agent.losses import (
     proximal_surrogate,
     step_lagrangian,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input, rule_of
 from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gridedge_env.core import OBS_DIM
 from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
@@ -245,7 +245,7 @@ class GradMAPTrainer:
         state, noise, scenarios = start_rollout(sim, self.pool, batch, rows, self.gen)
         noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
-        xs, raw_obs, acts, leaves, dev_viol, volt_viol = [], [], [], [], [], []
+        xs, rules, raw_obs, acts, leaves, dev_viol, volt_viol = [], [], [], [], [], [], []
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
         metrics = RolloutMetrics(sim)
         for t in range(n_steps):
@@ -253,12 +253,13 @@ class GradMAPTrainer:
             # the actions are leaves of the environment graph; the observations keep their graph within a window
             obs = policy_input(state.obs, t, cfg.bptt_window)
             x = self.normalizer.normalize(obs).to(self.pdtype)
+            rule = rule_of(obs).to(self.pdtype)
             if x.requires_grad:
-                reaction = self.policy.act(x, noise[t])
+                reaction = self.policy.act(x, rule, noise[t])
                 a = reaction.detach()
             else:
                 with torch.no_grad():
-                    a = self.policy.act(x, noise[t])
+                    a = self.policy.act(x, rule, noise[t])
             leaf = a.to(sim.dtype).requires_grad_(True)
             action = leaf
             if x.requires_grad:
@@ -274,6 +275,7 @@ class GradMAPTrainer:
             total = total + term
             state = r.state
             xs.append(x.detach())
+            rules.append(rule.detach())
             acts.append(a.detach())
             leaves.append(leaf)
             dev_viol.append(dev)
@@ -303,6 +305,7 @@ class GradMAPTrainer:
             )
         return {
             "x": torch.stack(xs),
+            "rule": torch.stack(rules),
             "noise": noise,
             "a_old": torch.stack(acts),
             "grad": grad,
@@ -324,6 +327,7 @@ class GradMAPTrainer:
         n_steps, local, n = roll["a_old"].shape
         batch, first = cfg.batch_days, roll["rows"].start
         x = roll["x"].reshape(n_steps * local, n, -1)
+        rule = roll["rule"].reshape(n_steps * local, n)
         noise = roll["noise"].reshape(n_steps * local, n)
         a_old = roll["a_old"].reshape(n_steps * local, n)
         grad = roll["grad"].to(self.pdtype).reshape(n_steps * local, n)
@@ -345,7 +349,7 @@ class GradMAPTrainer:
                 rows = ((chosen[mine] // batch) * local + day[mine] - first).to(x.device)
                 scale = n_rows / float(len(chosen))
             self.optimizer.zero_grad(set_to_none=True)
-            a_new = self.policy.act(x[rows], noise[rows])
+            a_new = self.policy.act(x[rows], rule[rows], noise[rows])
             surrogate, s = proximal_surrogate(a_new, a_old[rows], grad[rows], cfg.clip_radius)
             (surrogate * scale).backward()
             all_sum_grads(params)

@@ -67,6 +67,9 @@ __all__ = [
     "make_sim",
     "feasible_action_bounds",
     "heatpump_target_actions",
+    "thermostat_actions",
+    "builtin_actions",
+    "THERMOSTAT_MARGIN_K",
     "sim_config_dict",
 ]
 
@@ -85,6 +88,7 @@ OBS_NAMES: tuple[str, ...] = (
     "node_pv",
     "own_state",
     "own_reference",
+    "rule_action",
 )
 OBS_DIM: int = len(OBS_NAMES)
 
@@ -659,7 +663,10 @@ class Sim:
         (half band width), generator previous output / p_max; own reference: the terminal condition's
         reference on the own-state scale (battery the initial state of charge, heat pump the initial indoor
         temperature; 0 for generators, which have none). A local policy needs the reference to end its day
-        where the terminal condition asks: it is the device's own memory of the day's start.
+        where the terminal condition asks: it is the device's own memory of the day's start. Rule action:
+        what the device's built-in controller would do now (`builtin_actions`: batteries idle, generators at
+        their minimum, heat pumps on their thermostat); the thermostat needs the building's resistance,
+        capacitance and COP, which no other feature carries.
         """
         t = state.t
         k = min(t, self.n_steps - 1)
@@ -696,6 +703,7 @@ class Sim:
             node_pv[:, node],
             own,
             reference,
+            builtin_actions(self, state),
         ]
         return torch.stack(columns, dim=2)
 
@@ -959,3 +967,39 @@ def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> t
         sim.params["heatpump"], state.t_indoor_c, state.t_outdoor_c[:, t : t + 1], sim.dt_h
     )
     return 2.0 * torch.clamp((target_c - free_c) / gain_k, 0.0, 1.0) - 1.0
+
+
+#: Margin inside the comfort band that the heat pumps' thermostat aims for, K.
+THERMOSTAT_MARGIN_K = 0.25
+
+
+def thermostat_actions(sim: Sim, state: State) -> torch.Tensor:
+    """Every heat pump's thermostat [B, N_h]: a thermostat that preheats (precools) in the day's cheapest hours.
+
+    Cheap hours are the steps priced at the day's lowest rate. In heating mode (outdoor below the band centre) it
+    aims at the top of its comfort band (minus `THERMOSTAT_MARGIN_K`) in cheap hours and at the bottom (plus the
+    margin) otherwise; in cooling mode the other way round (`heatpump_target_actions`)."""
+    t = min(state.t, sim.n_steps - 1)
+    price = state.price_per_kwh
+    cheap = price[:, t : t + 1] <= price.amin(dim=1, keepdim=True) + 1e-9
+    p = sim.params["heatpump"]
+    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
+    top, bottom = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K
+    target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
+    return heatpump_target_actions(sim, state, target)
+
+
+def builtin_actions(sim: Sim, state: State) -> torch.Tensor:
+    """What every device does on its own, without a learned controller, [B, N]: batteries idle (action 0),
+    generators at their minimum output (+1), heat pumps on their thermostat (`thermostat_actions`). It keeps
+    every comfort band and never asks a device for more than it can do; the observation's ``rule_action``."""
+    batch = state.batch_size
+    sl = sim.agent_slices
+    return torch.cat(
+        [
+            state.soc_kwh.new_zeros(batch, sl["battery"].stop - sl["battery"].start),
+            thermostat_actions(sim, state),
+            state.p_prev_kw.new_ones(batch, sl["generator"].stop - sl["generator"].start),
+        ],
+        dim=1,
+    )

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import gridedge_env
-from baselines.rules import price_seeking_actions
+from baselines.rules import noop_actions, price_seeking_actions
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
 from gridedge_env.core import OBS_DIM, OBS_NAMES, SimConfig, State, make_sim
 from gridedge_env.devices import DEVICE_TYPES
 from gridedge_env.network import load_feeder
@@ -554,6 +555,32 @@ def test_observation_carries_the_terminal_reference(sim):
     own = r.obs[..., OBS_NAMES.index("own_state")]
     assert not torch.allclose(own[:, sim.agent_slices["battery"]], ref[:, sim.agent_slices["battery"]])
 
+
+
+def test_observation_carries_the_builtin_controllers_action(sim):
+    """``rule_action`` is doing nothing's action at every step (batteries 0, generators +1, heat pumps their
+    thermostat), a function of the state and so differentiable through it, and a policy whose network outputs 0
+    acts exactly like doing nothing."""
+    state = sim.reset(2, seed=3, split="test")
+    rule = OBS_NAMES.index("rule_action")
+    for t in range(4):
+        expected = noop_actions(sim, state)
+        assert torch.equal(state.obs[..., rule], expected)
+        assert bool((expected[:, sim.agent_slices["battery"]] == 0).all())
+        assert bool((expected[:, sim.agent_slices["generator"]] == 1).all())
+        hp = expected[:, sim.agent_slices["heatpump"]]
+        assert bool((hp >= -1).all() and (hp <= 1).all()) and float(hp.std()) > 0
+        state = sim.step(state, _random_actions(sim, 2, 1, seed=t)[0]).state
+    # the thermostat reacts to the indoor temperature it observes
+    warmer = dataclasses.replace(state, t_indoor_c=state.t_indoor_c + 0.5)
+    assert not torch.equal(sim.observe(warmer)[..., rule], state.obs[..., rule])
+    # an untrained network with zero output is doing nothing
+    policy = StackedMLPPolicy(sim.n_agents, OBS_DIM, hidden=4, dtype=sim.dtype)
+    with torch.no_grad():
+        policy.weights[-1].zero_()
+        policy.biases[-1][..., 0] = 0.0
+    params = {"policy": policy.state_dict(), "normalizer": ObsNormalizer(sim.n_agents, OBS_DIM).state_dict()}
+    torch.testing.assert_close(make_policy(params)(state.obs), noop_actions(sim, state), rtol=0, atol=1e-12)
 
 # ----------------------------------------------------------------------------------------------------------
 # Gradients

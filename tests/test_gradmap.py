@@ -33,7 +33,7 @@ from gradmap_agent.losses import (
     dual_update,
     step_lagrangian,
 )
-from gradmap_agent.networks import hidden_tanh, policy_input
+from gradmap_agent.networks import hidden_tanh, policy_input, rule_of, squash
 from gradmap_agent.replay import current_weights
 from gridedge_env import make_sim
 from gridedge_env.metrics import DEVICE_METRIC_NAMES
@@ -226,18 +226,43 @@ def test_no_parameter_sharing():
     with torch.no_grad():
         policy.weights[-1].normal_()  # make the outputs depend on the weights visibly
     obs = torch.randn(4, 6, 8)
-    base = policy.act(obs).detach()
+    rule = torch.rand(4, 6) * 2 - 1
+    base = policy.act(obs, rule).detach()
     with torch.no_grad():
         for w in policy.weights:
             w[2] += 0.5
-    changed = policy.act(obs).detach()
+    changed = policy.act(obs, rule).detach()
     moved = (changed - base).abs().amax(dim=0)
     assert moved[2] > 0 and bool((moved[[0, 1, 3, 4, 5]] == 0).all())
     # and each agent sees only its own observation
     obs2 = obs.clone()
     obs2[:, 4] += 1.0
-    diff = (policy.act(obs2) - policy.act(obs)).detach().abs().amax(dim=0)
+    diff = (policy.act(obs2, rule) - policy.act(obs, rule)).detach().abs().amax(dim=0)
     assert diff[4] > 0 and bool((diff[[0, 1, 2, 3, 5]] == 0).all())
+    rule2 = rule.clone()
+    rule2[:, 1] = -rule2[:, 1]
+    diff = (policy.act(obs, rule2) - policy.act(obs, rule)).detach().abs().amax(dim=0)
+    assert diff[1] > 0 and bool((diff[[0, 2, 3, 4, 5]] == 0).all())
+
+
+def test_squash_is_a_residual_around_the_rule_with_slope_on_the_side_with_room():
+    rule = torch.tensor([-1.0, -0.6, 0.0, 0.3, 1.0], dtype=torch.float64)
+    zero = torch.zeros(5, dtype=torch.float64)
+    torch.testing.assert_close(squash(zero, rule), rule, rtol=0, atol=0)  # u = 0: the rule itself
+    torch.testing.assert_close(squash(zero, zero), zero)
+    u = torch.linspace(-6, 6, 241, dtype=torch.float64)[:, None].expand(-1, 5)
+    a = squash(u, rule.expand(241, -1))
+    assert bool((a >= -1).all() and (a <= 1).all())
+    assert bool((a[1:] >= a[:-1]).all())  # monotone in u
+    torch.testing.assert_close(a[-1], torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(a[0], -torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(squash(u[:, 2], zero[:1].expand(241)), torch.tanh(u[:, 2]))  # rule 0: plain tanh
+    # slope at u = 0 towards the side with room: 1 + rule below, 1 - rule above (a generator at its minimum, +1,
+    # can still be moved down with slope 2, where tanh(u + atanh(rule)) would have slope 0)
+    for side, expected in ((-1e-7, 1 + rule), (1e-7, 1 - rule)):
+        x = torch.full((5,), side, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(squash(x, rule).sum(), x)
+        torch.testing.assert_close(g, expected, rtol=1e-6, atol=1e-12)
 
 
 def test_gradma_is_gradmap_with_k1(sim13):
@@ -302,7 +327,9 @@ def test_gradma_update_direction_is_the_chain_rule(sim13, window):
     roll = trainer.rollout()
     params = list(trainer.policy.parameters())
     n_steps, batch, n = roll["a_old"].shape
-    a_new = trainer.policy.act(roll["x"].reshape(n_steps * batch, n, -1), roll["noise"].reshape(-1, n))
+    a_new = trainer.policy.act(
+        roll["x"].reshape(n_steps * batch, n, -1), roll["rule"].reshape(-1, n), roll["noise"].reshape(-1, n)
+    )
     surrogate = (roll["grad"].reshape(-1, n) * (a_new - roll["a_old"].reshape(-1, n))).sum()
     g_surrogate = torch.autograd.grad(surrogate, params)
 
@@ -312,7 +339,8 @@ def test_gradma_update_direction_is_the_chain_rule(sim13, window):
     state = sim13.reset(batch, seed=seed, split="train")
     total, violated = 0.0, False
     for t in range(n_steps):
-        a = trainer.policy.act(trainer.normalizer.normalize(policy_input(state.obs, t, window)), noise[t])
+        obs = policy_input(state.obs, t, window)
+        a = trainer.policy.act(trainer.normalizer.normalize(obs), rule_of(obs), noise[t])
         r = sim13.step(state, a)
         term, _, w = step_lagrangian(
             r,

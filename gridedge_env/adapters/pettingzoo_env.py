@@ -1,4 +1,4 @@
-"""# gridedge IEEE-123 (``gridedge_env.ieee123_v1``): decentralised control of grid-edge devices
+"""# gridedge IEEE-123 (``gridedge_env.ieee123_v2``): decentralised control of grid-edge devices
 
 ```python
 import gridedge_env
@@ -11,12 +11,12 @@ while env.agents:
 
 | | |
 |---|---|
-| Import | ``from gridedge_env import ieee123_v1`` (or ``gridedge_env.parallel_env`` / ``env`` / ``raw_env``) |
+| Import | ``from gridedge_env import ieee123_v2`` (or ``gridedge_env.parallel_env`` / ``env`` / ``raw_env``) |
 | Actions | continuous, ``Box(-1, 1, (1,), float32)`` per agent |
 | Parallel API | yes (native); AEC through PettingZoo's ``parallel_to_aec`` |
 | Agents | ``battery_<i>``, ``heatpump_<i>``, ``generator_<i>``; default 400 / 400 / 200 (1,000) |
-| Observations | ``Box(low, high, (9,), float32)`` per agent (bounds below) |
-| State | ``Box(low, high, (4 + 5N + J,), float32)`` (``state()``, ``state_space``) |
+| Observations | ``Box(low, high, (10,), float32)`` per agent (bounds below) |
+| State | ``Box(low, high, (4 + 6N + J,), float32)`` (``state()``, ``state_space``) |
 | Episode | one day: 48 steps of 30 minutes; no termination, all agents truncate together at the horizon |
 
 A three-phase unbalanced distribution feeder (IEEE-123 by default) with single-phase devices, each an agent
@@ -49,7 +49,7 @@ usable.** Stepping after the episode ended is a ``ValueError`` too.
 
 ## Observations
 
-float32, the same 9 features for every type (``gridedge_env.OBS_NAMES``); everything is local.
+float32, the same 10 features for every type (``gridedge_env.OBS_NAMES``); everything is local.
 
 | index | name | value | bounds |
 |---|---|---|---|
@@ -62,13 +62,18 @@ float32, the same 9 features for every type (``gridedge_env.OBS_NAMES``); everyt
 | 6 | ``node_pv`` | rooftop PV at own node, kW per kW of the node's spot load | [0, 100] |
 | 7 | ``own_state`` | by type, below | [-10, 10] |
 | 8 | ``own_reference`` | by type, below | [-10, 10] |
+| 9 | ``rule_action`` | the action the device's built-in controller would take now, below | [-1, 1] |
 
 ``own_state``: battery, state of charge as a share of its usable range ([0, 1]); heat pump, (indoor
 temperature - comfort band centre) / half band width ([-1, 1] inside the band); generator, previous output /
 p_max ([0, 1]). ``own_reference``: the terminal condition's reference on the same scale, fixed for the day:
 battery, the initial state of charge; heat pump, the initial indoor temperature; generator, 0 (no terminal
 condition). The device's own memory of the day's start: without it a local policy cannot tell how much it
-must put back before the day ends.
+must put back before the day ends. ``rule_action``: what the device does on its own, without a learned
+controller (doing nothing): battery 0 (idle), generator +1 (its minimum output), heat pump its thermostat,
+which keeps the comfort band and preheats (precools) in the day's cheapest hours
+(``gridedge_env.core.builtin_actions``). The thermostat needs the building's thermal resistance, capacitance
+and the unit's COP, which no other feature carries.
 
 The bounds are generous: a converged step stays well inside them. **Anything outside (e.g. after a power flow
 that did not converge) is clipped to the bounds, and NaN becomes 0**, so an observation is always inside its
@@ -76,10 +81,10 @@ space (``infos[a]["pf_converged"]`` flags such steps).
 
 ## State (centralised critics)
 
-``env.state()``: float32 ``[4 + 5N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
-each agent's 5 local features (v_node, node_load, node_pv, own_state, own_reference) agent after agent in
+``env.state()``: float32 ``[4 + 6N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
+each agent's 6 local features (v_node, node_load, node_pv, own_state, own_reference, rule_action) agent after agent in
 ``possible_agents`` order, then (v - 1) / 0.05 at each of the J load nodes (``env.sim.load_node_names``).
-IEEE-123 with 1,000 agents: 5,100 entries.
+IEEE-123 with 1,000 agents: 6,100 entries.
 
 ## Rewards
 
@@ -120,6 +125,8 @@ picks a day of the split. The environment pickles (``pickle``, ``cloudpickle``) 
 
 ## Version history
 
+- v2: a tenth observation feature, ``rule_action``, the action of the device's built-in controller (battery
+  idle, generator at its minimum, heat pump on its thermostat). Dynamics, costs and rewards are v1's.
 - v1: a well-posed task. Heat pumps sized for their buildings at the weather's design temperatures, the
   paper's device ranges (heat pumps consume [0, 1] of full load in a heating or cooling mode set by the
   outdoor temperature; generators run between 15 % and 100 %), batteries sized by storage duration, a terminal
@@ -186,7 +193,7 @@ class GridEdgeParallelEnv(ParallelEnv):
     """PettingZoo ParallelEnv over the functional core (spec: this module's docstring)."""
 
     metadata = {
-        "name": "gridedge_ieee123_v1",
+        "name": "gridedge_ieee123_v2",
         "render_modes": list(RENDER_MODES),
         "is_parallelizable": True,
         "render_fps": 2,
@@ -351,7 +358,7 @@ class GridEdgeParallelEnv(ParallelEnv):
         return obs, rew, terminations, truncations, infos
 
     def state(self) -> np.ndarray:
-        """Global state, float32 [4 + 5N + J] (layout in the module docstring)."""
+        """Global state, float32 [4 + 6N + J] (layout in the module docstring)."""
         if self._core_state is None:
             raise ValueError("call reset() before state()")
         return global_state(self.sim, self._core_state, self._obs32)[0].cpu().numpy()
