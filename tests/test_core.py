@@ -556,7 +556,6 @@ def test_observation_carries_the_terminal_reference(sim):
     assert not torch.allclose(own[:, sim.agent_slices["battery"]], ref[:, sim.agent_slices["battery"]])
 
 
-
 def test_observation_carries_the_builtin_controllers_action(sim):
     """``rule_action`` is doing nothing's action at every step (batteries 0, generators +1, heat pumps their
     thermostat), a function of the state and so differentiable through it, and a policy whose network outputs 0
@@ -581,6 +580,7 @@ def test_observation_carries_the_builtin_controllers_action(sim):
         policy.biases[-1][..., 0] = 0.0
     params = {"policy": policy.state_dict(), "normalizer": ObsNormalizer(sim.n_agents, OBS_DIM).state_dict()}
     torch.testing.assert_close(make_policy(params)(state.obs), noop_actions(sim, state), rtol=0, atol=1e-12)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Gradients
