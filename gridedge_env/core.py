@@ -993,13 +993,6 @@ def builtin_actions(sim: Sim, state: State) -> torch.Tensor:
     """What every device does on its own, without a learned controller, [B, N]: batteries idle (action 0),
     generators at their minimum output (+1), heat pumps on their thermostat (`thermostat_actions`). It keeps
     every comfort band and never asks a device for more than it can do; the observation's ``rule_action``."""
-    batch = state.batch_size
-    sl = sim.agent_slices
-    return torch.cat(
-        [
-            state.soc_kwh.new_zeros(batch, sl["battery"].stop - sl["battery"].start),
-            thermostat_actions(sim, state),
-            state.p_prev_kw.new_ones(batch, sl["generator"].stop - sl["generator"].start),
-        ],
-        dim=1,
-    )
+    idle = torch.zeros_like(state.soc_kwh)
+    minimum_output = torch.ones_like(state.p_prev_kw)
+    return torch.cat([idle, thermostat_actions(sim, state), minimum_output], dim=1)
