@@ -6,7 +6,7 @@ helpers of this module (`clip_obs`, `agent_rewards`, `global_state`). All rows s
 ``sim.n_steps`` steps), so they truncate together; there is no termination and no auto-reset: call
 `BatchedEnv.reset` after the step that returns ``truncated``.
 
-Shapes: B rows, N agents, D = ``OBS_DIM`` = 9 observation features, n feeder nodes, J load nodes.
+Shapes: B rows, N agents, D = ``OBS_DIM`` = 10 observation features, n feeder nodes, J load nodes.
 """
 
 from __future__ import annotations
