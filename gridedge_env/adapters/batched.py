@@ -145,10 +145,9 @@ def global_state(sim: Sim, state: State, obs: torch.Tensor) -> torch.Tensor:
     """Global state [B, 4 + 6N + J] float32 for centralised critics.
 
     Layout: the 4 features every agent shares (time_sin, time_cos, price, t_outdoor); then for every agent
-    in ``sim.agents`` order its 5 local features (v_node, node_load, node_pv, own_state, own_reference),
-    agent-major; then
-    the voltage of every load node (``sim.load_node_names``) as (v - 1) / 0.05. ``obs`` is the clipped
-    observation [B, N, D] of ``state``.
+    in ``sim.agents`` order its 6 local features (v_node, node_load, node_pv, own_state, own_reference,
+    rule_action), agent-major; then the voltage of every load node (``sim.load_node_names``) as (v - 1) / 0.05.
+    ``obs`` is the clipped observation [B, N, D] of ``state``.
     """
     batch = obs.shape[0]
     v = torch.nan_to_num(((state.v_node_pu.detach() - 1.0) / 0.05).to(torch.float32), nan=0.0)
