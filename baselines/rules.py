@@ -27,6 +27,7 @@ from gridedge_env.core import (
     Sim,
     State,
     builtin_actions,
+    cheap_and_dear_steps,
     feasible_action_bounds,
     heatpump_target_actions,
     thermostat_actions,
@@ -51,11 +52,7 @@ def price_seeking_actions(sim: Sim, state: State) -> torch.Tensor:
       way round. The action is the one that reaches that temperature at the end of the step in the 1R1C
       model, clipped to [-1, 1].
     """
-    t = min(state.t, sim.n_steps - 1)
-    price = state.price_per_kwh
-    now = price[:, t : t + 1]
-    cheap = now <= price.amin(dim=1, keepdim=True) + 1e-9
-    dear = now >= price.amax(dim=1, keepdim=True) - 1e-9
+    cheap, dear = cheap_and_dear_steps(sim, state)
     low, high = feasible_action_bounds(sim, state)
     # battery: full power in the wanted direction, cut to what its state of charge allows this step
     sl = sim.agent_slices["battery"]

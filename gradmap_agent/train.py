@@ -245,7 +245,7 @@ class GradMAPTrainer:
         state, noise, scenarios = start_rollout(sim, self.pool, batch, rows, self.gen)
         noise = noise[:, rows].to(dtype=self.pdtype, device=sim.device)
         v_lo, v_hi = sim.config.v_min_pu, sim.config.v_max_pu
-        xs, rules, raw_obs, acts, leaves, dev_viol, volt_viol = [], [], [], [], [], [], []
+        xs, raw_obs, acts, leaves, dev_viol, volt_viol = [], [], [], [], [], []
         total = torch.zeros((), dtype=sim.dtype, device=sim.device)
         metrics = RolloutMetrics(sim)
         for t in range(n_steps):
@@ -275,7 +275,6 @@ class GradMAPTrainer:
             total = total + term
             state = r.state
             xs.append(x.detach())
-            rules.append(rule.detach())
             acts.append(a.detach())
             leaves.append(leaf)
             dev_viol.append(dev)
@@ -305,7 +304,6 @@ class GradMAPTrainer:
             )
         return {
             "x": torch.stack(xs),
-            "rule": torch.stack(rules),
             "noise": noise,
             "a_old": torch.stack(acts),
             "grad": grad,
@@ -327,7 +325,7 @@ class GradMAPTrainer:
         n_steps, local, n = roll["a_old"].shape
         batch, first = cfg.batch_days, roll["rows"].start
         x = roll["x"].reshape(n_steps * local, n, -1)
-        rule = roll["rule"].reshape(n_steps * local, n)
+        rule = rule_of(roll["raw_obs"]).to(self.pdtype).reshape(n_steps * local, n)
         noise = roll["noise"].reshape(n_steps * local, n)
         a_old = roll["a_old"].reshape(n_steps * local, n)
         grad = roll["grad"].to(self.pdtype).reshape(n_steps * local, n)

@@ -67,6 +67,7 @@ __all__ = [
     "make_sim",
     "feasible_action_bounds",
     "heatpump_target_actions",
+    "cheap_and_dear_steps",
     "thermostat_actions",
     "builtin_actions",
     "THERMOSTAT_MARGIN_K",
@@ -969,6 +970,15 @@ def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> t
     return 2.0 * torch.clamp((target_c - free_c) / gain_k, 0.0, 1.0) - 1.0
 
 
+def cheap_and_dear_steps(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether step ``state.t`` is priced at the day's lowest (cheap) and at its highest (dear) import rate, each
+    [B, 1] bool: the hours the thermostat preheats in and the price-seeking rule trades in."""
+    t = min(state.t, sim.n_steps - 1)
+    price = state.price_per_kwh
+    now = price[:, t : t + 1]
+    return now <= price.amin(dim=1, keepdim=True) + 1e-9, now >= price.amax(dim=1, keepdim=True) - 1e-9
+
+
 #: Margin inside the comfort band that the heat pumps' thermostat aims for, K.
 THERMOSTAT_MARGIN_K = 0.25
 
@@ -980,8 +990,7 @@ def thermostat_actions(sim: Sim, state: State) -> torch.Tensor:
     aims at the top of its comfort band (minus `THERMOSTAT_MARGIN_K`) in cheap hours and at the bottom (plus the
     margin) otherwise; in cooling mode the other way round (`heatpump_target_actions`)."""
     t = min(state.t, sim.n_steps - 1)
-    price = state.price_per_kwh
-    cheap = price[:, t : t + 1] <= price.amin(dim=1, keepdim=True) + 1e-9
+    cheap, _ = cheap_and_dear_steps(sim, state)
     p = sim.params["heatpump"]
     heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
     top, bottom = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K

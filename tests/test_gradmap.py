@@ -328,7 +328,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13, window):
     params = list(trainer.policy.parameters())
     n_steps, batch, n = roll["a_old"].shape
     a_new = trainer.policy.act(
-        roll["x"].reshape(n_steps * batch, n, -1), roll["rule"].reshape(-1, n), roll["noise"].reshape(-1, n)
+        roll["x"].reshape(n_steps * batch, n, -1), rule_of(roll["raw_obs"]).reshape(-1, n), roll["noise"].reshape(-1, n)
     )
     surrogate = (roll["grad"].reshape(-1, n) * (a_new - roll["a_old"].reshape(-1, n))).sum()
     g_surrogate = torch.autograd.grad(surrogate, params)
