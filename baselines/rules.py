@@ -23,16 +23,14 @@ import torch
 from gridedge_env.core import (
     OBS_NAMES,
     OBS_SCALES,
-    THERMOSTAT_MARGIN_K,
     Sim,
     State,
+    band_end_actions,
     builtin_actions,
     cheap_and_dear_steps,
     feasible_action_bounds,
-    heatpump_target_actions,
     thermostat_actions,
 )
-from gridedge_env.devices import heatpump_heating
 
 __all__ = ["RULES", "DroopCurves", "droop_actions", "noop_actions", "price_seeking_actions"]
 
@@ -147,12 +145,7 @@ def droop_actions(sim, state, curves: DroopCurves = DroopCurves()) -> torch.Tens
     action = torch.minimum(torch.maximum(action, feasible_low), feasible_high)
 
     sl = sim.agent_slices["heatpump"]
-    p = sim.params["heatpump"]
-    t = min(state.t, sim.n_steps - 1)
-    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
-    warm_end, cool_end = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K
-    least = heatpump_target_actions(sim, state, torch.where(heating, cool_end, warm_end))
-    most = heatpump_target_actions(sim, state, torch.where(heating, warm_end, cool_end))
+    least, most = band_end_actions(sim, state)
     hp = base[:, sl]
     action[:, sl] = hp + low[:, sl] * (least - hp) + high[:, sl] * (most - hp)
     return action.detach()

@@ -68,6 +68,7 @@ __all__ = [
     "feasible_action_bounds",
     "heatpump_target_actions",
     "cheap_and_dear_steps",
+    "band_end_actions",
     "thermostat_actions",
     "builtin_actions",
     "THERMOSTAT_MARGIN_K",
@@ -983,19 +984,28 @@ def cheap_and_dear_steps(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Te
 THERMOSTAT_MARGIN_K = 0.25
 
 
+def band_end_actions(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every heat pump's actions [B, N_h] that aim at the least-consuming and at the most-consuming end of its
+    comfort band, each `THERMOSTAT_MARGIN_K` inside it (`heatpump_target_actions`): heating consumes least at
+    the cool end and most at the warm end, cooling the other way round."""
+    t = min(state.t, sim.n_steps - 1)
+    p = sim.params["heatpump"]
+    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
+    warm_end, cool_end = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K
+    least = heatpump_target_actions(sim, state, torch.where(heating, cool_end, warm_end))
+    most = heatpump_target_actions(sim, state, torch.where(heating, warm_end, cool_end))
+    return least, most
+
+
 def thermostat_actions(sim: Sim, state: State) -> torch.Tensor:
     """Every heat pump's thermostat [B, N_h]: a thermostat that preheats (precools) in the day's cheapest hours.
 
-    Cheap hours are the steps priced at the day's lowest rate. In heating mode (outdoor below the band centre) it
-    aims at the top of its comfort band (minus `THERMOSTAT_MARGIN_K`) in cheap hours and at the bottom (plus the
-    margin) otherwise; in cooling mode the other way round (`heatpump_target_actions`)."""
-    t = min(state.t, sim.n_steps - 1)
+    Cheap hours are the steps priced at the day's lowest rate. It aims at the most-consuming end of its comfort
+    band in cheap hours (the top when heating, the bottom when cooling) and at the least-consuming end otherwise
+    (`band_end_actions`)."""
     cheap, _ = cheap_and_dear_steps(sim, state)
-    p = sim.params["heatpump"]
-    heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
-    top, bottom = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K
-    target = torch.where(heating == cheap, top, bottom)  # heating & cheap -> top; cooling & cheap -> bottom
-    return heatpump_target_actions(sim, state, target)
+    least, most = band_end_actions(sim, state)
+    return torch.where(cheap, most, least)
 
 
 def builtin_actions(sim: Sim, state: State) -> torch.Tensor:
