@@ -853,6 +853,25 @@ def _train_all(
     return dict(zip(runs, results, strict=True))
 
 
+def _evaluate_all(
+    evaluations: list[tuple[str, int, int | None, str]], preset: Preset, out: Path, jobs: int, show: bool, announce
+) -> dict[tuple[str, int, str], dict]:
+    """Evaluate every ``(method, seed, days, split)``; with ``jobs > 1``, that many at a time in worker processes
+    (`map_in_workers`: the optimum's plans dominate and run in parallel over seeds), without progress bars."""
+    if jobs == 1:
+        done = {}
+        for m, s, days, split in evaluations:
+            what = f"{m} seed {s}" if split == "test" else m
+            announce(f"{what}: evaluating on {days or 'all'} {split} days")
+            done[(m, s, split)] = _evaluate(m, s, preset, out, days, show, split)
+        return done
+    announce(f"evaluating {len(evaluations)} methods and seeds on their days: {jobs} at a time")
+    evaluations = sorted(evaluations, key=lambda e: e[0] != "oracle")  # the longest first: the workers finish together
+    calls = [(m, s, preset, out, days, False, split) for m, s, days, split in evaluations]
+    results = map_in_workers(_evaluate, calls, jobs)
+    return {(m, s, split): r for (m, s, _, split), r in zip(evaluations, results, strict=True)}
+
+
 def run_compare(
     preset_name: str,
     out: Path,
@@ -925,8 +944,8 @@ def run_compare(
     run_provenance = _run_provenance(out, jobs)
     started = time.monotonic()
     n_train = len(trained) * len(seeds)
-    n_stages = (n_train if jobs == 1 else min(n_train, 1)) + len(seeds) * (len(trained) + len(references))
-    n_stages += len(references) if trained else 0  # the references on the validation days
+    n_evaluations = len(seeds) * (len(trained) + len(references)) + (len(references) if trained else 0)
+    n_stages = (n_train if jobs == 1 else min(n_train, 1)) + (n_evaluations if jobs == 1 else 1)
     stage = 0
 
     def announce(text: str) -> None:
@@ -940,22 +959,19 @@ def run_compare(
 
     summaries = _train_all(trained, seeds, preset, out, jobs, show, announce)
 
-    results = {}
-    for s in seeds:
-        for m in trained + references:
-            announce(f"{m} seed {s}: evaluating on {preset.test_days or 'all'} test days")
-            r = results[(m, s)] = _evaluate(m, s, preset, out, preset.test_days, show)
-            _say(
-                f"{m} seed {s}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
-                f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}"
-            )
-    # the references on the days of the learning curves: the periodic evaluations' validation days and
+    # the references also on the days of the learning curves: the periodic evaluations' validation days and
     # household draws (evaluation seed 0)
-    validation = {}
+    evaluations = [(m, s, preset.test_days, "test") for s in seeds for m in trained + references]
     if trained:
-        for m in references:
-            announce(f"{m}: evaluating on the {preset.curve_days} validation days of the learning curves")
-            validation[m] = _evaluate(m, 0, preset, out, preset.curve_days, show, split="validation")
+        evaluations += [(m, 0, preset.curve_days, "validation") for m in references]
+    done = _evaluate_all(evaluations, preset, out, jobs, show, announce)
+    results = {(m, s): done[(m, s, split)] for m, s, _, split in evaluations if split == "test"}
+    for (m, s), r in results.items():
+        _say(
+            f"{m} seed {s}: cost {r['cost']:.4g} $/day, violation share {r['violation_share']:.3%}, "
+            f"worst {r['worst_violation_pu']:.4f} pu, pf failures {r['pf_failures']}"
+        )
+    validation = {m: done[(m, s, split)] for m, s, _, split in evaluations if split == "validation"}
     optimum_curve_cost = validation["oracle"]["cost"] if "oracle" in validation else None
     levels = target_levels(optimum_curve_cost, preset.target_cost_gap) if optimum_curve_cost is not None else None
 
