@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=1,
-        help="train this many methods at a time, each with an equal share of the CPU cores (default 1)",
+        help="train, then evaluate, this many methods and seeds at a time, each with an equal share of the CPU "
+        "cores (default 1)",
     )
     p.add_argument(
         "--device", default="cpu", help="torch device of every training and evaluation (cpu, cuda; default cpu)"

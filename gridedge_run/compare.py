@@ -891,7 +891,8 @@ def run_compare(
         out: The comparison directory (rerun with the same options to continue it).
         minutes: Training budget per method and seed (default: the preset's).
         methods: A subset of the methods (default: the preset's).
-        jobs: Trained runs at a time (each with ``cpu_count // jobs`` torch threads).
+        jobs: Runs trained, then methods and seeds evaluated, at a time (each with ``cpu_count // jobs`` torch
+            threads).
         seeds: Seeds (default: the preset's); every trained method is trained once per seed.
         show: Draw progress bars on stderr (`gridedge_run.progress.show_progress`).
         quiet: No stage messages on stderr either.
