@@ -98,8 +98,10 @@ class OptimConfig:
     budgets (minutes or iterations) have the same learning rate at iteration k, so a longer budget does not
     change the early learning curve."""
 
-    lr: float = 3e-3
-    """Adam learning rate at the start of the schedule."""
+    lr: float = 1e-3
+    """Adam learning rate at the start of the schedule. With per-parameter steps of about ``lr`` whatever the
+    gradient's size, a larger rate lets the noisy environment gradients random-walk the weights into
+    step-to-step reactions to the agent's own state (docs/gradmap.md#what-the-policies-cost)."""
     lr_schedule: str = "cosine"
     """"constant", "linear" or "cosine" decay from `lr` over the first `lr_decay_iterations` iterations."""
     lr_decay_iterations: int = 1000
@@ -175,8 +177,10 @@ class PolicyConfig:
     """Hidden width of every agent's MLP."""
     layers: int = 2
     """Hidden layers of every agent's MLP."""
-    init_log_std: float = -2.0
-    """Initial log standard deviation of the Gaussian (before tanh); -2: std 0.14."""
+    init_log_std: float = -5.0
+    """Initial log standard deviation of the Gaussian (before the squash); -5, the lower end of its range
+    (`gradmap_agent.networks.LOG_STD_RANGE`): std 0.0067. The exact environment gradient needs no exploration
+    noise, and its noise costs money (docs/gradmap.md#what-the-policies-cost)."""
     policy_dtype: str = "float32"
     """dtype of the policy parameters and updates ("float32" or "float64"; the simulator keeps its own)."""
 

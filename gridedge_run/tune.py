@@ -42,7 +42,7 @@ _GRADIENT_SHARED = {
     "voltage_quadratic": [0.0, 1e7, 1e8],
     "normalize_obs": [True, False],
     "max_grad_norm": [0.5, 1.0, None],
-    "init_log_std": [-2.0, -1.5],
+    "init_log_std": [-5.0, -3.5, -2.0],
     "hard_scenario_share": [0.0, 0.5],
     "policy_average": [0.0, 0.99],
     # how many policies in a row a gradient passes through (1: later actions held fixed)
