@@ -25,10 +25,11 @@ from gridedge_env.core import (
     OBS_SCALES,
     Sim,
     State,
-    band_end_actions,
+    band_end_targets,
     builtin_actions,
     cheap_and_dear_steps,
     feasible_action_bounds,
+    heatpump_target_actions,
     thermostat_actions,
 )
 
@@ -145,7 +146,9 @@ def droop_actions(sim, state, curves: DroopCurves = DroopCurves()) -> torch.Tens
     action = torch.minimum(torch.maximum(action, feasible_low), feasible_high)
 
     sl = sim.agent_slices["heatpump"]
-    least, most = band_end_actions(sim, state)
+    least_c, most_c = band_end_targets(sim, state)
+    least = heatpump_target_actions(sim, state, least_c)
+    most = heatpump_target_actions(sim, state, most_c)
     hp = base[:, sl]
     action[:, sl] = hp + low[:, sl] * (least - hp) + high[:, sl] * (most - hp)
     return action.detach()

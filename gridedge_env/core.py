@@ -68,7 +68,7 @@ __all__ = [
     "feasible_action_bounds",
     "heatpump_target_actions",
     "cheap_and_dear_steps",
-    "band_end_actions",
+    "band_end_targets",
     "thermostat_actions",
     "builtin_actions",
     "THERMOSTAT_MARGIN_K",
@@ -984,17 +984,15 @@ def cheap_and_dear_steps(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Te
 THERMOSTAT_MARGIN_K = 0.25
 
 
-def band_end_actions(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every heat pump's actions [B, N_h] that aim at the least-consuming and at the most-consuming end of its
-    comfort band, each `THERMOSTAT_MARGIN_K` inside it (`heatpump_target_actions`): heating consumes least at
-    the cool end and most at the warm end, cooling the other way round."""
+def band_end_targets(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every heat pump's indoor temperatures [B, N_h], C, at the least-consuming and at the most-consuming end of
+    its comfort band, each `THERMOSTAT_MARGIN_K` inside it: heating consumes least at the cool end and most at
+    the warm end, cooling the other way round (`heatpump_target_actions` turns them into actions)."""
     t = min(state.t, sim.n_steps - 1)
     p = sim.params["heatpump"]
     heating = heatpump_heating(p, state.t_outdoor_c[:, t : t + 1])
     warm_end, cool_end = p.t_max_c - THERMOSTAT_MARGIN_K, p.t_min_c + THERMOSTAT_MARGIN_K
-    least = heatpump_target_actions(sim, state, torch.where(heating, cool_end, warm_end))
-    most = heatpump_target_actions(sim, state, torch.where(heating, warm_end, cool_end))
-    return least, most
+    return torch.where(heating, cool_end, warm_end), torch.where(heating, warm_end, cool_end)
 
 
 def thermostat_actions(sim: Sim, state: State) -> torch.Tensor:
@@ -1002,10 +1000,10 @@ def thermostat_actions(sim: Sim, state: State) -> torch.Tensor:
 
     Cheap hours are the steps priced at the day's lowest rate. It aims at the most-consuming end of its comfort
     band in cheap hours (the top when heating, the bottom when cooling) and at the least-consuming end otherwise
-    (`band_end_actions`)."""
+    (`band_end_targets`)."""
     cheap, _ = cheap_and_dear_steps(sim, state)
-    least, most = band_end_actions(sim, state)
-    return torch.where(cheap, most, least)
+    least_c, most_c = band_end_targets(sim, state)
+    return heatpump_target_actions(sim, state, torch.where(cheap, most_c, least_c))
 
 
 def builtin_actions(sim: Sim, state: State) -> torch.Tensor:
