@@ -57,7 +57,7 @@ from gradmap_agent.losses import (
     dual_update,
     voltage_violation,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy, rule_of, squash
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, make_policy, rule_and_bounds, squash
 from gradmap_agent.train import METRIC_FIELDS as GRADMAP_METRIC_FIELDS
 from gradmap_agent.train import DivergenceError
 from gridedge_env import powerflow
@@ -522,7 +522,7 @@ class PPOTrainer:
                 xs.append(x)
                 us.append(u)
                 logps.append(_gaussian_log_prob(u, mean, log_std))
-                obs, _, _, _, info = env.step(squash(u, rule_of(obs).to(u.dtype)))
+                obs, _, _, _, info = env.step(squash(u, rule_and_bounds(obs).to(u.dtype)))
                 reward, dev, w = lagrangian_rewards(
                     info["result"],
                     t,

@@ -55,7 +55,7 @@ from gradmap_agent.losses import (
     dual_update,
     step_lagrangian,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input, rule_of
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input, rule_and_bounds
 from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gradmap_agent.train import DivergenceError, update_stats
 from gridedge_env.core import OBS_DIM
@@ -232,7 +232,7 @@ class SSLTrainer:
             obs = policy_input(state.obs, t, cfg.bptt_window)  # truncated BPTT
             x = self.normalizer.normalize(obs).to(self.pdtype)
             x0 = x.detach() if x0 is None else x0
-            a = self.policy.act(x, rule_of(obs).to(self.pdtype), noise[t])
+            a = self.policy.act(x, rule_and_bounds(obs).to(self.pdtype), noise[t])
             r = sim.step(state, a.to(sim.dtype))
             term, dev, w = step_lagrangian(
                 r, t, self.multipliers, v_lo, v_hi, lag.voltage_margin_pu, lag.voltage_quadratic

@@ -3,7 +3,7 @@
 N agents, each with its own small MLP (no parameter sharing), are one set of tensors with a leading agent
 dimension: `torch.baddbmm` evaluates all of them at once, so nothing loops over agents in Python. Each
 policy is a Gaussian whose mean and log standard deviation come from the agent's own network; samples use
-the reparameterisation trick and are squashed into [-1, 1] around the device's own rule action (`squash`).
+the reparameterisation trick and are squashed into the device's action bounds around its own rule action (`squash`).
 Agent ``i``'s action depends only on agent ``i``'s observation row and on slice ``i`` of every parameter
 tensor.
 
@@ -30,11 +30,11 @@ __all__ = [
     "hidden_tanh",
     "make_policy",
     "policy_input",
-    "rule_of",
+    "rule_and_bounds",
     "squash",
 ]
 
-_RULE = OBS_NAMES.index("rule_action")
+_RULE_AND_BOUNDS = [OBS_NAMES.index(name) for name in ("rule_action", "action_low", "action_high")]
 
 #: Bounds of the Gaussian's log standard deviation (before the tanh squash).
 LOG_STD_RANGE = (-5.0, 1.0)
@@ -62,20 +62,24 @@ class _HiddenTanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad_y, y)
 
 
-def squash(u: torch.Tensor, rule: torch.Tensor) -> torch.Tensor:
-    """The action in [-1, 1] of a pre-squash value ``u``: a residual around the device's own rule action
-    ``rule`` (in [-1, 1], same shape), ``rule + tanh(u) (1 - rule)`` for ``u >= 0`` and
-    ``rule + tanh(u) (1 + rule)`` below.
+def squash(u: torch.Tensor, rule_and_bounds: torch.Tensor) -> torch.Tensor:
+    """The action of a pre-squash value ``u`` [...]: a residual around the device's own rule action, inside the
+    actions it can take. ``rule_and_bounds`` [..., 3] holds the rule action ``r`` and the bounds ``low <=
+    high`` (the raw observation's ``rule_action``, ``action_low``, ``action_high``: `rule_and_bounds`); with
+    ``r`` clipped into the bounds the action is ``r + tanh(u) (high - r)`` for ``u >= 0`` and ``r + tanh(u) (r -
+    low)`` below.
 
-    Why: ``u = 0`` is the device's built-in controller (the observation's ``rule_action``: batteries idle,
-    generators at their minimum, heat pumps on their thermostat), so every policy starts from a controller
-    that keeps its comfort band, and learns what to change. The thermostat needs the building's resistance,
-    capacitance and COP, which a policy would otherwise have to infer from its rewards. Each side is tanh
-    scaled to the room left, so the slope at ``u = 0`` stays 1 - |rule| or more on the side with room, where
-    ``tanh(u + atanh(rule))`` would vanish at a rule of +-1 (a generator at its minimum).
+    Why: ``u = 0`` is the device's built-in controller (batteries idle, generators at their minimum, heat pumps
+    on their thermostat), so every policy starts from a controller that keeps its comfort band, and learns what
+    to change. The bounds (`gridedge_env.core.action_bounds`) keep every action one the device can carry out
+    without a device violation, now or at the day's end, whatever the weights. Each side is tanh scaled to the
+    room left, so the slope at ``u = 0`` is the room on that side, where ``tanh(u + atanh(r))`` would vanish at
+    a rule on a bound (a generator at its minimum).
     """
+    low, high = rule_and_bounds[..., 1], rule_and_bounds[..., 2]
+    rule = torch.minimum(torch.maximum(rule_and_bounds[..., 0], low), high)
     t = torch.tanh(u)
-    return rule + t * torch.where(t >= 0, 1.0 - rule, 1.0 + rule)
+    return rule + t * torch.where(t >= 0, high - rule, rule - low)
 
 
 def hidden_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -169,14 +173,14 @@ class StackedMLPPolicy(nn.Module):
         out = h.transpose(0, 1)  # [B, N, 2]
         return out[..., 0], out[..., 1].clamp(*LOG_STD_RANGE)
 
-    def act(self, obs: torch.Tensor, rule: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Actions in [-1, 1], [B, N]: ``squash(mean + std * noise, rule)`` for normalised observations ``obs``
-        and the rule actions ``rule`` [B, N] (the raw observation's ``rule_action``); ``noise=None`` gives
-        ``squash(mean, rule)``."""
+    def act(self, obs: torch.Tensor, rule_bounds: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions in [-1, 1], [B, N]: ``squash(mean + std * noise, rule_bounds)`` for normalised observations
+        ``obs`` and the rule actions and action bounds ``rule_bounds`` [B, N, 3] of the raw observations
+        (`rule_and_bounds`); ``noise=None`` gives ``squash(mean, rule_bounds)``."""
         mean, log_std = self(obs)
         if noise is not None:
             mean = mean + log_std.exp() * noise.to(mean.dtype)
-        return squash(mean, rule.to(mean.dtype))
+        return squash(mean, rule_bounds.to(mean.dtype))
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> StackedMLPPolicy:
@@ -318,16 +322,17 @@ def make_policy(params: dict, deterministic: bool = True) -> Callable[[torch.Ten
         with torch.no_grad():
             x = norm.normalize(obs.to(torch.float64)).to(net.weights[0].dtype)
             noise = None if deterministic else torch.randn(obs.shape[:2], dtype=x.dtype, device=x.device)
-            return net.act(x, rule_of(obs), noise).to(obs.dtype)
+            return net.act(x, rule_and_bounds(obs), noise).to(obs.dtype)
 
     policy.n_agents = net.n_agents  # type: ignore[attr-defined]
     policy.obs_dim = net.obs_dim  # type: ignore[attr-defined]
     return policy
 
 
-def rule_of(obs: torch.Tensor) -> torch.Tensor:
-    """The rule actions [..., N] of raw observations [..., N, d] (their ``rule_action`` feature)."""
-    return obs[..., _RULE]
+def rule_and_bounds(obs: torch.Tensor) -> torch.Tensor:
+    """[..., N, 3] the rule action and the action bounds of raw observations [..., N, d] (their ``rule_action``,
+    ``action_low`` and ``action_high`` features): what `squash` maps onto."""
+    return obs[..., _RULE_AND_BOUNDS]
 
 
 def clone_tree(obj):

@@ -66,7 +66,7 @@ from gradmap_agent.losses import (
     proximal_surrogate,
     step_lagrangian,
 )
-from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input, rule_of
+from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, clone_tree, policy_input, rule_and_bounds
 from gradmap_agent.replay import HardScenarioPool, PolicyAverage, current_weights, start_rollout
 from gridedge_env.core import OBS_DIM
 from gridedge_env.metrics import EVAL_METRICS, METRIC_NAMES, RolloutMetrics
@@ -253,7 +253,7 @@ class GradMAPTrainer:
             # the actions are leaves of the environment graph; the observations keep their graph within a window
             obs = policy_input(state.obs, t, cfg.bptt_window)
             x = self.normalizer.normalize(obs).to(self.pdtype)
-            rule = rule_of(obs).to(self.pdtype)
+            rule = rule_and_bounds(obs).to(self.pdtype)
             if x.requires_grad:
                 reaction = self.policy.act(x, rule, noise[t])
                 a = reaction.detach()
@@ -325,7 +325,7 @@ class GradMAPTrainer:
         n_steps, local, n = roll["a_old"].shape
         batch, first = cfg.batch_days, roll["rows"].start
         x = roll["x"].reshape(n_steps * local, n, -1)
-        rule = rule_of(roll["raw_obs"]).to(self.pdtype).reshape(n_steps * local, n)
+        rule = rule_and_bounds(roll["raw_obs"]).to(self.pdtype).reshape(n_steps * local, n, 3)
         noise = roll["noise"].reshape(n_steps * local, n)
         a_old = roll["a_old"].reshape(n_steps * local, n)
         grad = roll["grad"].to(self.pdtype).reshape(n_steps * local, n)

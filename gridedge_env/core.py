@@ -33,6 +33,7 @@ from gridedge_env.devices import (
     battery_power_limits,
     generator_output_limits,
     heatpump_cop,
+    heatpump_comfort_limits,
     heatpump_heating,
     heatpump_response,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "State",
     "StepResult",
     "make_sim",
+    "action_bounds",
     "feasible_action_bounds",
     "heatpump_target_actions",
     "cheap_and_dear_steps",
@@ -91,6 +93,8 @@ OBS_NAMES: tuple[str, ...] = (
     "own_state",
     "own_reference",
     "rule_action",
+    "action_low",
+    "action_high",
 )
 OBS_DIM: int = len(OBS_NAMES)
 
@@ -706,6 +710,7 @@ class Sim:
             own,
             reference,
             builtin_actions(self, state),
+            *action_bounds(self, state),
         ]
         return torch.stack(columns, dim=2)
 
@@ -957,6 +962,40 @@ def feasible_action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.
     to_action = lambda out_kw: 1.0 - 2.0 * (out_kw - p.p_min_kw) / (p.p_max_kw - p.p_min_kw)  # noqa: E731
     low[:, sl], high[:, sl] = to_action(out_hi), to_action(out_lo)
     return low, high
+
+
+def action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actions each device can take at ``state`` without a device violation, now or at the day's end:
+    ``(low, high)``, each [B, N] in [-1, 1], ``low <= high``: the observation's ``action_low`` and ``action_high``.
+
+    - Battery: what its state of charge allows in this step (`feasible_action_bounds`), and no deeper
+      discharge than charging at full power over the day's remaining steps can make up, so that its terminal
+      condition (state of charge back to its initial value) can always still be met.
+    - Generator: its ramp window (`feasible_action_bounds`).
+    - Heat pump: the loads that keep its building inside the comfort band at the end of the step
+      (`gridedge_env.devices.heatpump_comfort_limits`; where no load can, both bounds are the closest one).
+
+    Why observed: a local policy cannot know its device's power rating, capacity, efficiencies or building
+    model, and the learners act inside these bounds (`gradmap_agent.networks.squash`), as the optimum's planner
+    does (`baselines.oracle.FeasibleMap`): a constraint the device can keep by itself is then kept by
+    construction, and the Lagrangian's device terms are left with what no single step decides (a heat pump's
+    indoor temperature at the day's end, a comfort band its unit is too small for).
+    """
+    low, high = feasible_action_bounds(sim, state)
+    lows, highs = sim.obs_by_type(low), sim.obs_by_type(high)
+    bat = sim.params["battery"]
+    remaining_steps = max(sim.n_steps - state.t - 1, 0)
+    # the lowest state of charge after this step from which full-power charging reaches the initial one
+    floor_kwh = state.soc_init_kwh - remaining_steps * bat.p_max_kw * bat.eta_charge * sim.dt_h
+    gap_kwh = floor_kwh - state.soc_kwh
+    least_kw = torch.where(gap_kwh > 0, gap_kwh / (bat.eta_charge * sim.dt_h), gap_kwh * bat.eta_discharge / sim.dt_h)
+    lows["battery"] = torch.minimum(torch.maximum(lows["battery"], least_kw / bat.p_max_kw), highs["battery"])
+    t = min(state.t, sim.n_steps - 1)
+    u_lo, u_hi = heatpump_comfort_limits(
+        sim.params["heatpump"], state.t_indoor_c, state.t_outdoor_c[:, t : t + 1], sim.dt_h
+    )
+    lows["heatpump"], highs["heatpump"] = 2.0 * u_lo - 1.0, 2.0 * u_hi - 1.0
+    return torch.cat(list(lows.values()), dim=1), torch.cat(list(highs.values()), dim=1)
 
 
 def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> torch.Tensor:

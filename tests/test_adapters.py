@@ -333,7 +333,7 @@ def test_batched_shapes_and_errors():
 def test_gymnasium_registered_and_checked():
     from gymnasium.utils.env_checker import check_env
 
-    assert ENV_ID == "gridedge/IEEE123-v2" and ENV_ID in gym.registry
+    assert ENV_ID == "gridedge/IEEE123-v3" and ENV_ID in gym.registry
     env = gym.make(ENV_ID, **SMALL)
     assert isinstance(env.unwrapped, GridEdgeCentralEnv)
     check_env(env.unwrapped, skip_render_check=True)

@@ -15,7 +15,7 @@ import torch
 import gridedge_env
 from baselines.rules import noop_actions, price_seeking_actions
 from gradmap_agent.networks import ObsNormalizer, StackedMLPPolicy, make_policy
-from gridedge_env.core import OBS_DIM, OBS_NAMES, SimConfig, State, make_sim
+from gridedge_env.core import OBS_DIM, OBS_NAMES, SimConfig, State, action_bounds, make_sim
 from gridedge_env.devices import DEVICE_TYPES
 from gridedge_env.network import load_feeder
 from gridedge_env.placement import (
@@ -573,13 +573,50 @@ def test_observation_carries_the_builtin_controllers_action(sim):
     # the thermostat reacts to the indoor temperature it observes
     warmer = dataclasses.replace(state, t_indoor_c=state.t_indoor_c + 0.5)
     assert not torch.equal(sim.observe(warmer)[..., rule], state.obs[..., rule])
-    # an untrained network with zero output is doing nothing
+    # an untrained network with zero output is doing nothing, asked only for what the device can do (after the
+    # random steps some generators cannot ramp down to their minimum in one step: the same power either way)
     policy = StackedMLPPolicy(sim.n_agents, OBS_DIM, hidden=4, dtype=sim.dtype)
     with torch.no_grad():
         policy.weights[-1].zero_()
         policy.biases[-1][..., 0] = 0.0
     params = {"policy": policy.state_dict(), "normalizer": ObsNormalizer(sim.n_agents, OBS_DIM).state_dict()}
-    torch.testing.assert_close(make_policy(params)(state.obs), noop_actions(sim, state), rtol=0, atol=1e-12)
+    low, high = action_bounds(sim, state)
+    inside = torch.minimum(torch.maximum(noop_actions(sim, state), low), high)
+    assert not torch.equal(inside, noop_actions(sim, state))
+    torch.testing.assert_close(make_policy(params)(state.obs), inside, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sim.step(state, inside).p_kw, sim.step(state, noop_actions(sim, state)).p_kw)
+
+
+def test_actions_inside_the_observed_bounds_violate_no_device_constraint(sim):
+    """A day of actions drawn inside ``action_low`` / ``action_high`` (uniformly, and at either bound) has no
+    projected kW, no heat-pump comfort violation where the unit can keep the band, and no battery terminal
+    shortfall; an action outside the bounds is still accepted (projected or scored)."""
+    low_i, high_i = OBS_NAMES.index("action_low"), OBS_NAMES.index("action_high")
+    bat, hp = sim.agent_slices["battery"], sim.agent_slices["heatpump"]
+    for mode in ("uniform", "high", "low"):
+        state = sim.reset(3, seed=5, split="validation")
+        g = torch.Generator().manual_seed(1)
+        for t in range(sim.n_steps):
+            low, high = state.obs[..., low_i], state.obs[..., high_i]
+            torch.testing.assert_close((low, high), action_bounds(sim, state), rtol=0, atol=0)
+            assert bool((low >= -1).all() and (high <= 1).all() and (low <= high).all())
+            u = {"uniform": torch.rand(low.shape, generator=g, dtype=sim.dtype), "low": 0.0, "high": 1.0}[mode]
+            result = sim.step(state, low + (high - low) * u)
+            assert float(result.device_violation[:, bat].max()) < 1e-9
+            assert float(result.device_violation[:, sim.agent_slices["generator"]].max()) < 1e-9
+            # a heat pump whose unit can keep the band (bounds apart) stays inside it
+            keeps = (high - low)[:, hp] > 1e-9
+            assert float(torch.where(keeps, result.device_violation[:, hp], 0.0).max()) < 1e-9
+            state = result.state
+        assert float(result.terminal_shortfall[:, bat].max()) < 1e-9
+    # the deepest discharge all day (mode "low") ends exactly at the initial state of charge
+    torch.testing.assert_close(state.soc_kwh, state.soc_init_kwh, rtol=0, atol=1e-9)
+    # above the bound: accepted, projected, and scored as undelivered (the day's last step again)
+    state = dataclasses.replace(state, t=sim.n_steps - 1)
+    state = dataclasses.replace(state, obs=sim.observe(state))
+    full_charge = sim.step(state, torch.ones(3, sim.n_agents, dtype=sim.dtype))
+    capped = state.obs[:, bat, high_i] < 1.0 - 1e-6
+    assert bool(capped.any()) and bool((full_charge.device_violation[:, bat][capped] > 0).all())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from gradmap_agent.losses import (
     dual_update,
     step_lagrangian,
 )
-from gradmap_agent.networks import hidden_tanh, policy_input, rule_of, squash
+from gradmap_agent.networks import hidden_tanh, policy_input, rule_and_bounds, squash
 from gradmap_agent.replay import current_weights
 from gridedge_env import make_sim
 from gridedge_env.metrics import DEVICE_METRIC_NAMES
@@ -226,7 +226,7 @@ def test_no_parameter_sharing():
     with torch.no_grad():
         policy.weights[-1].normal_()  # make the outputs depend on the weights visibly
     obs = torch.randn(4, 6, 8)
-    rule = torch.rand(4, 6) * 2 - 1
+    rule = torch.stack([torch.rand(4, 6) * 2 - 1, -torch.ones(4, 6), torch.ones(4, 6)], dim=-1)
     base = policy.act(obs, rule).detach()
     with torch.no_grad():
         for w in policy.weights:
@@ -240,29 +240,47 @@ def test_no_parameter_sharing():
     diff = (policy.act(obs2, rule) - policy.act(obs, rule)).detach().abs().amax(dim=0)
     assert diff[4] > 0 and bool((diff[[0, 1, 2, 3, 5]] == 0).all())
     rule2 = rule.clone()
-    rule2[:, 1] = -rule2[:, 1]
+    rule2[:, 1, 0] = -rule2[:, 1, 0]
     diff = (policy.act(obs, rule2) - policy.act(obs, rule)).detach().abs().amax(dim=0)
     assert diff[1] > 0 and bool((diff[[0, 2, 3, 4, 5]] == 0).all())
 
 
 def test_squash_is_a_residual_around_the_rule_with_slope_on_the_side_with_room():
     rule = torch.tensor([-1.0, -0.6, 0.0, 0.3, 1.0], dtype=torch.float64)
+    full = lambda r: torch.stack([r, -torch.ones_like(r), torch.ones_like(r)], dim=-1)  # noqa: E731
     zero = torch.zeros(5, dtype=torch.float64)
-    torch.testing.assert_close(squash(zero, rule), rule, rtol=0, atol=0)  # u = 0: the rule itself
-    torch.testing.assert_close(squash(zero, zero), zero)
+    torch.testing.assert_close(squash(zero, full(rule)), rule, rtol=0, atol=0)  # u = 0: the rule itself
+    torch.testing.assert_close(squash(zero, full(zero)), zero)
     u = torch.linspace(-6, 6, 241, dtype=torch.float64)[:, None].expand(-1, 5)
-    a = squash(u, rule.expand(241, -1))
+    a = squash(u, full(rule).expand(241, -1, -1))
     assert bool((a >= -1).all() and (a <= 1).all())
     assert bool((a[1:] >= a[:-1]).all())  # monotone in u
     torch.testing.assert_close(a[-1], torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
     torch.testing.assert_close(a[0], -torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
-    torch.testing.assert_close(squash(u[:, 2], zero[:1].expand(241)), torch.tanh(u[:, 2]))  # rule 0: plain tanh
+    torch.testing.assert_close(squash(u[:, 2], full(zero[:1].expand(241))), torch.tanh(u[:, 2]))  # rule 0: tanh
     # slope at u = 0 towards the side with room: 1 + rule below, 1 - rule above (a generator at its minimum, +1,
     # can still be moved down with slope 2, where tanh(u + atanh(rule)) would have slope 0)
     for side, expected in ((-1e-7, 1 + rule), (1e-7, 1 - rule)):
         x = torch.full((5,), side, dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(squash(x, rule).sum(), x)
+        (g,) = torch.autograd.grad(squash(x, full(rule)).sum(), x)
         torch.testing.assert_close(g, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_squash_stays_inside_the_action_bounds_around_the_rule_clipped_into_them():
+    """Narrower bounds: every action inside them, u = 0 the rule clipped into them, the ends reached, and a
+    collapsed range (low == high) one action whatever u."""
+    rule = torch.tensor([0.0, 1.0, -1.0, 0.5, 0.2], dtype=torch.float64)
+    low = torch.tensor([-0.3, -0.8, -0.5, 0.2, 0.2], dtype=torch.float64)
+    high = torch.tensor([0.6, 0.4, 0.1, 0.9, 0.2], dtype=torch.float64)
+    bounds = torch.stack([rule, low, high], dim=-1)
+    u = torch.linspace(-8, 8, 321, dtype=torch.float64)[:, None].expand(-1, 5)
+    a = squash(u, bounds.expand(321, -1, -1))
+    assert bool((a >= low - 1e-12).all() and (a <= high + 1e-12).all())
+    assert bool((a[1:] >= a[:-1]).all())
+    torch.testing.assert_close(a[160], rule.clamp(low, high), rtol=0, atol=1e-12)  # u = 0 (to rounding)
+    torch.testing.assert_close(a[0], low, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a[-1], high, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a[:, 4], torch.full((321,), 0.2, dtype=torch.float64))
 
 
 def test_gradma_is_gradmap_with_k1(sim13):
@@ -328,7 +346,9 @@ def test_gradma_update_direction_is_the_chain_rule(sim13, window):
     params = list(trainer.policy.parameters())
     n_steps, batch, n = roll["a_old"].shape
     a_new = trainer.policy.act(
-        roll["x"].reshape(n_steps * batch, n, -1), rule_of(roll["raw_obs"]).reshape(-1, n), roll["noise"].reshape(-1, n)
+        roll["x"].reshape(n_steps * batch, n, -1),
+        rule_and_bounds(roll["raw_obs"]).reshape(-1, n, 3),
+        roll["noise"].reshape(-1, n),
     )
     surrogate = (roll["grad"].reshape(-1, n) * (a_new - roll["a_old"].reshape(-1, n))).sum()
     g_surrogate = torch.autograd.grad(surrogate, params)
@@ -340,7 +360,7 @@ def test_gradma_update_direction_is_the_chain_rule(sim13, window):
     total, violated = 0.0, False
     for t in range(n_steps):
         obs = policy_input(state.obs, t, window)
-        a = trainer.policy.act(trainer.normalizer.normalize(obs), rule_of(obs), noise[t])
+        a = trainer.policy.act(trainer.normalizer.normalize(obs), rule_and_bounds(obs), noise[t])
         r = sim13.step(state, a)
         term, _, w = step_lagrangian(
             r,

@@ -1,7 +1,7 @@
 """Adapters over the functional core (imported lazily; each pulls in PettingZoo / Gymnasium on first use).
 
 - `pettingzoo_env`: the PettingZoo ParallelEnv (`parallel_env`), its AEC versions (`env`, `raw_env`);
-- `gymnasium_env`: the centralised Gymnasium env (registered as ``gridedge/IEEE123-v2``);
+- `gymnasium_env`: the centralised Gymnasium env (registered as ``gridedge/IEEE123-v3``);
 - `batched`: `BatchedEnv`, B episodes at once as torch tensors;
 - `wrappers`: `HomogenizeWrapper` (identical spaces across agents plus an agent-type one-hot).
 """

@@ -49,6 +49,8 @@ OBS_BOUNDS: dict[str, tuple[float, float]] = {
     "own_state": (-10.0, 10.0),  # battery SOC share [0, 1], heat pump band position [-1, 1], gen. [0, 1]
     "own_reference": (-10.0, 10.0),  # the same scale at the start of the day (generators: 0)
     "rule_action": (-1.0, 1.0),  # an action
+    "action_low": (-1.0, 1.0),  # actions
+    "action_high": (-1.0, 1.0),
 }
 assert tuple(OBS_BOUNDS) == OBS_NAMES
 OBS_LOW = np.array([OBS_BOUNDS[k][0] for k in OBS_NAMES], dtype=np.float32)
@@ -142,11 +144,11 @@ def agent_rewards(result: StepResult, node_index: torch.Tensor, reward: RewardCo
 
 
 def global_state(sim: Sim, state: State, obs: torch.Tensor) -> torch.Tensor:
-    """Global state [B, 4 + 6N + J] float32 for centralised critics.
+    """Global state [B, 4 + 8N + J] float32 for centralised critics.
 
     Layout: the 4 features every agent shares (time_sin, time_cos, price, t_outdoor); then for every agent
-    in ``sim.agents`` order its 6 local features (v_node, node_load, node_pv, own_state, own_reference,
-    rule_action), agent-major; then the voltage of every load node (``sim.load_node_names``) as (v - 1) / 0.05.
+    in ``sim.agents`` order its 8 local features (v_node, node_load, node_pv, own_state, own_reference,
+    rule_action, action_low, action_high), agent-major; then the voltage of every load node (``sim.load_node_names``) as (v - 1) / 0.05.
     ``obs`` is the clipped observation [B, N, D] of ``state``.
     """
     batch = obs.shape[0]
@@ -247,7 +249,7 @@ class BatchedEnv:
         return clip_obs(result.obs), rewards.detach().to(torch.float32), terminated, truncated, info
 
     def global_state(self) -> torch.Tensor:
-        """[B, 4 + 6N + J] float32 global state (`global_state`)."""
+        """[B, 4 + 8N + J] float32 global state (`global_state`)."""
         if self.state is None:
             raise ValueError("call reset() before state()")
         return global_state(self.sim, self.state, clip_obs(self.state.obs))

@@ -1,17 +1,17 @@
-"""Centralised Gymnasium environment: one controller sets every agent's action (``gridedge/IEEE123-v2``).
+"""Centralised Gymnasium environment: one controller sets every agent's action (``gridedge/IEEE123-v3``).
 
 ```python
 import gymnasium as gym
 import gridedge_env.adapters.gymnasium_env  # importing the module registers the id
-env = gym.make("gridedge/IEEE123-v2")       # keyword arguments as for gridedge_env.parallel_env
-# without the import: gym.make("gridedge_env.adapters.gymnasium_env:gridedge/IEEE123-v2")
+env = gym.make("gridedge/IEEE123-v3")       # keyword arguments as for gridedge_env.parallel_env
+# without the import: gym.make("gridedge_env.adapters.gymnasium_env:gridedge/IEEE123-v3")
 obs, info = env.reset(seed=0)
 obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 ```
 
 - Action: ``Box(-1, 1, (N,), float32)``, agent order ``env.unwrapped.agents`` (= the PettingZoo adapter's
   ``possible_agents``), the same normalised actions as there.
-- Observation: the global state of the PettingZoo adapter (``state()``: float32 ``[4 + 6N + J]``, layout in
+- Observation: the global state of the PettingZoo adapter (``state()``: float32 ``[4 + 8N + J]``, layout in
   `gridedge_env.adapters.pettingzoo_env`), always inside ``observation_space``.
 - Reward: ``-(sum_i cost_i + w_dev * sum_i device_violation_i + w_net * sum over feeder nodes of the voltage
   violation)`` — the design's Lagrangian with fixed weights; the network term counts once, not once per agent.
@@ -40,7 +40,7 @@ from gridedge_env.scenarios import split_days
 
 __all__ = ["ENV_ID", "GridEdgeCentralEnv"]
 
-ENV_ID = "gridedge/IEEE123-v2"
+ENV_ID = "gridedge/IEEE123-v3"
 
 
 class GridEdgeCentralEnv(gym.Env):

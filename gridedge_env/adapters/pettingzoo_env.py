@@ -15,8 +15,8 @@ while env.agents:
 | Actions | continuous, ``Box(-1, 1, (1,), float32)`` per agent |
 | Parallel API | yes (native); AEC through PettingZoo's ``parallel_to_aec`` |
 | Agents | ``battery_<i>``, ``heatpump_<i>``, ``generator_<i>``; default 400 / 400 / 200 (1,000) |
-| Observations | ``Box(low, high, (10,), float32)`` per agent (bounds below) |
-| State | ``Box(low, high, (4 + 6N + J,), float32)`` (``state()``, ``state_space``) |
+| Observations | ``Box(low, high, (12,), float32)`` per agent (bounds below) |
+| State | ``Box(low, high, (4 + 8N + J,), float32)`` (``state()``, ``state_space``) |
 | Episode | one day: 48 steps of 30 minutes; no termination, all agents truncate together at the horizon |
 
 A three-phase unbalanced distribution feeder (IEEE-123 by default) with single-phase devices, each an agent
@@ -49,7 +49,7 @@ usable.** Stepping after the episode ended is a ``ValueError`` too.
 
 ## Observations
 
-float32, the same 10 features for every type (``gridedge_env.OBS_NAMES``); everything is local.
+float32, the same 12 features for every type (``gridedge_env.OBS_NAMES``); everything is local.
 
 | index | name | value | bounds |
 |---|---|---|---|
@@ -63,6 +63,8 @@ float32, the same 10 features for every type (``gridedge_env.OBS_NAMES``); every
 | 7 | ``own_state`` | by type, below | [-10, 10] |
 | 8 | ``own_reference`` | by type, below | [-10, 10] |
 | 9 | ``rule_action`` | the action the device's built-in controller would take now, below | [-1, 1] |
+| 10 | ``action_low`` | the lowest action the device can take now without a device violation, below | [-1, 1] |
+| 11 | ``action_high`` | the highest such action, below | [-1, 1] |
 
 ``own_state``: battery, state of charge as a share of its usable range ([0, 1]); heat pump, (indoor
 temperature - comfort band centre) / half band width ([-1, 1] inside the band); generator, previous output /
@@ -73,7 +75,12 @@ must put back before the day ends. ``rule_action``: what the device does on its 
 controller (doing nothing): battery 0 (idle), generator +1 (its minimum output), heat pump its thermostat,
 which keeps the comfort band and preheats (precools) in the day's cheapest hours
 (``gridedge_env.core.builtin_actions``). The thermostat needs the building's thermal resistance, capacitance
-and the unit's COP, which no other feature carries.
+and the unit's COP, which no other feature carries. ``action_low``, ``action_high``: the actions the device
+can take now without a device violation, now or at the day's end (``gridedge_env.core.action_bounds``):
+battery, what its state of charge allows in this step and no deeper discharge than full-power charging over
+the day's remaining steps can make up (its terminal condition); generator, its ramp window; heat pump, the
+loads that keep the building inside its comfort band at the end of the step. Actions outside them are still
+accepted: the simulator projects them and scores the violation.
 
 The bounds are generous: a converged step stays well inside them. **Anything outside (e.g. after a power flow
 that did not converge) is clipped to the bounds, and NaN becomes 0**, so an observation is always inside its
@@ -81,10 +88,10 @@ space (``infos[a]["pf_converged"]`` flags such steps).
 
 ## State (centralised critics)
 
-``env.state()``: float32 ``[4 + 6N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
-each agent's 6 local features (v_node, node_load, node_pv, own_state, own_reference, rule_action) agent after agent in
+``env.state()``: float32 ``[4 + 8N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
+each agent's 8 local features (v_node, node_load, node_pv, own_state, own_reference, rule_action, action_low, action_high) agent after agent in
 ``possible_agents`` order, then (v - 1) / 0.05 at each of the J load nodes (``env.sim.load_node_names``).
-IEEE-123 with 1,000 agents: 6,100 entries.
+IEEE-123 with 1,000 agents: 8,100 entries.
 
 ## Rewards
 
@@ -358,7 +365,7 @@ class GridEdgeParallelEnv(ParallelEnv):
         return obs, rew, terminations, truncations, infos
 
     def state(self) -> np.ndarray:
-        """Global state, float32 [4 + 6N + J] (layout in the module docstring)."""
+        """Global state, float32 [4 + 8N + J] (layout in the module docstring)."""
         if self._core_state is None:
             raise ValueError("call reset() before state()")
         return global_state(self.sim, self._core_state, self._obs32)[0].cpu().numpy()

@@ -3,8 +3,8 @@
 `HomogenizeWrapper` pads every agent's observation to the largest observation size (zeros) and appends a
 one-hot of the agent's type (``battery``, ``heatpump``, ``generator``: the name before the last ``_``), so
 that one policy network can serve every agent and still tell the types apart. Action spaces must already be
-identical (they are: ``Box(-1, 1, (1,), float32)``). In gridedge every type has the same 10 features, so the
-padding is empty and the observation becomes ``[10 + 3]``: the 10 features, then the type one-hot.
+identical (they are: ``Box(-1, 1, (1,), float32)``). In gridedge every type has the same 12 features, so the
+padding is empty and the observation becomes ``[12 + 3]``: the 12 features, then the type one-hot.
 """
 
 from __future__ import annotations
