@@ -32,8 +32,8 @@ from gridedge_env.devices import (
     DEVICE_TYPES,
     battery_power_limits,
     generator_output_limits,
-    heatpump_cop,
     heatpump_comfort_limits,
+    heatpump_cop,
     heatpump_heating,
     heatpump_response,
 )

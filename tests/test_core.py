@@ -596,7 +596,7 @@ def test_actions_inside_the_observed_bounds_violate_no_device_constraint(sim):
     for mode in ("uniform", "high", "low"):
         state = sim.reset(3, seed=5, split="validation")
         g = torch.Generator().manual_seed(1)
-        for t in range(sim.n_steps):
+        for _ in range(sim.n_steps):
             low, high = state.obs[..., low_i], state.obs[..., high_i]
             torch.testing.assert_close((low, high), action_bounds(sim, state), rtol=0, atol=0)
             assert bool((low >= -1).all() and (high <= 1).all() and (low <= high).all())

@@ -148,7 +148,8 @@ def global_state(sim: Sim, state: State, obs: torch.Tensor) -> torch.Tensor:
 
     Layout: the 4 features every agent shares (time_sin, time_cos, price, t_outdoor); then for every agent
     in ``sim.agents`` order its 8 local features (v_node, node_load, node_pv, own_state, own_reference,
-    rule_action, action_low, action_high), agent-major; then the voltage of every load node (``sim.load_node_names``) as (v - 1) / 0.05.
+    rule_action, action_low, action_high), agent-major; then the voltage of every load node
+    (``sim.load_node_names``) as (v - 1) / 0.05.
     ``obs`` is the clipped observation [B, N, D] of ``state``.
     """
     batch = obs.shape[0]

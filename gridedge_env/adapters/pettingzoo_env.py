@@ -89,9 +89,9 @@ space (``infos[a]["pf_converged"]`` flags such steps).
 ## State (centralised critics)
 
 ``env.state()``: float32 ``[4 + 8N + J]``: the 4 shared features (time_sin, time_cos, price, t_outdoor), then
-each agent's 8 local features (v_node, node_load, node_pv, own_state, own_reference, rule_action, action_low, action_high) agent after agent in
-``possible_agents`` order, then (v - 1) / 0.05 at each of the J load nodes (``env.sim.load_node_names``).
-IEEE-123 with 1,000 agents: 8,100 entries.
+each agent's 8 local features (v_node, node_load, node_pv, own_state, own_reference, rule_action, action_low,
+action_high) agent after agent in ``possible_agents`` order, then (v - 1) / 0.05 at each of the J load nodes
+(``env.sim.load_node_names``). IEEE-123 with 1,000 agents: 8,100 entries.
 
 ## Rewards
 
