@@ -5,7 +5,7 @@ Public entry points (imported lazily, so ``import gridedge_env`` stays cheap):
 - `make_sim(**cfg)` -> `Sim`, the pure functional core: ``reset(batch_size, seed, split) -> State`` and
   ``step(state, actions[B, N]) -> StepResult`` (``docs/simulator.md``);
 - `parallel_env(**cfg)` (PettingZoo ParallelEnv), `env(**cfg)` / `raw_env(**cfg)` (AEC) of the default task
-  (`gridedge_env.ieee123_v2`; spec in `gridedge_env.adapters.pettingzoo_env`);
+  (`gridedge_env.ieee123_v3`; spec in `gridedge_env.adapters.pettingzoo_env`);
 - `sim_config_dict(sim)`: the config as JSON-friendly values, which `make_sim(**...)` takes back;
 - `SimConfig`, `State`, `StepResult`, `OBS_NAMES`, `OBS_DIM`, `AGENT_TYPES`.
 
@@ -33,9 +33,9 @@ _LAZY: dict[str, str] = {
     "OBS_NAMES": "gridedge_env.core",
     "OBS_DIM": "gridedge_env.core",
     # PettingZoo adapters of the default task (versioned module, see gridedge_env.adapters.pettingzoo_env)
-    "parallel_env": "gridedge_env.ieee123_v2",
-    "env": "gridedge_env.ieee123_v2",
-    "raw_env": "gridedge_env.ieee123_v2",
+    "parallel_env": "gridedge_env.ieee123_v3",
+    "env": "gridedge_env.ieee123_v3",
+    "raw_env": "gridedge_env.ieee123_v3",
 }
 
 __all__ = sorted(_LAZY)

@@ -67,10 +67,10 @@ def test_import_stays_light():
 
 
 def test_exports_and_versioned_module():
-    from gridedge_env import ieee123_v2
+    from gridedge_env import ieee123_v3
 
-    assert gridedge_env.parallel_env is ieee123_v2.parallel_env is pettingzoo_env.parallel_env
-    assert gridedge_env.env is ieee123_v2.env and gridedge_env.raw_env is ieee123_v2.raw_env
+    assert gridedge_env.parallel_env is ieee123_v3.parallel_env is pettingzoo_env.parallel_env
+    assert gridedge_env.env is ieee123_v3.env and gridedge_env.raw_env is ieee123_v3.raw_env
     doc = pettingzoo_env.__doc__
     for section in (
         "## Agents",
@@ -140,7 +140,7 @@ def test_episode_contract():
         assert steps == env.sim.n_steps and all(trunc.values()) and env.agents == []
         with pytest.raises(ValueError, match="episode is over"):
             env.step({})
-    assert env.state_space.shape == (4 + 6 * 12 + env.sim.n_load_nodes,)
+    assert env.state_space.shape == (4 + 8 * 12 + env.sim.n_load_nodes,)
 
 
 def _rollout(env, seed, n_steps, action_seed=0):
@@ -314,7 +314,7 @@ def test_batched_shapes_and_errors():
     obs, rew, term, trunc, info = env.step(torch.zeros(4, 12))
     assert rew.shape == term.shape == trunc.shape == (4, 12) and rew.dtype == torch.float32
     assert info["cost"].shape == (4, 12) and info["feeder_voltage_violation"].shape == (4,)
-    assert env.global_state().shape == (4, 4 + 6 * 12 + env.sim.n_load_nodes)
+    assert env.global_state().shape == (4, 4 + 8 * 12 + env.sim.n_load_nodes)
     state = env.state
     with pytest.raises(ValueError, match="shape"):
         env.step(torch.zeros(4, 11))

@@ -1,4 +1,4 @@
-"""# gridedge IEEE-123 (``gridedge_env.ieee123_v2``): decentralised control of grid-edge devices
+"""# gridedge IEEE-123 (``gridedge_env.ieee123_v3``): decentralised control of grid-edge devices
 
 ```python
 import gridedge_env
@@ -11,7 +11,7 @@ while env.agents:
 
 | | |
 |---|---|
-| Import | ``from gridedge_env import ieee123_v2`` (or ``gridedge_env.parallel_env`` / ``env`` / ``raw_env``) |
+| Import | ``from gridedge_env import ieee123_v3`` (or ``gridedge_env.parallel_env`` / ``env`` / ``raw_env``) |
 | Actions | continuous, ``Box(-1, 1, (1,), float32)`` per agent |
 | Parallel API | yes (native); AEC through PettingZoo's ``parallel_to_aec`` |
 | Agents | ``battery_<i>``, ``heatpump_<i>``, ``generator_<i>``; default 400 / 400 / 200 (1,000) |
@@ -132,6 +132,9 @@ picks a day of the split. The environment pickles (``pickle``, ``cloudpickle``) 
 
 ## Version history
 
+- v3: two observation features, ``action_low`` and ``action_high``, the actions each device can take without a
+  device violation (its state of charge, terminal condition, ramp window or comfort band). Dynamics, costs
+  and rewards are v2's.
 - v2: a tenth observation feature, ``rule_action``, the action of the device's built-in controller (battery
   idle, generator at its minimum, heat pump on its thermostat). Dynamics, costs and rewards are v1's.
 - v1: a well-posed task. Heat pumps sized for their buildings at the weather's design temperatures, the
@@ -200,7 +203,7 @@ class GridEdgeParallelEnv(ParallelEnv):
     """PettingZoo ParallelEnv over the functional core (spec: this module's docstring)."""
 
     metadata = {
-        "name": "gridedge_ieee123_v2",
+        "name": "gridedge_ieee123_v3",
         "render_modes": list(RENDER_MODES),
         "is_parallelizable": True,
         "render_fps": 2,

@@ -1,7 +1,7 @@
-"""Versioned task module (PettingZoo style): IEEE-123 feeder, 1,000 agents, one day of 30-minute steps, v2.
+"""Versioned task module (PettingZoo style): IEEE-123 feeder, 1,000 agents, one day of 30-minute steps, v3.
 
 The spec page is the docstring of `gridedge_env.adapters.pettingzoo_env`. Any change that alters observations,
-rewards or dynamics for the same arguments gets a new version module (``ieee123_v3``); the history is in
+rewards or dynamics for the same arguments gets a new version module (``ieee123_v4``); the history is in
 the spec page.
 """
 
