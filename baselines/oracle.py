@@ -16,7 +16,7 @@ optimum with perfect foresight (a local one: the AC power flow makes the problem
 per action, mapped onto what the device can do at its state of that step (`FeasibleMap`): a battery's
 ``u > 0`` charges at ``u`` times the most its state of charge allows, ``u < 0`` discharges likewise; a
 generator's ``u`` spans its ramp window (``-1`` the most output); a heat pump's ``u`` spans the electrical
-fractions that keep the next indoor temperature inside the comfort band (`heatpump_comfort_limits`). So the
+fractions that keep the next indoor temperature inside the comfort band (`heatpump_comfort_actions`). So the
 device constraints hold by construction wherever they can hold at all; a heat pump that cannot stay in its
 band (too cold for full load) is held at the nearest bound and its comfort violation stays a constraint.
 
@@ -89,8 +89,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 
 from baselines.rules import RULES
-from gridedge_env.core import feasible_action_bounds
-from gridedge_env.devices import heatpump_comfort_limits
+from gridedge_env.core import feasible_action_bounds, heatpump_comfort_actions
 from gridedge_env.metrics import RolloutMetrics, scored_voltages
 from gridedge_env.simbench import fixed_penalty, rollout_objective
 
@@ -214,10 +213,8 @@ class FeasibleMap:
         if along is not None:
             low, high = self._tied_generators(state, low, high, rising=along < 0)
         sl = sim.agent_slices["heatpump"]
-        t_out = state.t_outdoor_c[:, state.t : state.t + 1]
-        u_lo, u_hi = heatpump_comfort_limits(sim.params["heatpump"], state.t_indoor_c, t_out, sim.dt_h)
         low, high = low.clone(), high.clone()
-        low[:, sl], high[:, sl] = 2.0 * u_lo - 1.0, 2.0 * u_hi - 1.0
+        low[:, sl], high[:, sl] = heatpump_comfort_actions(sim, state)
         margin = torch.clamp(0.5 * (high - low), max=INSIDE_ACTION)
         low = torch.where(self.battery, low * (1.0 - INSIDE_ACTION), low + margin)
         high = torch.where(self.battery, high * (1.0 - INSIDE_ACTION), high - margin)

@@ -68,6 +68,7 @@ __all__ = [
     "make_sim",
     "action_bounds",
     "feasible_action_bounds",
+    "heatpump_comfort_actions",
     "heatpump_target_actions",
     "cheap_and_dear_steps",
     "band_end_targets",
@@ -990,12 +991,20 @@ def action_bounds(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
     gap_kwh = floor_kwh - state.soc_kwh
     least_kw = torch.where(gap_kwh > 0, gap_kwh / (bat.eta_charge * sim.dt_h), gap_kwh * bat.eta_discharge / sim.dt_h)
     lows["battery"] = torch.minimum(torch.maximum(lows["battery"], least_kw / bat.p_max_kw), highs["battery"])
+    lows["heatpump"], highs["heatpump"] = heatpump_comfort_actions(sim, state)
+    return torch.cat(list(lows.values()), dim=1), torch.cat(list(highs.values()), dim=1)
+
+
+def heatpump_comfort_actions(sim: Sim, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)`` [B, N_h]: the heat-pump actions that keep each building inside its comfort band at the end
+    of step ``state.t`` (`gridedge_env.devices.heatpump_comfort_limits` mapped to actions ``2 u - 1``; where no
+    load can, both are the closest one): the heat pumps' part of `action_bounds` and of the optimum's feasible
+    map (`baselines.oracle.FeasibleMap`)."""
     t = min(state.t, sim.n_steps - 1)
     u_lo, u_hi = heatpump_comfort_limits(
         sim.params["heatpump"], state.t_indoor_c, state.t_outdoor_c[:, t : t + 1], sim.dt_h
     )
-    lows["heatpump"], highs["heatpump"] = 2.0 * u_lo - 1.0, 2.0 * u_hi - 1.0
-    return torch.cat(list(lows.values()), dim=1), torch.cat(list(highs.values()), dim=1)
+    return 2.0 * u_lo - 1.0, 2.0 * u_hi - 1.0
 
 
 def heatpump_target_actions(sim: Sim, state: State, target_c: torch.Tensor) -> torch.Tensor:
