@@ -130,7 +130,7 @@ class GradMAPConfig:
     batch_days: int = 8
     """B: training days per rollout (one environment gradient covers B x T x N actions)."""
     # --- GradMAP: reuse and trust region -------------------------------------------------------------------
-    reuse: int = 4
+    reuse: int = 2
     """K: policy updates per environment gradient (1 with no trust region = GradMA)."""
     clip_radius: float | None = 0.1
     """Trust-region radius on each action's change |a_new - a_old| (None: no clipping)."""
