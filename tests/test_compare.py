@@ -20,6 +20,7 @@ from gridedge_run.compare import (
     REFERENCE_METHODS,
     TARGET_VIOLATION_SHARE,
     TRAINED_METHODS,
+    VIOLATION_LEVEL,
     best_so_far,
     speedup,
     target_levels,
@@ -89,9 +90,11 @@ def test_smoke_table_has_every_method_and_metric(smoke_dir):
         assert f"| {m} |" in table
     assert (out / "results_snippet.md").read_text() in table
     # GradMAP's speed-up against GradMA and SSL, per seed, on levels fixed before training
-    assert set(results["speedup"]) == {"gradma", "ssl"}
+    assert set(results["speedup"]) == set(results["speedup_violation_level"]) == {"gradma", "ssl"}
     for other in ("gradma", "ssl"):
         assert [r["seed"] for r in results["speedup"][other]["per_seed"]] == [0, 1]
+        assert [r["seed"] for r in results["speedup_violation_level"][other]["per_seed"]] == [0, 1]
+    assert "Speed-up of GradMAP to the violation level alone" in (out / "results_snippet.md").read_text()
     assert results["target_levels"]["violation_share"] == TARGET_VIOLATION_SHARE
     # one evaluation cadence for every method: an evaluation follows each iteration that passes a multiple of
     # eval_every_s seconds of training (and the last)
@@ -192,6 +195,8 @@ def test_time_to_target_uses_levels_fixed_in_advance():
     }
     assert time_to_target(curve, levels) == {"wall_s": 30.0, "iteration": 15}  # 20 s: violations too high
     assert time_to_target(curve, target_levels(90.0, 0.05)) == {"wall_s": None, "iteration": None}
+    # the violation level alone: the first evaluation at or below 0.5 %, whatever its cost
+    assert time_to_target(curve, VIOLATION_LEVEL) == {"wall_s": 10.0, "iteration": 5}
 
 
 def test_evaluation_cadence_in_training_seconds():
