@@ -602,7 +602,7 @@ def _table(summary: list[dict], improvement: dict, header: dict) -> list[str]:
     lines += _speedup_lines(header.get("speedup") or {}, "the target")
     lines += _speedup_lines(
         header.get("speedup_violation_level") or {},
-        f"the violation level alone (violation share <= {100 * TARGET_VIOLATION_SHARE:g} %, whatever the cost)",
+        f"the violation level alone, a violation share of at most {100 * TARGET_VIOLATION_SHARE:g} % whatever the cost",
     )
     lines += [
         "",
@@ -850,13 +850,14 @@ def _train_all(
     runs = [(m, s) for s in seeds for m in trained]
     if jobs == 1:
         summaries = {}
-        for m, s in runs:
-            announce(f"{m} seed {s}: training for {preset.minutes:g} min")
+        for i, (m, s) in enumerate(runs):
+            announce(f"{m} seed {s}: training for {preset.minutes:g} min", len(runs) - i)
             summaries[(m, s)] = _train(m, s, preset, out, show)
         return summaries
     announce(
         f"training {len(runs)} runs ({', '.join(trained)} x seeds {seeds}): {jobs} at a time, "
-        f"{_threads_per_method(jobs)} torch thread(s) each, {preset.minutes:g} min per run"
+        f"{_threads_per_method(jobs)} torch thread(s) each, {preset.minutes:g} min per run",
+        len(runs),
     )
     results = map_in_workers(_train, [(m, s, preset, out, False) for m, s in runs], jobs)
     return dict(zip(runs, results, strict=True))
@@ -958,10 +959,11 @@ def run_compare(
     n_stages = (n_train if jobs == 1 else min(n_train, 1)) + (n_evaluations if jobs == 1 else 1)
     stage = 0
 
-    def announce(text: str) -> None:
+    def announce(text: str, runs_to_train: int = 0) -> None:
+        """A stage message; ``runs_to_train``: trained runs not yet finished, this stage's included."""
         nonlocal stage
         stage += 1
-        left = max(math.ceil(n_train / jobs) - (stage - 1), 0) * preset.minutes * 60
+        left = math.ceil(runs_to_train / jobs) * preset.minutes * 60
         _say(
             f"{stage}/{n_stages} {text} | elapsed {fmt_time(time.monotonic() - started)} | "
             f"training time left about {fmt_time(left)}"
