@@ -563,9 +563,10 @@ def _run_provenance(out: Path, jobs: int) -> dict:
 
 
 def _stamp(header: dict) -> str:
+    methods = f" --methods {' '.join(header['methods'])}" if header.get("methods") else ""
     return (
         f"{header['date']} | {header['machine']} | torch {header['torch']} | commit {header['commit']} | "
-        f"gridedge compare --preset {header['preset']} --seeds {','.join(map(str, header['seeds']))}"
+        f"gridedge compare --preset {header['preset']} --seeds {','.join(map(str, header['seeds']))}{methods}"
     )
 
 
@@ -929,7 +930,8 @@ def run_compare(
     if any(not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"--seeds must be non-negative integers, got {seeds}")
     _say.quiet = quiet
-    wanted = list(methods) if methods else list(preset.methods or TRAINED_METHODS + REFERENCE_METHODS)
+    default_methods = list(preset.methods or TRAINED_METHODS + REFERENCE_METHODS)
+    wanted = list(methods) if methods else default_methods
     unknown = [m for m in wanted if m not in TRAINED_METHODS + REFERENCE_METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {list(TRAINED_METHODS + REFERENCE_METHODS)}")
@@ -1009,6 +1011,7 @@ def run_compare(
     traces = {m: _trace(m, seeds[0], preset, sim, plot_day, out, show) for m in trained + references}
     header = {
         "preset": preset_name,
+        "methods": None if wanted == default_methods else wanted,  # --methods, where not the preset's
         "feeder": preset.feeder,
         "agents": preset.agents,
         "sim_set": list(preset.sim_set),
