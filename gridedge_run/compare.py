@@ -730,10 +730,6 @@ def write_snippet(snippet: str, path: Path, preset: str) -> None:
     atomic_write_text(before + snippet + after, path)
 
 
-def _to_target(row: dict) -> dict:
-    return {"wall_s": row["time_to_target_s"], "iteration": row["iterations_to_target"]}
-
-
 def _grid(preset: Preset) -> list[float]:
     """The common time grid of the best-so-far curves: every `eval_every_s` seconds up to the budget."""
     return [preset.eval_every_s * k for k in range(1, int(60.0 * preset.minutes / preset.eval_every_s) + 1)]
@@ -1003,6 +999,16 @@ def run_compare(
             for s in seeds
         ]
     summary = [_summary_row(m, per_seed[m]) for m in trained + references]
+
+    def speedups_to(level: dict[str, float]) -> dict[str, dict]:
+        """GradMAP's `speedup` to ``level`` over each method of `SPEEDUP_AGAINST` that was trained."""
+        times = {m: {s: time_to_target(curves[m][s], level) for s in seeds} for m in curves}
+        return {
+            other: speedup(times["gradmap"], times[other])
+            for other in SPEEDUP_AGAINST
+            if {"gradmap", other} <= set(curves)
+        }
+
     improvement = _improvement(per_seed)
 
     sim = make_sim(**preset.sim_options())
@@ -1023,24 +1029,10 @@ def run_compare(
         "target_cost_gap": preset.target_cost_gap,
         "eval_every_s": preset.eval_every_s,
         "target_levels": levels,
-        "speedup": {
-            other: speedup(
-                {r["seed"]: _to_target(r) for r in per_seed["gradmap"]},
-                {r["seed"]: _to_target(r) for r in per_seed[other]},
-            )
-            for other in SPEEDUP_AGAINST
-            if levels is not None and {"gradmap", other} <= set(curves)
-        },
+        "speedup": speedups_to(levels) if levels is not None else {},
         # the same on the violation level alone, which needs no optimum: where nobody reaches the cost level
         # it still shows which method gets its violations down first
-        "speedup_violation_level": {
-            other: speedup(
-                {s: time_to_target(curves["gradmap"][s], VIOLATION_LEVEL) for s in seeds},
-                {s: time_to_target(curves[other][s], VIOLATION_LEVEL) for s in seeds},
-            )
-            for other in SPEEDUP_AGAINST
-            if {"gradmap", other} <= set(curves)
-        },
+        "speedup_violation_level": speedups_to(VIOLATION_LEVEL),
         "best_so_far": {m: {s: best_so_far(curves[m][s], _grid(preset)) for s in seeds} for m in trained},
         **run_provenance,
         "jobs": jobs,
