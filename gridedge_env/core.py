@@ -562,6 +562,7 @@ class Sim:
         seed: int = 0,
         split: str = "train",
         days: Sequence[int] | torch.Tensor | None = None,
+        households: str | None = None,
     ) -> State:
         """Draw ``batch_size`` one-day episodes.
 
@@ -577,15 +578,18 @@ class Sim:
             seed: Seed of this reset.
             split: "train", "validation", "test" or "all" (`scenarios.split_days`, `scenarios.split_profiles`).
             days: Optional explicit day indices [B], each in the split.
+            households: The split whose household profiles the loads are drawn from (default ``split``'s own);
+                another split's households on the same days tell the days' weather from the households' load.
 
         Returns:
             The initial State (``t = 0``).
 
         Raises:
-            ValueError: Unknown split, bad batch size, a day not in the split, or a seed that is not an
-                integer in [0, 2**63).
+            ValueError: Unknown split or households split, bad batch size, a day not in the split, or a seed
+                that is not an integer in [0, 2**63).
         """
         allowed = split_days(split)  # raises ValueError naming an unknown split
+        profiles = split_profiles(split if households is None else households, self.data.n_profiles)
         gen = torch.Generator().manual_seed(check_seed(seed))
         if days is not None:
             day_idx = torch.as_tensor(days).to(torch.int64).reshape(-1)
@@ -608,9 +612,7 @@ class Sim:
 
         c, data = self.compiled, self.data
         h = self.config.households_per_load
-        shapes = draw_load_shapes(
-            data, day_dev, c.n_loads * h, gen, profiles=split_profiles(split, data.n_profiles)
-        )  # [B, T, L * H]
+        shapes = draw_load_shapes(data, day_dev, c.n_loads * h, gen, profiles=profiles)  # [B, T, L * H]
         shapes = shapes.reshape(batch, self.n_steps, c.n_loads, h).mean(dim=3)  # [B, T, L]
         load_p = shapes * self._spot_p
         load_q = shapes * self._spot_q

@@ -50,15 +50,20 @@ def _concat_states(states):
     return dataclasses.replace(first, **changes)
 
 
-def reset_scenarios(sim, split: str, days: Sequence[int], seeds: Sequence[int]):
+def reset_scenarios(sim, split: str, days: Sequence[int], seeds: Sequence[int], households: str | None = None):
     """Initial state of one row per (day, reset seed) pair, each reset on its own: the row's household
-    draws and initial device states depend on its own seed only, so any row can be re-run exactly."""
+    draws and initial device states depend on its own seed only, so any row can be re-run exactly.
+    ``households``: the split whose household profiles the loads come from (default ``split``'s own)."""
     if len(days) != len(seeds):
         raise ValueError(f"need one seed per day, got {len(days)} days and {len(seeds)} seeds")
-    states = [sim.reset(None, seed=int(s), split=split, days=[int(d)]) for d, s in zip(days, seeds, strict=True)]
+    states = [
+        sim.reset(None, seed=int(s), split=split, days=[int(d)], households=households)
+        for d, s in zip(days, seeds, strict=True)
+    ]
     return _concat_states(states)
 
 
-def reset_days(sim, split: str, days: Sequence[int], seed: int = 0):
-    """Initial state of the given days, each reset on its own (batch-independent draws)."""
-    return reset_scenarios(sim, split, days, [int(seed) * 1_000_003 + int(d) for d in days])
+def reset_days(sim, split: str, days: Sequence[int], seed: int = 0, households: str | None = None):
+    """Initial state of the given days, each reset on its own (batch-independent draws), with the
+    households of ``households`` (default ``split``'s own)."""
+    return reset_scenarios(sim, split, days, [int(seed) * 1_000_003 + int(d) for d in days], households)

@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="(with --method oracle) override an OracleConfig field, e.g. iterations=100",
     )
     p.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
+    p.add_argument(
+        "--households",
+        default=None,
+        choices=["test", "validation", "train", "all"],
+        help="draw the households from this split's profiles instead of --split's (the same days with other "
+        "households: tells the days' weather from the households' load)",
+    )
     p.add_argument("--days", type=int, default=None, help="number of days, evenly spaced (default: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="days simulated together (does not change the numbers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the household draws of the evaluation days")

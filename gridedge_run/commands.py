@@ -337,10 +337,11 @@ def evaluate_run(
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    households: str | None = None,
 ) -> dict:
-    """Evaluate the policies exported in ``run_dir`` on ``split`` (`evaluate_policy`'s metrics, plus
-    ``method``, ``run_dir`` and the exported ``iteration``), with the simulator and the policies on
-    ``device`` (whichever device trained them)."""
+    """Evaluate the policies exported in ``run_dir`` on ``split``, with the households of ``households``
+    (default the split's own): `evaluate_policy`'s metrics, plus ``method``, ``run_dir`` and the exported
+    ``iteration``, with the simulator and the policies on ``device`` (whichever device trained them)."""
     from gridedge_env import make_sim
     from gridedge_run.evaluate import evaluate_policy, obs_policy
     from gridedge_run.rundir import load_policies
@@ -351,7 +352,16 @@ def evaluate_run(
         raise ValueError("the rebuilt simulator's agents differ from the exported policies' agents")
     if policy.n_agents != sim.n_agents:
         raise ValueError(f"policies for {policy.n_agents} agents, simulator has {sim.n_agents}")
-    result = evaluate_policy(sim, obs_policy(policy), split=split, days=days, batch=batch, seed=seed, progress=progress)
+    result = evaluate_policy(
+        sim,
+        obs_policy(policy),
+        split=split,
+        days=days,
+        batch=batch,
+        seed=seed,
+        progress=progress,
+        households=households,
+    )
     return {
         "method": info.get("method", "gradmap"),
         "feeder": info["sim_config"].get("feeder"),
@@ -373,6 +383,7 @@ def evaluate_reference(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     plan_progress: Callable[[int, int], None] | None = None,
+    households: str | None = None,
 ) -> dict:
     """Evaluate a method that needs no training (`REFERENCE_POLICIES`: a rule or the optimum, with
     ``config``, the optimum's `OracleConfig` fields) on the simulator of ``sim_options``. The optimum's
@@ -389,7 +400,9 @@ def evaluate_reference(
         )
     sim = make_sim(**sim_options)
     policy_fn = REFERENCE_POLICIES[method](progress=plan_progress, **(config or {}))
-    result = evaluate_policy(sim, policy_fn, split=split, days=days, batch=batch, seed=seed, progress=progress)
+    result = evaluate_policy(
+        sim, policy_fn, split=split, days=days, batch=batch, seed=seed, progress=progress, households=households
+    )
     if hasattr(policy_fn, "plans"):  # the optimum: each batch's plan with its KKT residual
         result["plans"] = policy_fn.plans
         result["kkt_met"] = all(plan["met"] for plan in policy_fn.plans)
@@ -411,6 +424,7 @@ def run_evaluate(args) -> dict:
     show = show_progress(args.quiet)
     days = {
         "split": args.split,
+        "households": args.households,
         "days": args.days,
         "batch": args.batch,
         "seed": args.seed,

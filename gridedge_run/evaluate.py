@@ -43,6 +43,7 @@ def evaluate_policy(
     batch: int = 16,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    households: str | None = None,
 ) -> dict:
     """Run ``policy_fn`` on whole days of ``split`` and report the standard metrics (module docstring).
 
@@ -55,9 +56,11 @@ def evaluate_policy(
         batch: Days simulated together (does not change the numbers).
         seed: Seed of the household-load draws and initial device states.
         progress: Optional ``callback(done_days, total_days)``.
+        households: The split whose household profiles the loads come from (default ``split``'s own):
+            ``split="test", households="all"`` runs the test days with households from every profile.
 
     Returns:
-        A dict with `EVAL_KEYS` and the rest of `RolloutMetrics.summary` (``split``, ``cost_by_type``,
+        A dict with `EVAL_KEYS` and the rest of `RolloutMetrics.summary` (``split``, ``households``, ``cost_by_type``,
         ``terminal_cost``, ``worst_agent``, ``v_min_pu``, ``v_max_pu``, ...).
     """
     t0 = time.perf_counter()
@@ -65,12 +68,13 @@ def evaluate_policy(
     metrics = RolloutMetrics(sim)
     for start in range(0, len(chosen), batch):
         part = chosen[start : start + batch]
-        run_episode(sim, reset_days(sim, split, part, seed), policy_fn, metrics)
+        run_episode(sim, reset_days(sim, split, part, seed, households), policy_fn, metrics)
         if progress is not None:
             progress(min(start + batch, len(chosen)), len(chosen))
     return {
         **metrics.summary(len(chosen)),
         "n_agents": sim.n_agents,
         "split": split,
+        "households": split if households is None else households,
         "wall_s": time.perf_counter() - t0,
     }

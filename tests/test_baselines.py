@@ -137,6 +137,19 @@ def test_cli_evaluates_rules(method):
     assert result["violation_share"] == direct["violation_share"]
 
 
+def test_cli_evaluates_other_households_on_the_same_days():
+    args = ["evaluate", "--method", "noop", "--feeder", "ieee13", "--agents", "20", "--days", "3", "--json"]
+    code, result, err = run_cli([*args, "--households", "validation"])
+    assert code == 0, err
+    assert result["split"] == "test" and result["households"] == "validation"
+    sim = make_sim(feeder="ieee13", n_agents=20)
+    direct = evaluate_policy(sim, RULES["noop"], split="test", days=3, households="validation")
+    own = evaluate_policy(sim, RULES["noop"], split="test", days=3)
+    assert result["v_min_pu"] == pytest.approx(direct["v_min_pu"], rel=1e-12)
+    # the devices' cost does not see the households; the voltages do
+    assert own["households"] == "test" and own["v_min_pu"] != pytest.approx(direct["v_min_pu"], rel=1e-9)
+
+
 def test_cli_evaluates_oracle():
     """``--method oracle`` plans every day and replays it; ``--set iterations=3`` instead of the default cap of
     L-BFGS iterations, which take minutes here (the wiring is what is tested; the optimum is tested below)."""

@@ -353,6 +353,20 @@ def test_reset_draws_households_from_the_split_profiles():
         assert used <= set(split_profiles(split, data.n_profiles).tolist())
 
 
+def test_reset_can_draw_another_splits_households():
+    sim = make_sim(feeder="ieee13", n_agents=6)
+    days = [28, 66]
+    own = sim.reset(None, seed=3, split="test", days=days)
+    every = sim.reset(None, seed=3, split="test", days=days, households="all")
+    # the same draws as the "all" split on the same days: only the profile pool changed
+    assert torch.equal(every.load_p_kw, sim.reset(None, seed=3, split="all", days=days).load_p_kw)
+    assert not torch.equal(every.load_p_kw, own.load_p_kw)
+    assert torch.equal(every.t_outdoor_c, own.t_outdoor_c)  # the days' weather stays
+    assert torch.equal(sim.reset(None, seed=3, split="test", days=days, households="test").load_p_kw, own.load_p_kw)
+    with pytest.raises(ValueError, match="unknown split 'weekend'"):
+        sim.reset(None, seed=3, split="test", days=days, households="weekend")
+
+
 def test_exogenous_series_follow_the_scenarios(small):
     state = small.reset(None, seed=0, split="test", days=[203, 63])
     data = small.data
