@@ -296,11 +296,17 @@ def test_unsupported_step_minutes(step_minutes):
 def test_docs_example_runs():
     text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-    assert blocks
+    assert len(blocks) == 2
+    namespaces = []
     for block in blocks:
-        namespace: dict = {}
-        exec(compile(block, "docs/data.md", "exec"), namespace)
-    assert namespace["shapes"].shape == (8, STEPS_PER_DAY, 91)
+        namespaces.append({})
+        exec(compile(block, "docs/data.md", "exec"), namespaces[-1])
+    assert namespaces[0]["shapes"].shape == (8, STEPS_PER_DAY, 91)
+    # what the page says of the splits' household sets: the test episodes' peak load lies above almost every
+    # training episode's, and validation's below
+    peak_kw = namespaces[1]["peak_kw"]
+    assert np.percentile(peak_kw["test"], 10) > np.percentile(peak_kw["train"], 90)
+    assert np.median(peak_kw["validation"]) < np.median(peak_kw["train"]) < np.median(peak_kw["test"])
 
 
 def test_docstring_example_runs():
