@@ -10,6 +10,7 @@ import sys
 
 from gridedge_env.cli import add_env_commands
 from gridedge_env.cli import main as env_main
+from gridedge_env.scenarios import SPLITS
 from gridedge_run.methods import TRAIN_METHODS
 
 QUIET_HELP = "no progress bars or messages on stderr (bars are drawn only when stderr is a terminal)"
@@ -205,11 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="(with --method oracle) override an OracleConfig field, e.g. iterations=100",
     )
-    p.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument(
         "--households",
         default=None,
-        choices=["test", "validation", "train", "all"],
+        choices=SPLITS,
         help="draw the households from this split's profiles instead of --split's (the same days with other "
         "households: tells the days' weather from the households' load)",
     )

@@ -64,6 +64,7 @@ def evaluate_policy(
         ``terminal_cost``, ``worst_agent``, ``v_min_pu``, ``v_max_pu``, ...).
     """
     t0 = time.perf_counter()
+    households = split if households is None else households
     chosen = select_days(split, days)
     metrics = RolloutMetrics(sim)
     for start in range(0, len(chosen), batch):
@@ -75,6 +76,6 @@ def evaluate_policy(
         **metrics.summary(len(chosen)),
         "n_agents": sim.n_agents,
         "split": split,
-        "households": split if households is None else households,
+        "households": households,
         "wall_s": time.perf_counter() - t0,
     }
