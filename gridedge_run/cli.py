@@ -111,10 +111,13 @@ def _cmd_compare(args) -> dict:
 def _cmd_tune(args) -> dict:
     from pathlib import Path
 
-    from gridedge_run.compare import TRAINED_METHODS
+    from gridedge_run.compare import TRAINED_METHODS, snippet_parts, write_snippet
     from gridedge_run.stats import seed_list
     from gridedge_run.tune import run_tune
 
+    name = f"tune-{args.preset}"
+    for path in args.snippet or []:
+        snippet_parts(Path(path), name)  # a missing marker is an error now, not after the tuning
     result = run_tune(
         args.preset,
         Path(args.out),
@@ -125,6 +128,8 @@ def _cmd_tune(args) -> dict:
         quiet=args.quiet,
         jobs=args.jobs,
     )
+    for path in args.snippet or []:
+        write_snippet((Path(args.out) / "tune_snippet.md").read_text(), Path(path), name)
     if not args.json:
         print((Path(args.out) / "tune.md").read_text())
     return result
@@ -279,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="training runs at a time, each with cpu_count/jobs torch threads (default 1)",
+    )
+    p.add_argument(
+        "--snippet",
+        action="append",
+        metavar="FILE",
+        help="write the table between the <!-- results:tune-PRESET:begin --> and <!-- results:tune-PRESET:end --> "
+        "lines of FILE (docs/gradmap.md); repeatable; on a finished --out it only rewrites the tables",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)

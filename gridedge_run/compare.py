@@ -707,12 +707,13 @@ def _ratio(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.2f}x"
 
 
-def snippet_parts(path: Path, preset: str) -> tuple[str, str]:
-    """The text of ``path`` before the line ``<!-- results:PRESET:begin -->`` (included) and after the line
-    ``<!-- results:PRESET:end -->`` (included); an error names the file when the markers are missing or out of
-    order (checked before a comparison starts, so that a long run is not lost to a typo)."""
+def snippet_parts(path: Path, name: str) -> tuple[str, str]:
+    """The text of ``path`` before the line ``<!-- results:NAME:begin -->`` (included) and after the line
+    ``<!-- results:NAME:end -->`` (included); an error names the file when the markers are missing or out of
+    order (checked before a long run starts, so that it is not lost to a typo). ``gridedge compare`` names its
+    tables by preset (``paper``), ``gridedge tune`` by ``tune-`` and the preset."""
     path = Path(path)
-    begin, end = f"<!-- results:{preset}:begin -->", f"<!-- results:{preset}:end -->"
+    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
     try:
         text = path.read_text()
     except OSError as exc:
@@ -723,10 +724,10 @@ def snippet_parts(path: Path, preset: str) -> tuple[str, str]:
     return before + begin + "\n", end + rest.split(end)[1]
 
 
-def write_snippet(snippet: str, path: Path, preset: str) -> None:
-    """Replace the table between the ``results:PRESET`` markers of ``path`` (README.md, docs/results.md) with
-    ``snippet``, a run's results_snippet.md."""
-    before, after = snippet_parts(path, preset)
+def write_snippet(snippet: str, path: Path, name: str) -> None:
+    """Replace the table between the ``results:NAME`` markers of ``path`` (README.md, docs/results.md,
+    docs/gradmap.md) with ``snippet``, a run's results_snippet.md or tune_snippet.md."""
+    before, after = snippet_parts(path, name)
     atomic_write_text(before + snippet + after, path)
 
 

@@ -9,6 +9,7 @@ method with its chosen settings.
 
     DIR/tune.json                    the options, and per method every configuration, its scores and the choice
     DIR/tune.{md,csv}                the search and its result as one table
+    DIR/tune_snippet.md              that table as docs/gradmap.md holds it (``--snippet``)
     DIR/runs/<method>/config<i>/seed<s>/   the training runs (+ validation.json when scored; reruns skip them)
 
 The search spaces hold every trick each learner supports that is not proximal reuse (margins, replay,
@@ -189,9 +190,8 @@ def _train_and_score(
 
 
 def _write_tables(out: Path, result: dict) -> None:
+    """tune.md, tune_snippet.md (tune.md without its title: the block that ``--snippet`` copies) and tune.csv."""
     lines = [
-        f"# gridedge tune --preset {result['preset']}",
-        "",
         f"{result['configs']} configurations per method (config 0: the defaults), seeds "
         f"{', '.join(map(str, result['seeds']))}, {result['minutes']:g} min of training each, scored on "
         f"{result['validation_days']} validation days (median over seeds). Chosen: the cheapest configuration "
@@ -211,7 +211,9 @@ def _write_tables(out: Path, result: dict) -> None:
                 f"{row['cost']:.4g} | {100 * row['violation_share']:.3f} % | {row['worst_violation_pu']:.4f} |"
             )
             flat.append({"method": method, **{k: row[k] for k in row if k != "per_seed"}, "chosen": chosen})
-    atomic_write_text("\n".join(lines) + "\n", out / "tune.md")
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(f"# gridedge tune --preset {result['preset']}\n\n" + table, out / "tune.md")
+    atomic_write_text(table, out / "tune_snippet.md")
     tmp = out / "tune.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["method"])

@@ -61,6 +61,11 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--configs must be >= 1" in capsys.readouterr().err
     assert main(["tune", "--jobs", "0", "--methods", "gradmap", "--out", str(tmp_path / "t")]) == 2
     assert "--jobs must be a positive integer" in capsys.readouterr().err
+    page = tmp_path / "page.md"
+    page.write_text("<!-- results:paper:begin -->\n<!-- results:paper:end -->\n")  # compare's markers, not tune's
+    assert main(["tune", "--methods", "gradmap", "--snippet", str(page), "--out", str(tmp_path / "t2")]) == 2
+    assert "results:tune-paper:begin" in capsys.readouterr().err
+    assert not (tmp_path / "t2").exists()  # the error comes before any tuning
     with pytest.raises(ValueError, match="no tune.json"):
         chosen_settings(tmp_path)
 
@@ -82,3 +87,14 @@ def test_tune_writes_its_table_and_compare_uses_the_choice(tmp_path, capsys):
     assert (out / "tune.csv").read_text().count("\n") == 5
     chosen = chosen_settings(out)
     assert chosen["gradmap"] == tuple(result["methods_tuned"]["gradmap"]["set"])
+    # on the finished directory --snippet only copies the table (without tune.md's title) between the markers
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- results:tune-smoke:begin -->\nold\n<!-- results:tune-smoke:end -->\nafter\n")
+    assert main([*args, "--minutes", "0.05", "--out", str(out), "--snippet", str(page), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["methods_tuned"] == result["methods_tuned"]
+    snippet = (out / "tune_snippet.md").read_text()
+    assert table == "# gridedge tune --preset smoke\n\n" + snippet
+    assert (
+        page.read_text()
+        == f"before\n<!-- results:tune-smoke:begin -->\n{snippet}<!-- results:tune-smoke:end -->\nafter\n"
+    )
